@@ -1,0 +1,251 @@
+"""Stage manifests: build, write, show, verify and diff.
+
+One `manifest.json` per stage directory. It records what went in and out (paths, sha256, document
+and byte counts), the counts {in, out, dropped{reason}, quarantined{reason}} with the invariant
+in = out + sum(dropped) + sum(quarantined), summed per-shard statistics (e.g. a crawl's request
+log), the resolved recipe section, the code version, timings and where it ran.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from collections import Counter
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterable
+
+from rich.console import Console
+from rich.table import Table
+
+from minisigma import __version__
+from minisigma.errors import UserError
+from minisigma.shards import atomic_write_json, read_docs, sha256_file
+
+MANIFEST = "manifest.json"
+SCHEMA = "minisigma.manifest/1"
+
+
+def read_json(path: str | Path) -> dict:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def code_version() -> dict:
+    """Git commit and dirty flag of the code that ran (or just the package version outside git)."""
+    here = Path(__file__).resolve().parent.parent
+    out = {"package": __version__, "commit": None, "dirty": None}
+    try:
+        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                                       timeout=10, check=True).stdout.strip()
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                                capture_output=True, text=True, timeout=10, check=True).stdout
+        out["dirty"] = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return out
+
+
+def _iso(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
+
+
+def describe_inputs(inputs: Iterable[Path]) -> list[dict]:
+    """Inputs with their sha256 and, when a sibling manifest lists them, their document counts."""
+    known: dict[str, dict] = {}
+    rows = []
+    for p in inputs:
+        p = Path(p)
+        if not p.exists():  # a locator (URL, package name), not a file
+            rows.append({"path": str(p)})
+            continue
+        m = p.parent / MANIFEST
+        if str(p.parent) not in known:
+            known[str(p.parent)] = {o["path"]: o for o in read_json(m)["outputs"]} if m.exists() else {}
+        row = {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        listed = known[str(p.parent)].get(p.name)
+        if listed is not None:
+            row["docs"] = listed["docs"]
+        rows.append(row)
+    return rows
+
+
+def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict], started: float,
+                   resumed_shards: int = 0, cluster: dict | None = None, extra: dict | None = None) -> dict:
+    dropped: Counter = Counter()
+    quarantined: Counter = Counter()
+    stats: Counter = Counter()
+    c_in = c_out = t_in = t_out = 0
+    outputs, rejects = [], []
+    for part in parts:
+        c = part["counts"]
+        c_in += c["in"]
+        c_out += c["out"]
+        t_in += c.get("tokens_in", 0)
+        t_out += c.get("tokens_out", 0)
+        dropped.update(c["dropped"])
+        quarantined.update(c["quarantined"])
+        stats.update(part.get("stats", {}))
+        outputs.extend(part["outputs"])
+        if part.get("rejects"):
+            rejects.append(part["rejects"])
+    ended = time.time()
+    m = {
+        "schema": SCHEMA,
+        "stage": stage,
+        "recipe": recipe,
+        "code": code_version(),
+        "started_at": _iso(started),
+        "ended_at": _iso(ended),
+        "seconds": round(ended - started, 3),
+        "shard_seconds": round(sum(p.get("seconds", 0.0) for p in parts), 3),
+        "resumed_shards": resumed_shards,
+        "host": platform.node(),
+        "cluster": cluster or {},
+        "inputs": describe_inputs(inputs),
+        "outputs": outputs,
+        "rejects": rejects,
+        "counts": {
+            "in": c_in,
+            "out": c_out,
+            "dropped": dict(sorted(dropped.items())),
+            "quarantined": dict(sorted(quarantined.items())),
+            "tokens_in": t_in,
+            "tokens_out": t_out,
+            "token_unit": "whitespace-delimited words",
+        },
+        "stats": dict(sorted(stats.items())),
+    }
+    if extra:
+        m.update(extra)
+    return m
+
+
+def write_manifest(stage_dir: str | Path, manifest: dict) -> Path:
+    p = Path(stage_dir) / MANIFEST
+    atomic_write_json(p, manifest)
+    return p
+
+
+def stage_dirs(run_dir: str | Path) -> list[Path]:
+    """All stage directories under a run (a directory with a manifest.json), in pipeline order."""
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise UserError(f"{run_dir}: no such directory")
+    if (run_dir / MANIFEST).exists():
+        return [run_dir]
+    dirs = [p.parent for p in run_dir.rglob(MANIFEST)]
+    if not dirs:
+        raise UserError(f"{run_dir}: no stage manifests (manifest.json) found")
+    return sorted(dirs, key=lambda d: (read_json(d / MANIFEST).get("started_at", ""), str(d)))
+
+
+def _fmt_reasons(d: dict) -> str:
+    return ", ".join(f"{k}={v:,}" for k, v in sorted(d.items(), key=lambda kv: -kv[1])) or "-"
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:,.2f}"
+
+
+def show(run_dir: str | Path, console: Console | None = None) -> None:
+    console = console or Console()
+    run_dir = Path(run_dir)
+    table = Table(title=f"minisigma run: {run_dir}", show_lines=False)
+    for col, j in [("stage", "left"), ("shards", "right"), ("in", "right"), ("out", "right"),
+                   ("tokens out", "right"), ("MB text out", "right"), ("dropped", "left"),
+                   ("quarantined", "left"), ("seconds", "right")]:
+        table.add_column(col, justify=j)
+    for d in stage_dirs(run_dir):
+        m = read_json(d / MANIFEST)
+        c = m["counts"]
+        rel = str(d.relative_to(run_dir)) if d != run_dir else d.name
+        table.add_row(rel, str(len(m["outputs"])), f"{c['in']:,}", f"{c['out']:,}", f"{c.get('tokens_out', 0):,}",
+                      _mb(sum(o.get("text_bytes", 0) for o in m["outputs"])), _fmt_reasons(c["dropped"]),
+                      _fmt_reasons(c["quarantined"]), f"{m.get('seconds', 0):,.1f}")
+    console.print(table)
+    stats_rows = [(d, read_json(d / MANIFEST).get("stats", {})) for d in stage_dirs(run_dir)]
+    for d, stats in stats_rows:
+        if stats:
+            console.print(f"[bold]{d.name}[/bold] stats: " + _fmt_reasons(stats))
+
+
+def _count_lines(path: Path) -> int:
+    return sum(1 for _ in read_docs(path))
+
+
+def verify_stage(stage_dir: Path) -> list[str]:
+    """Problems found in one stage directory (empty list = verified)."""
+    problems = []
+    m = read_json(stage_dir / MANIFEST)
+    name = m.get("stage", stage_dir.name)
+    c = m["counts"]
+    dropped = sum(c["dropped"].values())
+    quarantined = sum(c["quarantined"].values())
+    if c["in"] != c["out"] + dropped + quarantined:
+        problems.append(f"{name}: counts do not add up: in={c['in']} != out={c['out']} + dropped={dropped}"
+                        f" + quarantined={quarantined}")
+    listed_out = sum(o["docs"] for o in m["outputs"])
+    if listed_out != c["out"]:
+        problems.append(f"{name}: outputs list {listed_out} documents but counts.out is {c['out']}")
+    listed_rej = sum(r["docs"] for r in m.get("rejects", []))
+    if listed_rej != dropped + quarantined:
+        problems.append(f"{name}: rejects hold {listed_rej} records but dropped+quarantined is {dropped + quarantined}")
+    for entry in list(m["outputs"]) + list(m.get("rejects", [])):
+        p = stage_dir / entry["path"]
+        if not p.exists():
+            problems.append(f"{name}: missing shard {entry['path']}")
+            continue
+        if sha256_file(p) != entry["sha256"]:
+            problems.append(f"{name}: sha256 mismatch for {entry['path']} (tampered or rewritten)")
+            continue
+        if p.name.endswith(".jsonl.gz"):
+            n = _count_lines(p)
+            if n != entry["docs"]:
+                problems.append(f"{name}: {entry['path']} holds {n} documents, manifest says {entry['docs']}")
+    return problems
+
+
+def verify(run_dir: str | Path, console: Console | None = None) -> list[str]:
+    console = console or Console()
+    problems: list[str] = []
+    dirs = stage_dirs(run_dir)
+    for d in dirs:
+        ps = verify_stage(d)
+        problems.extend(ps)
+        console.print(f"{'[red]FAIL[/red]' if ps else '[green]ok[/green]  '} {d}")
+    for p in problems:
+        console.print(f"  [red]{p}[/red]")
+    console.print(f"{len(dirs)} stage(s), {len(problems)} problem(s)")
+    return problems
+
+
+def diff(run_dir: str | Path, reference_dir: str | Path, rel_tol: float = 0.10,
+         console: Console | None = None) -> list[str]:
+    """Compare the counts of a run with a reference run, stage by stage; differences beyond
+    `rel_tol` (relative) are reported."""
+    console = console or Console()
+    run_dir, reference_dir = Path(run_dir), Path(reference_dir)
+    ours = {str(d.relative_to(run_dir)) if d != run_dir else ".": read_json(d / MANIFEST) for d in stage_dirs(run_dir)}
+    ref = {str(d.relative_to(reference_dir)) if d != reference_dir else ".": read_json(d / MANIFEST)
+           for d in stage_dirs(reference_dir)}
+    table = Table(title=f"{run_dir} vs reference {reference_dir}")
+    for col in ["stage", "metric", "run", "reference", "delta"]:
+        table.add_column(col)
+    findings = []
+    for stage in sorted(set(ours) | set(ref)):
+        if stage not in ours or stage not in ref:
+            findings.append(f"{stage}: only in {'reference' if stage in ref else 'run'}")
+            continue
+        a, b = ours[stage]["counts"], ref[stage]["counts"]
+        for key in ["in", "out", "tokens_out"]:
+            x, y = a.get(key, 0), b.get(key, 0)
+            rel = abs(x - y) / max(abs(y), 1)
+            table.add_row(stage, key, f"{x:,}", f"{y:,}", f"{rel:+.1%}" if y else "-")
+            if rel > rel_tol:
+                findings.append(f"{stage}: {key} {x:,} vs reference {y:,} ({rel:.1%} apart)")
+    console.print(table)
+    for f in findings:
+        console.print(f"[yellow]{f}[/yellow]")
+    return findings

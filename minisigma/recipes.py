@@ -1,0 +1,64 @@
+"""Recipes: YAML files validated with pydantic.
+
+Every section is a `Section` (unknown keys are errors). `load_recipe` turns any validation error
+into one line that names the file and the dotted key, e.g.
+``recipes/curation/x.yaml: crawl.max_body_bytes: Input should be a valid integer``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from minisigma.errors import UserError
+
+
+class Section(BaseModel):
+    """Base for every recipe section: unknown keys fail, values are validated, no coercion surprises."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def format_validation_error(source: str, err: ValidationError) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "<top>"
+    msg = first["msg"]
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
+    return f"{source}: {loc}: {msg}{extra}"
+
+
+def parse_recipe(data: dict, model: type[M], source: str = "<recipe>") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(source, e)) from None
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{path}:{where} invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a mapping at the top level")
+    return data
+
+
+def load_recipe(path: str | Path, model: type[M]) -> M:
+    """Load and validate a YAML recipe; raise UserError with a one-line message on any problem."""
+    return parse_recipe(load_yaml(path), model, str(path))

@@ -1,0 +1,292 @@
+"""The stage runner: one Ray task per output shard, resumable, deterministic, with a manifest.
+
+A stage is a small class with one job (see `Stage`). `run_stage` plans its tasks, skips the
+shards a previous run finished, runs the rest as Ray tasks (a local Ray unless `ray_address` or
+RAY_ADDRESS names a cluster), shows progress, and writes `manifest.json`.
+
+Files of a stage directory:
+
+    NNNNN.jsonl.gz          output shards (or NNNNN.<suffix> for raw outputs such as WARC)
+    rejects/NNNNN.jsonl.gz  dropped and quarantined records, each {"kind","reason","doc"}
+    .parts/NNNNN.json       per-shard result; written LAST, so its presence marks a finished shard
+    manifest.json           the stage's manifest (see minisigma.manifest)
+
+Determinism: a task's output depends only on its inputs, its params and the stage config, and the
+shard writers are byte-deterministic, so a rerun (or a retried task after a worker died) writes
+byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from abc import ABC, abstractmethod
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from minisigma.shards import (
+    ShardWriter,
+    atomic_write_json,
+    dumps,
+    list_shards,
+    sha256_file,
+    shard_name,
+    tmp_path,
+)
+
+TOKEN_UNIT = "whitespace-delimited words"
+
+
+def count_tokens(text: str) -> int:
+    # A cheap, tokenizer-independent size measure for manifests (the unit is recorded in them).
+    return len(text.split())
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of work that produces output shard `index` from `inputs` (paths or locators)."""
+
+    index: int
+    inputs: tuple[str, ...]
+    params: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+class Sink:
+    """What a stage's `process` writes to: output documents, rejects with reasons, counters."""
+
+    def __init__(self, out_final: Path, suffix: str):
+        self.out_final = out_final
+        self.suffix = suffix
+        self.path = tmp_path(out_final)  # for stages writing raw (non-jsonl) outputs themselves
+        self.docs_in = 0
+        self.docs_out = 0
+        self.tokens_in = 0
+        self.tokens_out = 0
+        self.dropped: Counter = Counter()
+        self.quarantined: Counter = Counter()
+        self.stats: Counter = Counter()
+        self._writer = ShardWriter(out_final) if suffix == ".jsonl.gz" else None
+        rejects = out_final.parent / "rejects" / shard_name(_index_of(out_final))
+        self._rejects = ShardWriter(rejects)
+
+    # -- counting what comes in
+    def take(self, doc: dict | None = None, n: int = 1) -> None:
+        self.docs_in += n
+        if doc is not None and isinstance(doc.get("text"), str):
+            self.tokens_in += count_tokens(doc["text"])
+
+    # -- what goes out
+    def write(self, doc: dict) -> None:
+        if self._writer is None:
+            raise TypeError(f"stage writes raw {self.suffix} outputs: write to sink.path and call count_out()")
+        self._writer.write(doc)
+        self.docs_out += 1
+        self.tokens_out += count_tokens(doc.get("text", ""))
+
+    def count_out(self, n: int = 1) -> None:
+        """For raw outputs written to `self.path` (e.g. WARC records)."""
+        self.docs_out += n
+
+    def drop(self, doc: dict | None, reason: str) -> None:
+        self.dropped[reason] += 1
+        self._rejects.write({"kind": "dropped", "reason": reason, "doc": doc})
+
+    def quarantine(self, doc: Any, reason: str) -> None:
+        self.quarantined[reason] += 1
+        self._rejects.write({"kind": "quarantined", "reason": reason, "doc": doc})
+
+    def stat(self, key: str, n: int = 1) -> None:
+        self.stats[key] += n
+
+    # -- finishing
+    def finish(self) -> dict:
+        outputs = []
+        if self._writer is not None:
+            self._writer.close()
+            text_bytes = self._writer.text_bytes
+        else:
+            if not self.path.exists():
+                self.path.write_bytes(b"")
+            os.replace(self.path, self.out_final)
+            text_bytes = 0
+        outputs.append(
+            {
+                "path": self.out_final.name,
+                "sha256": sha256_file(self.out_final),
+                "docs": self.docs_out,
+                "bytes": self.out_final.stat().st_size,
+                "text_bytes": text_bytes,
+            }
+        )
+        rejects = None
+        if self._rejects.count:
+            self._rejects.close()
+            p = self._rejects.path
+            rejects = {"path": f"rejects/{p.name}", "sha256": sha256_file(p), "docs": self._rejects.count,
+                       "bytes": p.stat().st_size}
+        else:
+            self._rejects.abort()
+        return {
+            "outputs": outputs,
+            "rejects": rejects,
+            "counts": {
+                "in": self.docs_in,
+                "out": self.docs_out,
+                "dropped": dict(sorted(self.dropped.items())),
+                "quarantined": dict(sorted(self.quarantined.items())),
+                "tokens_in": self.tokens_in,
+                "tokens_out": self.tokens_out,
+            },
+            "stats": dict(sorted(self.stats.items())),
+        }
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+        self._rejects.abort()
+        self.path.unlink(missing_ok=True)
+
+
+def _index_of(path: Path) -> int:
+    return int(path.name[:5])
+
+
+class Stage(ABC):
+    """Base class of a stage. Subclasses set `name`, keep their recipe section in `self.config`,
+    and implement `process`. The default plan is one task per input shard."""
+
+    name: str = "stage"
+    output_suffix: str = ".jsonl.gz"
+
+    def __init__(self, config: Any = None):
+        self.config = config
+
+    def tasks(self, inputs: list[Path]) -> list[Task]:
+        return [Task(i, (str(p),)) for i, p in enumerate(inputs)]
+
+    @abstractmethod
+    def process(self, task: Task, sink: Sink) -> None:
+        """Read the task's inputs, `sink.take` each unit, then write, drop or quarantine it."""
+
+    def config_dict(self) -> Any:
+        c = self.config
+        return c.model_dump(mode="json") if hasattr(c, "model_dump") else c
+
+
+def part_path(out_dir: Path, index: int) -> Path:
+    return out_dir / ".parts" / f"{index:05d}.json"
+
+
+def run_task(stage: Stage, task: Task, out_dir: str) -> dict:
+    """Run one task and commit its shard. Runs inside a Ray worker (or in-process)."""
+    out = Path(out_dir)
+    sink = Sink(out / shard_name(task.index, stage.output_suffix), stage.output_suffix)
+    t0 = time.time()
+    try:
+        stage.process(task, sink)
+        part = sink.finish()
+    except BaseException:
+        sink.abort()
+        raise
+    part.update(index=task.index, inputs=list(task.inputs), seconds=round(time.time() - t0, 3),
+                host=socket.gethostname(), pid=os.getpid())
+    atomic_write_json(part_path(out, task.index), part)  # the commit marker: written last
+    return part
+
+
+# --------------------------------------------------------------------------- Ray
+def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
+    """Start a local Ray (or join `address` / RAY_ADDRESS). Returns a small description of the cluster."""
+    import ray
+
+    if not ray.is_initialized():
+        address = address or os.environ.get("RAY_ADDRESS") or None
+        kwargs: dict = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return {"address": ray.get_runtime_context().gcs_address, "nodes": len(nodes),
+            "cpus": int(ray.cluster_resources().get("CPU", 0))}
+
+
+def _execute_ray(stage: Stage, tasks: list[Task], out_dir: Path, on_done: Callable[[dict], None],
+                 max_retries: int) -> None:
+    import ray
+
+    remote = ray.remote(num_cpus=getattr(stage, "cpus_per_task", 1), max_retries=max_retries)(run_task)
+    stage_ref = ray.put(stage)
+    pending = [remote.remote(stage_ref, t, str(out_dir)) for t in tasks]
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        for ref in done:
+            on_done(ray.get(ref))
+
+
+def _execute_local(stage: Stage, tasks: list[Task], out_dir: Path, on_done: Callable[[dict], None]) -> None:
+    for t in tasks:
+        on_done(run_task(stage, t, str(out_dir)))
+
+
+# --------------------------------------------------------------------------- run_stage
+def run_stage(
+    stage: Stage,
+    inputs: Iterable[str | Path],
+    out_dir: str | Path,
+    *,
+    ray_address: str | None = None,
+    executor: str = "ray",
+    recipe_section: Any = None,
+    progress: bool = True,
+    max_retries: int = 3,
+    extra: dict | None = None,
+) -> dict:
+    """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk)."""
+    from minisigma import manifest as mf
+    from minisigma.progress import StageProgress
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    inputs = [Path(p) for p in inputs]
+    tasks = stage.tasks(inputs)
+    started = time.time()
+
+    finished = {t.index for t in tasks if part_path(out_dir, t.index).exists()
+                and (out_dir / shard_name(t.index, stage.output_suffix)).exists()}
+    todo = [t for t in tasks if t.index not in finished]
+    cluster = {"executor": executor, "nodes": 1, "cpus": os.cpu_count()}
+    with StageProgress(stage.name, total=len(tasks), done=len(finished), enabled=progress) as bar:
+        if todo:
+            if executor == "ray":
+                cluster.update(ensure_ray(ray_address))
+                _execute_ray(stage, todo, out_dir, bar.advance, max_retries)
+            elif executor == "local":
+                _execute_local(stage, todo, out_dir, bar.advance)
+            else:
+                raise ValueError(f"unknown executor {executor!r} (ray or local)")
+    # Remove shards of an earlier run that this plan no longer produces (e.g. fewer inputs now).
+    planned = {t.index for t in tasks}
+    for p in list_shards(out_dir, stage.output_suffix):
+        if int(p.name[:5]) not in planned:
+            p.unlink()
+            part_path(out_dir, int(p.name[:5])).unlink(missing_ok=True)
+    parts = [mf.read_json(part_path(out_dir, t.index)) for t in tasks]
+    m = mf.build_manifest(
+        stage=stage.name,
+        recipe=recipe_section if recipe_section is not None else stage.config_dict(),
+        inputs=inputs,
+        parts=parts,
+        started=started,
+        resumed_shards=len(finished),
+        cluster=cluster,
+        extra=extra,
+    )
+    mf.write_manifest(out_dir, m)
+    return m
+
+
+__all__ = ["Stage", "Task", "Sink", "run_stage", "run_task", "ensure_ray", "count_tokens", "TOKEN_UNIT", "dumps"]

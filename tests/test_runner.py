@@ -1,0 +1,97 @@
+"""The stage runner: resume, determinism, rejects, manifests and their verification."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from minisigma import manifest
+from minisigma.runner import run_stage
+from minisigma.shards import ShardWriter, list_shards, read_docs, sha256_file
+from tests.stages_fixture import MinWords
+
+
+def make_inputs(d: Path, shards: int = 4, docs: int = 50, seed: int = 0) -> list[Path]:
+    rng = random.Random(seed)
+    words = "kernel page cache scheduler socket epoll mmap inode journal raft lease quorum".split()
+    paths = []
+    for s in range(shards):
+        p = d / f"{s:05d}.jsonl.gz"
+        with ShardWriter(p) as w:
+            for i in range(docs):
+                if i % 17 == 5:
+                    w.write({"id": f"{s}-{i}", "source": "test", "metadata": {}})  # no text: quarantined
+                    continue
+                n = rng.randint(0, 12)
+                w.write({"id": f"{s}-{i}", "source": "test", "text": " ".join(rng.choice(words) for _ in range(n)),
+                         "metadata": {}})
+        paths.append(p)
+    return paths
+
+
+def hashes(d: Path) -> dict:
+    return {p.name: sha256_file(p) for p in list_shards(d)}
+
+
+def test_local_run_counts_rejects_and_manifest(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    m = run_stage(MinWords(3), inputs, tmp_path / "out", executor="local", progress=False)
+    c = m["counts"]
+    assert c["in"] == 200
+    assert c["quarantined"] == {"no_text": 4 * 3}
+    assert c["in"] == c["out"] + sum(c["dropped"].values()) + sum(c["quarantined"].values())
+    assert c["dropped"]["too_short"] > 0
+    kept = [d for p in list_shards(tmp_path / "out") for d in read_docs(p)]
+    assert len(kept) == c["out"] and all(d["metadata"]["words"] >= 3 for d in kept)
+    rejects = [r for p in sorted((tmp_path / "out" / "rejects").iterdir()) for r in read_docs(p)]
+    assert {r["reason"] for r in rejects} == {"no_text", "too_short"}
+    assert len(rejects) == sum(c["dropped"].values()) + sum(c["quarantined"].values())
+    assert manifest.verify(tmp_path / "out") == []
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["inputs"][0]["sha256"] == sha256_file(inputs[0])
+    assert on_disk["code"]["package"]
+
+
+def test_resume_skips_finished_shards_and_is_byte_identical(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    run_stage(MinWords(3), inputs, tmp_path / "a", executor="local", progress=False)
+    # Simulate a crash after two shards: remove the last two shards' commit markers and files.
+    b = tmp_path / "b"
+    run_stage(MinWords(3), inputs[:2], b, executor="local", progress=False)
+    m = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    assert m["resumed_shards"] == 2
+    assert hashes(tmp_path / "a") == hashes(b)
+    again = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    assert again["resumed_shards"] == 4 and hashes(b) == hashes(tmp_path / "a")
+
+
+def test_verify_detects_tampered_shard_and_broken_counts(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    run_stage(MinWords(3), inputs, out, executor="local", progress=False)
+    shard = list_shards(out)[1]
+    docs = list(read_docs(shard))
+    docs[0]["text"] = docs[0]["text"] + " tampered"
+    with gzip.open(shard, "wt") as f:
+        f.writelines(json.dumps(d) + "\n" for d in docs)
+    problems = manifest.verify(out)
+    assert any("sha256 mismatch" in p for p in problems)
+
+    out2 = tmp_path / "out2"
+    run_stage(MinWords(3), inputs, out2, executor="local", progress=False)
+    m = json.loads((out2 / "manifest.json").read_text())
+    m["counts"]["dropped"]["too_short"] -= 1
+    (out2 / "manifest.json").write_text(json.dumps(m))
+    assert any("do not add up" in p for p in manifest.verify(out2))
+
+
+def test_ray_run_matches_local_run(tmp_path, ray_local):
+    inputs = make_inputs(tmp_path / "in", shards=3)
+    run_stage(MinWords(3), inputs, tmp_path / "local", executor="local", progress=False)
+    m = run_stage(MinWords(3), inputs, tmp_path / "ray", progress=False)
+    assert m["cluster"]["executor"] == "ray" and m["cluster"]["cpus"] >= 1
+    assert hashes(tmp_path / "local") == hashes(tmp_path / "ray")
