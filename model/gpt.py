@@ -282,9 +282,14 @@ def grouped_decode_attention(q, k, v, scale: float, mask=None, v_topk: int = 0):
     scores = scores * scale  # after the matmul: scales B*n_q*T*S values, not the cache
     if v_topk and v_topk < S:
         return _topk_values(scores, v, v_topk)
-    probs = torch.softmax(scores.float(), dim=-1).to(v.dtype)
+    probs = _softmax(scores).to(v.dtype)
     out = torch.matmul(probs.view(B, n_v, (n_q // n_v) * T, S), v)
     return out.view(B, n_q, T, v.shape[-1])
+
+
+def _softmax(x):
+    # float32 statistics for half-precision inputs; float32/float64 stay as they are
+    return torch.softmax(x, dim=-1, dtype=torch.float32 if x.element_size() < 4 else x.dtype)
 
 
 def _topk_values(scores, v, k: int):
@@ -293,7 +298,7 @@ def _topk_values(scores, v, k: int):
     B, n_q, T, S = scores.shape
     n_v, dv = v.shape[1], v.shape[-1]
     top, idx = scores.topk(k, dim=-1)  # [B, n_q, T, k]
-    probs = torch.softmax(top.float(), dim=-1).to(v.dtype)
+    probs = _softmax(top).to(v.dtype)
     # map each query head to its V head, then gather the selected rows of that head
     g = n_q // n_v
     idx = idx.view(B, n_v, g * T * k, 1).expand(B, n_v, g * T * k, dv)
