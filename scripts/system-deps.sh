@@ -1,0 +1,10 @@
+#!/bin/sh
+# System packages the project needs (Debian/Ubuntu). Idempotent: safe to run again.
+# Uses sudo when not root; skips quietly where apt-get is not available.
+set -e
+if ! command -v apt-get >/dev/null 2>&1; then echo "system-deps: no apt-get, install the packages below by hand" >&2; exit 0; fi
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+$SUDO apt-get update -qq || true
+# evaluation sandbox (CMDGen command execution) and the report's headless-browser test
+$SUDO apt-get install -y --no-install-recommends bubblewrap
+$SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core

@@ -1,0 +1,214 @@
+"""Hostile commands against the evaluation sandbox: each is contained, the host is unchanged, and
+evaluation goes on afterwards.
+
+Host sentinels, checked after every command:
+- files: a secret and a canary file in a host directory and one in the user's home (content + mtime),
+  plus the working tree must gain no file;
+- a process: a `sleep` started by the test on the host must survive;
+- a network service: a real HTTP server on the host's 127.0.0.1 must receive no request;
+- the environment: a secret in the evaluator's environment must not be visible inside.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import shutil
+import signal
+import subprocess
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from model.evaluation.sandbox import Limits, Sandbox
+
+pytestmark = pytest.mark.skipif(shutil.which("bwrap") is None,
+                                reason="bubblewrap not installed (scripts/system-deps.sh installs it)")
+
+SECRET = "s3cr3t-" + uuid.uuid4().hex
+REPO = Path(__file__).resolve().parents[1]
+
+
+class _Counting(http.server.BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        type(self).hits += 1
+        self.send_response(200)
+        self.end_headers()
+        self.wfile.write(b"host-service-reached")
+
+    def log_message(self, *a):
+        pass
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory):
+    """Sentinels on the host: files, a process, a loopback server, an environment secret."""
+    d = tmp_path_factory.mktemp("host")
+    (d / "secret.txt").write_text(SECRET)
+    (d / "canary.txt").write_text("canary")
+    home_file = Path.home() / f".minisigma-sandbox-test-{uuid.uuid4().hex[:8]}"
+    home_file.write_text(SECRET)
+    sentinel = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Counting)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    os.environ["MINISIGMA_TEST_SECRET"] = SECRET
+    files = [d / "secret.txt", d / "canary.txt", home_file]
+    state = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+    repo_files = set(os.listdir(REPO))
+    info = {"dir": d, "home_file": home_file, "pid": sentinel.pid, "port": server.server_address[1],
+            "files": files, "state": state, "repo_files": repo_files, "proc": sentinel}
+    yield info
+    os.environ.pop("MINISIGMA_TEST_SECRET", None)
+    server.shutdown()
+    sentinel.kill()
+    sentinel.wait()
+    home_file.unlink(missing_ok=True)
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    lim = Limits(wall_seconds=4.0, cpu_seconds=2, memory_bytes=512 << 20, output_bytes=32 << 10,
+                 processes=48, file_bytes=8 << 20, scratch_bytes=16 << 20)
+    with Sandbox(lim) as sb:
+        yield sb
+
+
+def _hostile(h) -> list[tuple[str, str]]:
+    """(name, command). Host paths and the sentinel pid are real values from the host fixture."""
+    d, pid, port = h["dir"], h["pid"], h["port"]
+    home = h["home_file"]
+    return [
+        ("rm_rf_root", "rm -rf --no-preserve-root / 2>/dev/null; echo done"),
+        ("rm_host_dir", f"rm -rf {d} {d}/canary.txt; ls {d}"),
+        ("rm_home_file", f"rm -f {home}; rm -rf ~/*"),
+        ("rm_repo", f"rm -rf {REPO}/model {REPO}/pyproject.toml"),
+        ("write_repo", f"echo pwned > {REPO}/PWNED.txt"),
+        ("write_etc", "echo pwned >> /etc/passwd; echo x > /etc/pwned"),
+        ("write_usr", "cp /bin/sh /usr/bin/pwned; echo x > /usr/lib/pwned"),
+        ("write_home", f"echo pwned > {Path.home()}/.bashrc_pwned; echo pwned >> {home}"),
+        ("overwrite_host_file", f"echo pwned > {d}/canary.txt"),
+        ("read_shadow", "cat /etc/shadow /etc/gshadow"),
+        ("read_root_secret", f"cat {home}; ls -la /root; cat /root/.bash_history"),
+        ("read_host_file", f"cat {d}/secret.txt"),
+        ("find_secret", f"grep -r {SECRET} / 2>/dev/null | head"),
+        ("env_secret", "env; cat /proc/self/environ; cat /proc/1/environ"),
+        ("curl_host_loopback", f"curl -s -m 2 http://127.0.0.1:{port}/"),
+        ("wget_host_loopback", f"wget -q -T 2 -O - http://localhost:{port}/"),
+        ("bash_dev_tcp", f"exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'GET / HTTP/1.0\\r\\n\\r\\n' >&3; cat <&3"),
+        ("python_socket_host", "python3 -c \"import socket; s=socket.create_connection(('127.0.0.1', %d), 2); "
+                               "s.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n'); print(s.recv(100))\"" % port),
+        ("external_ip", "curl -s -m 2 http://1.1.1.1/ || python3 -c \"import socket; "
+                        "socket.create_connection(('8.8.8.8', 53), 2)\""),
+        ("dns_lookup", "getent hosts deb.debian.org || python3 -c \"import socket; print(socket.gethostbyname('pypi.org'))\""),
+        ("fork_bomb", ":(){ :|:& };:; wait"),
+        ("python_fork_bomb", "python3 -c \"import os\nwhile True:\n    try: os.fork()\n    except OSError: pass\""),
+        ("fill_disk", "dd if=/dev/zero of=big bs=1M count=10000; for i in $(seq 1 100); do head -c 4M /dev/zero > f$i; done; df -k ."),
+        ("fill_tmp_shm", "for d in /tmp /dev/shm; do for i in $(seq 1 100); do head -c 4M /dev/zero > $d/f$i; done; done"),
+        ("memory_bomb", "python3 -c \"x = bytearray(3 << 30); print(len(x))\""),
+        ("infinite_output", "yes pwned"),
+        ("infinite_stderr", "cat /dev/urandom >&2"),
+        ("sleep_forever", "sleep infinity"),
+        ("busy_loop", "while :; do :; done"),
+        ("background_orphan", "nohup sleep 1234 >/dev/null 2>&1 & disown; setsid sleep 1235 & echo started"),
+        ("kill_all", "kill -9 -1"),
+        ("kill_sentinel", f"kill -9 {pid}; pkill -9 sleep; pkill -9 -f pytest"),
+        ("kill_init", "kill -9 1"),
+        ("proc_host_pid", f"ls /proc/{pid}/ && echo pwned > /proc/{pid}/root{d}/canary.txt"),
+        ("proc_root_escape", f"echo pwned > /proc/1/root{d}/canary.txt; cat /proc/1/root/etc/shadow"),
+        ("proc_sysrq", "echo s > /proc/sysrq-trigger; echo 1 > /proc/sys/kernel/panic"),
+        ("mount_over", "mount -t tmpfs none /usr; mount --bind /scratch /etc; mount -o remount,rw /usr"),
+        ("new_userns", "unshare -r -m sh -c 'mount -t tmpfs none /usr && echo escaped'"),
+        ("nsenter_host", "nsenter -t 1 -a sh -c 'echo pwned'"),
+        ("chroot", "chroot / true && echo chrooted"),
+        ("setuid_root", "su -c 'cat /etc/shadow' root </dev/null"),
+        ("raw_disk", "cat /dev/vda /dev/sda /dev/nvme0n1 | head -c 100"),
+        ("symlink_escape", f"ln -s {d}/secret.txt s; cat s; ln -s /etc/shadow t; cat t"),
+        ("set_clock", "date -s '2000-01-01'"),
+    ]
+
+
+def _assert_host_unchanged(h):
+    for p, (content, mtime) in h["state"].items():
+        assert p.exists(), f"host file deleted: {p}"
+        assert p.read_bytes() == content and p.stat().st_mtime_ns == mtime, f"host file changed: {p}"
+    assert h["proc"].poll() is None, "host sentinel process was killed"
+    assert _Counting.hits == 0, "the host's 127.0.0.1 server was reached"
+    assert set(os.listdir(REPO)) == h["repo_files"], "the working tree changed"
+    assert not (Path.home() / ".bashrc_pwned").exists()
+
+
+def _no_orphans():
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return not any(line.startswith(("sleep 1234", "sleep 1235")) for line in out.splitlines())
+
+
+# Collected at import time from a placeholder host, so pytest ids are the names.
+_NAMES = [n for n, _ in _hostile({"dir": Path("/x"), "pid": 1, "port": 1, "home_file": Path("/x")})]
+
+
+def test_suite_is_large_enough():
+    assert len(_NAMES) >= 30 and len(set(_NAMES)) == len(_NAMES)
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_hostile_command_is_contained(name, host, sandbox):
+    command = dict(_hostile(host))[name]
+    r = sandbox.run(command)
+    # The evaluator got a result (no exception), within the limits.
+    assert r.status in {"ok", "error", "not_executable", "timeout", "output_limit", "killed"}, (r.status, r.stderr)
+    # each captured byte decodes to at most one character (invalid bytes become U+FFFD)
+    assert len(r.stdout) + len(r.stderr) <= sandbox.limits.output_bytes
+    assert r.seconds < sandbox.limits.wall_seconds + 5
+    assert SECRET not in r.stdout and SECRET not in r.stderr, "a host secret leaked into the sandbox"
+    assert "host-service-reached" not in r.stdout
+    assert "root:" not in r.stdout.split("/etc/passwd")[0] or "$" not in r.stdout  # no shadow hashes
+    assert "escaped" not in r.stdout and "chrooted" not in r.stdout
+    _assert_host_unchanged(host)
+    assert _no_orphans(), "a process started inside outlived its sandbox"
+    # Evaluation goes on: the next command in a fresh sandbox runs normally.
+    after = sandbox.run("echo alive; ls -A", setup="touch seeded")
+    assert (after.status, after.stdout) == ("ok", "alive\nseeded\n")
+
+
+def test_limits_are_what_stops_them(sandbox):
+    """The resource limits themselves, checked by their observable effect."""
+    assert sandbox.run("sleep infinity").status == "timeout"
+    out = sandbox.run("yes")
+    assert out.status == "output_limit" and out.truncated and len(out.stdout) == sandbox.limits.output_bytes
+    busy = sandbox.run("while :; do :; done")
+    assert busy.status == "killed" and busy.signal in (signal.SIGXCPU, signal.SIGKILL)
+    mem = sandbox.run("python3 -c \"x = bytearray(3 << 30)\"")
+    assert mem.status == "error" and "MemoryError" in mem.stderr
+    disk = sandbox.run("head -c 100M /dev/zero > f; ls -l f | awk '{print $5}'")
+    assert int(disk.stdout.split()[-1]) <= sandbox.limits.file_bytes
+    procs = sandbox.run(
+        "python3 -c \"import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+        "            os.close(1); os.close(2); time.sleep(2); os._exit(0)\n        n += 1\n"
+        "except OSError as e:\n    print(n, e.errno)\"")
+    forked, errno_ = map(int, procs.stdout.split())
+    assert forked < sandbox.limits.processes and errno_ == 11, procs  # EAGAIN from RLIMIT_NPROC
+    net = sandbox.run("ip -o link show | awk -F': ' '{print $2}'")
+    assert net.stdout.split() == ["lo"]
+    who = sandbox.run("id -u; grep Cap[EP] /proc/self/status")
+    assert who.stdout.split()[0] == "1000" and who.stdout.count("0000000000000000") == 2
+
+
+def test_missing_tool_is_not_executable(sandbox):
+    assert sandbox.run("nvidia-smi -L").status == "not_executable"
+    r = sandbox.run("true", tool="nccl-tests-definitely-missing")
+    assert r.status == "not_executable" and r.exit_code == 127
+    assert sandbox.run("ls", tool="ls").status == "ok"
+    assert sandbox.run("   ").status == "empty"
+
+
+def test_setup_seeds_a_fresh_scratch_each_time(sandbox):
+    r = sandbox.run("cat notes.txt; pwd; echo $HOME", setup="printf 'a\\nb\\n' > notes.txt")
+    assert r.stdout == "a\nb\n/scratch\n/scratch\n"
+    # nothing carries over from one run to the next
+    assert sandbox.run("ls -A").stdout == ""
+    bad = sandbox.run("echo never", setup="exit 3")
+    assert bad.status == "setup_failed" and "never" not in bad.stdout
