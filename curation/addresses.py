@@ -39,9 +39,11 @@ def refusal(ip: IPAddress, allow_loopback: bool) -> str | None:
         return "multicast"
     if ip.is_unspecified:
         return "unspecified"
+    if ip.is_reserved:
+        return "reserved"
     if ip.is_private:
         return "private"
-    if ip.is_reserved or not ip.is_global:
+    if not ip.is_global:  # e.g. shared address space 100.64.0.0/10
         return "reserved"
     return None
 

@@ -99,3 +99,36 @@ def send(h: BaseHTTPRequestHandler, status: int, body: bytes, ctype: str = "text
 def min_gap(times: list[float]) -> float:
     times = sorted(times)
     return min(b - a for a, b in zip(times, times[1:]))
+
+
+def read_warc(path) -> list[dict]:
+    """The records of a WARC file as plain dicts (payload = the stored, still content-encoded body)."""
+    from warcio.archiveiterator import ArchiveIterator
+
+    out = []
+    with open(path, "rb") as f:
+        for rec in ArchiveIterator(f):
+            h = rec.rec_headers
+            out.append({
+                "type": rec.rec_type,
+                "uri": h.get_header("WARC-Target-URI"),
+                "id": h.get_header("WARC-Record-ID"),
+                "concurrent": h.get_header("WARC-Concurrent-To"),
+                "purpose": h.get_header("X-Crawl-Purpose"),
+                "status": int(rec.http_headers.get_statuscode()) if rec.rec_type == "response" else None,
+                "payload": rec.raw_stream.read(),
+            })
+    return out
+
+
+def crawl_site(site: Site, paths: list[str], tmp_path, **cfg):
+    """Crawl `paths` of `site` with a fast, loopback-allowed config (overridable); return (stats, records)."""
+    from curation.crawl import CrawlConfig, crawl
+
+    settings = dict(allow_loopback=True, per_host_rate=200.0, connect_timeout=2.0, read_timeout=2.0,
+                    total_timeout=5.0, backoff_base=0.05, backoff_max=0.2)
+    settings.update(cfg)
+    warc = tmp_path / "crawl.warc.gz"
+    stats = crawl([site.url(p) if p.startswith("/") else p for p in paths], CrawlConfig(**settings), warc)
+    assert stats.unaccounted() == 0, stats.to_dict()
+    return stats, read_warc(warc)
