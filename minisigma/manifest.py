@@ -149,8 +149,14 @@ def _mb(n: int) -> str:
     return f"{n / 1e6:,.2f}"
 
 
+def _console() -> Console:
+    # Tables are wide; when output is piped (no terminal width), do not squeeze them to 80 columns.
+    c = Console()
+    return c if c.is_terminal else Console(width=160)
+
+
 def show(run_dir: str | Path, console: Console | None = None) -> None:
-    console = console or Console()
+    console = console or _console()
     run_dir = Path(run_dir)
     table = Table(title=f"minisigma run: {run_dir}", show_lines=False)
     for col, j in [("stage", "left"), ("shards", "right"), ("in", "right"), ("out", "right"),
@@ -208,7 +214,7 @@ def verify_stage(stage_dir: Path) -> list[str]:
 
 
 def verify(run_dir: str | Path, console: Console | None = None) -> list[str]:
-    console = console or Console()
+    console = console or _console()
     problems: list[str] = []
     dirs = stage_dirs(run_dir)
     for d in dirs:
@@ -225,7 +231,7 @@ def diff(run_dir: str | Path, reference_dir: str | Path, rel_tol: float = 0.10,
          console: Console | None = None) -> list[str]:
     """Compare the counts of a run with a reference run, stage by stage; differences beyond
     `rel_tol` (relative) are reported."""
-    console = console or Console()
+    console = console or _console()
     run_dir, reference_dir = Path(run_dir), Path(reference_dir)
     ours = {str(d.relative_to(run_dir)) if d != run_dir else ".": read_json(d / MANIFEST) for d in stage_dirs(run_dir)}
     ref = {str(d.relative_to(reference_dir)) if d != reference_dir else ".": read_json(d / MANIFEST)

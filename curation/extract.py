@@ -1,0 +1,156 @@
+"""Extraction: WARC response records -> Documents, with trafilatura.
+
+One task per WARC shard. Each HTML response is extracted with a per-document time limit; anything
+that yields no document is counted by reason (http status, content type, timeout, empty, error),
+and the stage never crashes on one bad record.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from contextlib import contextmanager
+from urllib.parse import urlsplit
+
+from warcio.archiveiterator import ArchiveIterator
+
+from minisigma.recipes import Section
+from minisigma.runner import Sink, Stage, Task
+from minisigma.shards import doc_id
+
+HTML_TYPES = ("text/html", "application/xhtml+xml")
+
+
+class ExtractConfig(Section):
+    timeout_s: float = 10.0  # per-document limit
+    min_chars: int = 200  # shorter extractions are dropped as "too_short"
+    favor_precision: bool = True
+    include_tables: bool = True
+    include_comments: bool = False
+    deduplicate: bool = False  # trafilatura's own in-document dedup (off: keep repeated code lines)
+
+
+class ExtractionTimeout(Exception):
+    pass
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """SIGALRM-based limit (works in the main thread, which is where Ray and the CLI run tasks).
+    Elsewhere the limit is skipped rather than faked."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum, frame):
+        raise ExtractionTimeout()
+
+    old = signal.signal(signal.SIGALRM, _raise)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def decode_html(body: bytes, content_type: str) -> tuple[str, bool]:
+    """Decode with the declared charset, falling back to UTF-8 with replacement. Returns (text, was_clean)."""
+    charset = "utf-8"
+    for part in content_type.split(";")[1:]:
+        k, _, v = part.strip().partition("=")
+        if k.lower() == "charset" and v:
+            charset = v.strip().strip('"').lower()
+    try:
+        return body.decode(charset), True
+    except (UnicodeDecodeError, LookupError):
+        return body.decode("utf-8", errors="replace"), False
+
+
+def extract_html(html: str, url: str, cfg: ExtractConfig) -> tuple[str, dict]:
+    import trafilatura
+
+    doc = trafilatura.bare_extraction(
+        html, url=url, favor_precision=cfg.favor_precision, include_tables=cfg.include_tables,
+        include_comments=cfg.include_comments, deduplicate=cfg.deduplicate, with_metadata=True,
+        output_format="python",
+    )
+    if doc is None:
+        return "", {}
+    d = doc.as_dict() if hasattr(doc, "as_dict") else dict(doc)
+    meta = {k: d.get(k) for k in ("title", "author", "date", "sitename", "license", "description") if d.get(k)}
+    return d.get("text") or "", meta
+
+
+def stable_locator(url: str, prefix: str | None) -> str:
+    """Sites served on an ephemeral loopback port get a port-free locator (e.g. localdocs://pkg/path),
+    so document ids stay the same from one run to the next."""
+    if not prefix:
+        return url
+    parts = urlsplit(url)
+    return prefix.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
+
+
+class Extract(Stage):
+    """WARC shard -> documents. `params` of the task may carry `source` and `category` of the site."""
+
+    name = "extract"
+
+    def __init__(self, config: ExtractConfig, site_meta: dict[str, dict] | None = None):
+        super().__init__(config)
+        self.site_meta = site_meta or {}  # warc shard name -> {source, category, site, ...}
+
+    def process(self, task: Task, sink: Sink) -> None:
+        path = task.inputs[0]
+        meta = self.site_meta.get(path.rsplit("/", 1)[-1], {})
+        source = meta.get("source", "web")
+        with open(path, "rb") as f:
+            for rec in ArchiveIterator(f):
+                if rec.rec_type != "response":
+                    continue
+                url = rec.rec_headers.get_header("WARC-Target-URI") or ""
+                if url.endswith("/robots.txt"):
+                    continue  # politeness fetches, not content
+                sink.take()
+                where = {"url": url}
+                status = rec.http_headers.get_statuscode() if rec.http_headers else None
+                if status != "200":
+                    sink.drop(where, f"http_{status}")
+                    continue
+                ctype = (rec.http_headers.get_header("Content-Type") or "").lower()
+                if not ctype.startswith(HTML_TYPES):
+                    sink.drop(where, "not_html")
+                    continue
+                body = rec.content_stream().read()
+                html, clean = decode_html(body, ctype)
+                if not clean:
+                    sink.stat("invalid_encoding_repaired")
+                try:
+                    with time_limit(self.config.timeout_s):
+                        text, doc_meta = extract_html(html, url, self.config)
+                except ExtractionTimeout:
+                    sink.quarantine(where, "extract_timeout")
+                    continue
+                except Exception as e:  # a parser bug on one page must not stop the stage
+                    sink.quarantine(where, f"extract_error: {type(e).__name__}")
+                    continue
+                if not text.strip():
+                    sink.drop(where, "empty")
+                    continue
+                if len(text) < self.config.min_chars:
+                    sink.drop(where, "too_short")
+                    continue
+                fetched = rec.rec_headers.get_header("WARC-Date") or ""
+                locator = stable_locator(url, meta.get("locator"))
+                sink.write({
+                    "id": doc_id(source, locator),
+                    "text": text,
+                    "source": source,
+                    "url": locator,
+                    "metadata": {**doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
+                                 **({"served_url": url} if locator != url else {}),
+                                 "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
+                                 "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")},
+                })
+
+

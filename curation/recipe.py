@@ -1,0 +1,37 @@
+"""The curation recipe: which sources, how to crawl and extract, how to refine.
+
+Source sections are a tagged union on `type`; each source module defines its own section.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import Field
+
+from curation.crawl import CrawlConfig
+from curation.extract import ExtractConfig
+from curation.sources.localdocs import LocalDocsSource
+from minisigma.recipes import Section, load_recipe
+
+
+class RayConfig(Section):
+    address: str | None = None  # None: RAY_ADDRESS or a local Ray; "auto" joins a running `ray start` cluster
+    executor: Literal["ray", "local"] = "ray"  # "local": in-process, one shard after another (debugging)
+
+
+SourceConfig = Annotated[Union[LocalDocsSource], Field(discriminator="type")]
+
+
+class CurationRecipe(Section):
+    name: str
+    description: str = ""
+    ray: RayConfig = RayConfig()
+    sources: list[SourceConfig]
+    crawl: CrawlConfig = CrawlConfig()
+    extract: ExtractConfig = ExtractConfig()
+
+
+def load(path: str | Path) -> CurationRecipe:
+    return load_recipe(path, CurationRecipe)
