@@ -1,0 +1,180 @@
+"""A polite HTTP client for the metadata APIs (arXiv OAI-PMH, DBLP search).
+
+What the APIs' terms ask for, in one place:
+  * a User-Agent that names the tool and a contact (`HttpConfig.contact`, from the recipe);
+  * a minimum spacing between requests to one host (arXiv asks for >= 3 s). The spacing is kept in
+    a lock file shared by every process of a run (`spacing_dir`), so parallel Ray tasks on one
+    machine -- or on a cluster with a shared run directory -- still space their requests;
+  * retries with exponential backoff on 429 and 5xx and on connection errors, honouring
+    Retry-After (seconds or an HTTP date), giving up with `FetchFailed` after `retries`.
+
+`requests` rather than the crawler's aiohttp client: API harvests are strictly sequential (each
+page names the next), so a blocking client is the simpler tool.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import fcntl
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import requests
+from pydantic import Field, field_validator
+
+from minisigma import __version__
+from minisigma.recipes import Section
+
+RETRY_STATUS = {429, 500, 502, 503, 504}
+PROJECT_URL = "https://github.com/minisigma/minisigma"
+
+
+class HttpConfig(Section):
+    """How an adapter talks to an API: identity, spacing, retries, timeouts."""
+
+    contact: str = Field(..., description="an e-mail address or URL the API operator can reach you at")
+    min_interval_s: float = Field(3.0, ge=0, description="seconds between two requests to one host")
+    retries: int = Field(5, ge=0, description="extra attempts after a 429/5xx/connection error")
+    backoff_s: float = Field(5.0, ge=0, description="attempt n waits backoff_s * 2**n (capped)")
+    backoff_max_s: float = Field(300.0, ge=0)
+    max_retry_after_s: float = Field(900.0, ge=0, description="a longer Retry-After gives up instead")
+    timeout_s: float = Field(60.0, gt=0, description="connect and read timeout of one request")
+
+    @field_validator("contact")
+    @classmethod
+    def _contact(cls, v: str) -> str:
+        v = v.strip()
+        if "@" not in v and "://" not in v:
+            raise ValueError("must be an e-mail address or a URL")
+        return v
+
+    @property
+    def user_agent(self) -> str:
+        return f"minisigma/{__version__} (+{PROJECT_URL}; {self.contact})"
+
+
+class FetchFailed(RuntimeError):
+    """The request kept failing after all retries (the task fails; its checkpoint allows a resume)."""
+
+
+@dataclass
+class Fetched:
+    url: str
+    status: int
+    body: bytes
+    fetched_at: float
+    content_type: str
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP date. None when absent or unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
+
+
+class Spacing:
+    """Keeps `interval` seconds between the starts of requests to one host, across processes.
+
+    The time of the last request is stored in a small file under an exclusive flock; a caller
+    holds the lock while it sleeps, so waiting callers queue up instead of bunching.
+    """
+
+    def __init__(self, directory: Path, host: str, interval: float):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.path = directory / f"{hashlib.sha1(host.encode()).hexdigest()[:16]}.last"
+        self.interval = interval
+
+    def wait_turn(self) -> None:
+        if self.interval <= 0:
+            return
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                raw = f.read().strip()
+                last = float(raw) if raw else 0.0
+                delay = last + self.interval - time.time()
+                if delay > 0:
+                    time.sleep(delay)
+                f.seek(0)
+                f.truncate()
+                f.write(repr(time.time()))
+                f.flush()
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def push_back(self, seconds: float) -> None:
+        """Make the next request to this host wait at least `seconds` from now (Retry-After)."""
+        with open(self.path, "a+") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                f.seek(0)
+                f.truncate()
+                f.write(repr(time.time() + seconds - self.interval))
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class PoliteClient:
+    def __init__(self, cfg: HttpConfig, spacing_dir: Path, sleep=time.sleep):
+        self.cfg = cfg
+        self.spacing_dir = Path(spacing_dir)
+        self.session = requests.Session()
+        self.session.headers.update({"User-Agent": cfg.user_agent, "Accept-Encoding": "gzip"})
+        self._spacings: dict[str, Spacing] = {}
+        self._sleep = sleep
+        self.requests = 0
+        self.retries = 0
+
+    def _spacing(self, url: str) -> Spacing:
+        host = urlsplit(url).netloc
+        if host not in self._spacings:
+            self._spacings[host] = Spacing(self.spacing_dir, host, self.cfg.min_interval_s)
+        return self._spacings[host]
+
+    def get(self, url: str, params: dict | None = None, accept: str | None = None) -> Fetched:
+        """GET with spacing and retries. Returns the final response (any non-retryable status);
+        raises FetchFailed when retries are exhausted."""
+        spacing = self._spacing(url)
+        headers = {"Accept": accept} if accept else None
+        last_problem = ""
+        for attempt in range(self.cfg.retries + 1):
+            spacing.wait_turn()
+            self.requests += 1
+            wait = None
+            try:
+                r = self.session.get(url, params=params, headers=headers, timeout=self.cfg.timeout_s)
+            except requests.RequestException as e:
+                last_problem = f"{type(e).__name__}"
+            else:
+                if r.status_code not in RETRY_STATUS:
+                    return Fetched(r.url, r.status_code, r.content, time.time(),
+                                   r.headers.get("Content-Type", ""))
+                last_problem = f"HTTP {r.status_code}"
+                wait = retry_after_seconds(r.headers.get("Retry-After"))
+                if wait is not None and wait > self.cfg.max_retry_after_s:
+                    raise FetchFailed(f"{url}: Retry-After {wait:.0f}s exceeds max_retry_after_s")
+            if attempt == self.cfg.retries:
+                break
+            self.retries += 1
+            if wait is None:
+                wait = min(self.cfg.backoff_s * 2**attempt, self.cfg.backoff_max_s)
+            spacing.push_back(wait)
+        raise FetchFailed(f"{url}: {last_problem} after {self.cfg.retries + 1} attempts")
+
+    def close(self) -> None:
+        self.session.close()
+
+
+__all__ = ["HttpConfig", "PoliteClient", "FetchFailed", "Fetched", "retry_after_seconds", "Spacing"]

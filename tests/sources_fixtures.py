@@ -1,0 +1,154 @@
+"""Loopback servers that speak the real protocols of the sources, for tests/test_sources_*.py.
+
+`LoopbackServer(app)` serves a WSGI-like callable `app(method, path, query, headers) -> (status,
+headers, body)` on 127.0.0.1 and logs every request server-side (monotonic arrival time, path,
+query, headers), so tests can check spacing and the User-Agent from the server's point of view.
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from urllib.parse import parse_qs, urlsplit
+from xml.sax.saxutils import escape
+
+HTTP_CONFIG = {"contact": "minisigma-tests@example.org", "min_interval_s": 0.05, "retries": 3,
+               "backoff_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 10}
+
+
+@dataclass
+class Hit:
+    t: float
+    method: str
+    path: str
+    query: dict
+    headers: dict
+
+
+class LoopbackServer:
+    def __init__(self, app):
+        self.app = app
+        self.log: list[Hit] = []
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):  # noqa: N802
+                parts = urlsplit(self.path)
+                query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                server.log.append(Hit(time.monotonic(), "GET", parts.path, query, headers))
+                status, hdrs, body = server.app("GET", parts.path, query, headers)
+                self.send_response(status)
+                for k, v in hdrs.items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+
+    def __enter__(self) -> "LoopbackServer":
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+# --------------------------------------------------------------------------- OAI-PMH (arXiv)
+OAI_HEAD = ('<?xml version="1.0" encoding="UTF-8"?>\n<OAI-PMH xmlns="http://www.openarchives.org/OAI/2.0/" '
+            'xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" xsi:schemaLocation="http://www.openarchives.org/'
+            'OAI/2.0/ http://www.openarchives.org/OAI/2.0/OAI-PMH.xsd">\n<responseDate>2025-01-15T10:00:00Z'
+            '</responseDate>\n')
+
+
+def arxiv_record(r: dict) -> str:
+    """One <record> in arXiv's OAI metadata format; keys missing from `r` are left out."""
+    if r.get("deleted"):
+        return (f'<record><header status="deleted"><identifier>oai:arXiv.org:{r["id"]}</identifier>'
+                f'<datestamp>{r["datestamp"]}</datestamp><setSpec>cs</setSpec></header></record>\n')
+    parts = [f'<record><header><identifier>oai:arXiv.org:{r["id"]}</identifier><datestamp>{r["datestamp"]}'
+             '</datestamp><setSpec>cs</setSpec></header><metadata>'
+             '<arXiv xmlns="http://arxiv.org/OAI/arXiv/" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance" '
+             'xsi:schemaLocation="http://arxiv.org/OAI/arXiv/ http://arxiv.org/OAI/arXiv.xsd">'
+             f'<id>{r["id"]}</id><created>{r["datestamp"]}</created>']
+    if "authors" in r:
+        parts.append("<authors>" + "".join(
+            f"<author><keyname>{escape(k)}</keyname><forenames>{escape(f)}</forenames></author>"
+            for f, k in r["authors"]) + "</authors>")
+    if "title" in r:
+        parts.append(f"<title>{escape(r['title'])}</title>")
+    if "categories" in r:
+        parts.append(f"<categories>{' '.join(r['categories'])}</categories>")
+    parts.append("<license>http://creativecommons.org/licenses/by/4.0/</license>")
+    if "abstract" in r:
+        parts.append(f"<abstract>  {escape(r['abstract'])}\n</abstract>")
+    parts.append("</arXiv></metadata></record>\n")
+    return "".join(parts)
+
+
+@dataclass
+class OaiApp:
+    """ListRecords over `records` (each with a datestamp), `page_size` per page, tokens 'tok-<offset>'."""
+
+    records: list[dict]
+    page_size: int = 3
+    bad_tokens_once: set = field(default_factory=set)  # tokens answered with badResumptionToken once
+    truncate: dict = field(default_factory=dict)  # offset -> keep only this many bytes of that page
+    down_after: int | None = None  # answer 503 (Retry-After: 0) once this many requests were served
+    requests: int = 0
+
+    def __call__(self, method, path, query, headers):
+        self.requests += 1
+        if self.down_after is not None and self.requests > self.down_after:
+            return 503, {"Retry-After": "0", "Content-Type": "text/plain"}, b"down for maintenance"
+        if query.get("verb") != "ListRecords":
+            return 200, {"Content-Type": "text/xml"}, self._error("badVerb", "Illegal verb")
+        token = query.get("resumptionToken")
+        if token:
+            if token in self.bad_tokens_once:
+                self.bad_tokens_once.discard(token)
+                return 200, {"Content-Type": "text/xml"}, self._error("badResumptionToken",
+                                                                      "The resumptionToken is invalid or expired")
+            try:
+                offset, lo, hi = token.split("|")[0][4:], token.split("|")[1], token.split("|")[2]
+                offset = int(offset)
+            except (ValueError, IndexError):
+                return 200, {"Content-Type": "text/xml"}, self._error("badResumptionToken", "malformed")
+        else:
+            if query.get("metadataPrefix") != "arXiv":
+                return 200, {"Content-Type": "text/xml"}, self._error("cannotDisseminateFormat", "no such format")
+            offset, lo, hi = 0, query.get("from", "0000"), query.get("until", "9999")
+        window = [r for r in self.records if lo <= r["datestamp"] <= hi]
+        if not window:
+            return 200, {"Content-Type": "text/xml"}, self._error("noRecordsMatch", "No records")
+        page = window[offset: offset + self.page_size]
+        nxt = offset + self.page_size
+        tok = (f'<resumptionToken cursor="{offset}" completeListSize="{len(window)}">tok-{nxt}|{lo}|{hi}'
+               '</resumptionToken>') if nxt < len(window) else \
+            f'<resumptionToken cursor="{offset}" completeListSize="{len(window)}"/>'
+        body = (OAI_HEAD + '<request verb="ListRecords">http://export.arxiv.org/oai2</request>\n<ListRecords>\n'
+                + "".join(arxiv_record(r) for r in page) + tok + "</ListRecords>\n</OAI-PMH>\n").encode()
+        if offset in self.truncate:
+            body = body[: self.truncate[offset]]
+        return 200, {"Content-Type": "text/xml; charset=utf-8"}, body
+
+    @staticmethod
+    def _error(code: str, text: str) -> bytes:
+        return (OAI_HEAD + f'<request>http://export.arxiv.org/oai2</request>\n<error code="{code}">{text}</error>\n'
+                "</OAI-PMH>\n").encode()
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
