@@ -102,6 +102,78 @@ def serve_cmd(
     serve(checkpoint, host=host, port=port, model_name=model_name, max_batch=max_batch)
 
 
+@app.command("generate")
+def generate_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a model directory (model.safetensors + config.json + tokenizer.json)"),
+    prompt: list[str] = typer.Option(..., "--prompt", help="prompt text; repeat for a left-padded batch"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    temperature: float = typer.Option(0.0, "--temperature", min=0.0, help="0 = greedy"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", min=1),
+    top_p: Optional[float] = typer.Option(None, "--top-p", min=0.0, max=1.0),
+    stop: list[str] = typer.Option([], "--stop", help="stop sequence (repeatable); output is cut before it"),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+):
+    """Complete prompts with a checkpoint (KV-cache decoding); prints prompt + completion."""
+    from model.generation import generate
+    from model.io import load_pretrained
+
+    model, _, tok = load_pretrained(checkpoint)
+    if tok is None:
+        raise UserError(f"{checkpoint}: tokenizer.json is missing")
+    try:
+        outs = generate(model, tok, list(prompt), max_new_tokens=max_new_tokens, temperature=temperature,
+                        top_k=top_k, top_p=top_p, stop=stop, seed=seed)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    for p, o in zip(prompt, outs):
+        print(p + o)
+
+
+def _load_benchmark(name: str):
+    """benchmarks/ is a folder of scripts next to the package (not installed): load one by path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    if not path.is_file():
+        raise UserError(f"{path}: benchmark script not found (run from a source checkout)")
+    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@bench_app.command("attention")
+def bench_attention_cmd(
+    contexts: str = typer.Option("1024,4096,16384,32768", "--contexts", help="comma-separated context lengths"),
+    batches: str = typer.Option("1,8", "--batches", help="comma-separated batch sizes"),
+    layers: int = typer.Option(2, "--layers", min=1, help="attention layers timed per decode step"),
+    hidden: int = typer.Option(2048, "--hidden", min=64, help="hidden size (head width 64, n_q = hidden/64)"),
+    dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
+    train_seq: int = typer.Option(512, "--train-seq", min=16, help="sequence length of the prefill/training timing"),
+    repeats: int = typer.Option(0, "--repeats", min=0, help="timed decode steps per point (0 = auto)"),
+    out: Path = typer.Option(Path("runs/bench/attention"), "--out", help="folder for the PNG and JSON results"),
+):
+    """DiffQKV (4 K / 16 V heads) vs GQA (16/16): KV bytes/token, decode latency vs context, prefill and
+    training-step time, printed side by side with the paper's targets; writes a latency PNG."""
+    bench_attention = _load_benchmark("bench_attention")
+
+    def ints(s: str, what: str) -> list[int]:
+        try:
+            vals = [int(x) for x in s.split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--{what}: expected comma-separated integers, got {s!r}") from None
+        if not vals or min(vals) < 1:
+            raise UserError(f"--{what}: expected positive integers, got {s!r}")
+        return vals
+
+    if dtype not in ("float32", "bfloat16"):
+        raise UserError(f"--dtype: expected float32 or bfloat16, got {dtype!r}")
+    if hidden % 64:
+        raise UserError(f"--hidden: must be a multiple of 64 (head width), got {hidden}")
+    bench_attention.run(contexts=ints(contexts, "contexts"), batches=ints(batches, "batches"), layers=layers,
+                        hidden=hidden, dtype=dtype, train_seq=train_seq, repeats=repeats, out_dir=out)
+
+
 def main() -> None:
     """Console entry point: turns a UserError anywhere into one line and exit code 2."""
     try:
