@@ -1,0 +1,66 @@
+"""A small corpus of real system documentation for the training tests.
+
+Before the curation pipeline has produced shards, the tests need real text that every machine with
+Python has: the rendered documentation (pydoc) of standard-library modules about processes, files,
+sockets and the like (source "pydoc"), and those modules' source code (source "pysource"). Written
+as curated shards with minisigma.shards.ShardWriter, so the code under test reads them exactly as
+it will read the curation output.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pydoc
+from pathlib import Path
+
+from minisigma.shards import ShardWriter, doc_id, shard_name
+
+MODULES = ["argparse", "subprocess", "shutil", "os", "pathlib", "socket", "threading", "logging", "json",
+           "tarfile", "zipfile", "gzip", "http.client", "urllib.request", "ssl", "signal", "tempfile",
+           "sqlite3", "multiprocessing.pool", "email.message", "csv", "sched", "selectors", "configparser",
+           "getopt", "glob", "fnmatch", "platform", "sysconfig", "pty", "tty", "shlex", "zipapp", "venv"]
+
+
+def stdlib_docs(modules=MODULES) -> list[dict]:
+    docs = []
+    for name in modules:
+        mod = importlib.import_module(name)
+        text = pydoc.render_doc(mod, renderer=pydoc.plaintext)
+        docs.append({"id": doc_id("pydoc", name), "text": text, "source": "pydoc", "url": f"pydoc:{name}",
+                     "metadata": {"title": name, "category": "docs"}})
+        try:
+            src = inspect.getsource(mod)
+        except (OSError, TypeError):
+            continue
+        docs.append({"id": doc_id("pysource", name), "text": src, "source": "pysource", "url": f"file:{name}",
+                     "metadata": {"title": name, "category": "code"}})
+    return docs
+
+
+def split_docs(docs: list[dict], max_chars: int = 6000) -> list[dict]:
+    """Cut long documents into sections (ids stay content-addressed), so the by-document val split
+    has enough documents to be meaningful."""
+    out = []
+    for d in docs:
+        text, part = d["text"], 0
+        while text:
+            cut = text.rfind("\n\n", 0, max_chars) if len(text) > max_chars else len(text)
+            cut = cut if cut > max_chars // 4 else min(len(text), max_chars)
+            out.append({**d, "id": doc_id(d["source"], f"{d['url']}#{part}"), "text": text[:cut],
+                        "url": f"{d['url']}#{part}"})
+            text, part = text[cut:].lstrip("\n"), part + 1
+    return out
+
+
+def write_corpus(out_dir: Path, docs: list[dict], per_shard: int = 200) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i in range(0, len(docs), per_shard):
+        with ShardWriter(out_dir / shard_name(i // per_shard)) as w:
+            w.write_all(docs[i:i + per_shard])
+    return out_dir
+
+
+def build(out_dir: Path, modules=MODULES) -> Path:
+    return write_corpus(out_dir, split_docs(stdlib_docs(modules)))
