@@ -174,6 +174,61 @@ def bench_attention_cmd(
                         hidden=hidden, dtype=dtype, train_seq=train_seq, repeats=repeats, out_dir=out)
 
 
+@app.command("eval")
+def eval_cmd(
+    target: str = typer.Argument(..., help="an eval recipe (recipes/eval/*.yaml), or `cmdgen` to evaluate one checkpoint on a task file"),
+    tasks: Optional[Path] = typer.Option(None, "--tasks", help="cmdgen: CMDGen-mini task file (JSONL)"),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="cmdgen: model directory (model.safetensors + config.json + tokenizer.json)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="cmdgen: output directory (default runs/eval/cmdgen)"),
+    threshold: float = typer.Option(0.8, "--threshold", help="cmdgen: Calibration threshold on CMD/Output score"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
+    no_execute: bool = typer.Option(False, "--no-execute", help="cmdgen: score commands without running them"),
+):
+    """Evaluate: `minisigma eval RECIPE` (perplexity + CMDGen-mini per the recipe) or
+    `minisigma eval cmdgen --tasks FILE.jsonl --checkpoint DIR [--out DIR]`."""
+    if target == "cmdgen":
+        from model.evaluation import cmdgen
+
+        if tasks is None or checkpoint is None:
+            raise UserError("eval cmdgen needs --tasks FILE.jsonl and --checkpoint DIR")
+        if not checkpoint.is_dir():
+            raise UserError(f"{checkpoint}: checkpoint directory not found")
+        section = cmdgen.CmdgenSection(tasks=str(tasks), threshold=threshold, max_new_tokens=max_new_tokens,
+                                       execute=not no_execute)
+        out_dir = out or Path("runs/eval/cmdgen")
+        s = cmdgen.evaluate_checkpoint(tasks, checkpoint, out_dir, section, show_progress=True)
+        o = s["overall"]
+        print(f"{o['tasks']} tasks -> {out_dir}/results.jsonl, {out_dir}/summary.json")
+        print("  " + "  ".join(f"{m}={'-' if o[m] is None else f'{o[m]:.3f}'}" for m in
+                                ("accuracy", "exact_match", "success", "cmd_score", "output_score", "calibration")))
+        return
+    from model.evaluation import recipe as eval_recipe
+
+    if tasks or checkpoint or out:
+        raise UserError("--tasks/--checkpoint/--out belong to `minisigma eval cmdgen`; a recipe names its own")
+    summary = eval_recipe.run(target)
+    for name, entry in summary["models"].items():
+        parts = [name]
+        if "perplexity" in entry:
+            parts.append(f"bpb={entry['perplexity']['bpb']}")
+        if "cmdgen" in entry:
+            parts.append(f"cmdgen accuracy={entry['cmdgen']['accuracy']}")
+        print("  ".join(parts))
+
+
+@app.command("report")
+def report_cmd(
+    run_dir: Path = typer.Argument(..., help="a run directory (stage manifests, training logs, eval results)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report/index.html)"),
+):
+    """Write a static HTML report with plots: data funnel, mixes, quality scores, loss curves,
+    evaluation tables, attention efficiency and the ablation table next to the paper's numbers."""
+    from minisigma import report
+
+    path = report.build(run_dir, out)
+    print(path)
+
+
 def main() -> None:
     """Console entry point: turns a UserError anywhere into one line and exit code 2."""
     try:

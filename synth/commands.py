@@ -1,0 +1,305 @@
+"""Offline (natural-language task, command) pairs mined from real documentation. No LLM.
+
+Sources and rules:
+- man-page examples (EXAMPLES sections, and examples inside DESCRIPTION/OPTIONS), two layouts:
+  * prose ending with ':' then a command paragraph ("Generate an RSA key:\\n\\n    openssl genpkey ..."):
+    task = the sentence before the colon;
+  * definition lists (command line, then its description indented under it, as in tar, git, ip):
+    task = the first sentence(s) of the description;
+- man-page option lists (OPTIONS/DESCRIPTION items such as ``-a, --all`` + description):
+  task = "Using TOOL, <description>", command = TOOL + the option (long spelling preferred) with
+  its metavar;
+- other documents (CLI reference examples shipped in PyPI packages, Q&A pages, blog-like pages):
+  a one-line shell command in a fenced/indented block or after a `$ ` prompt, with the prose line
+  before it (or the page title for Q&A pages) as the task.
+
+A command line counts only if it invokes the documented tool (its first word, or the first word of
+a pipeline segment, after `sudo`/`env`), so prose and file listings are not taken for commands.
+Every pair keeps its provenance: document id, URL, package/version, section and the rule used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+
+from synth.manpage import Block, ManPage, parse_manpage
+
+GENERATOR = "synth.commands/1"
+PROMPTS = ("$ ", "# ", "% ", "> ")
+_BOILERPLATE = re.compile(r"^(display|print|show|output)\s+(this|a)?\s*(help|usage|version)|"
+                          r"^(give|show) this help|version information and exit|^display help", re.I)
+_LEAD_IN = re.compile(r"^(for example|for instance|example|examples|e\.g\.|thus|so|then|also|or|and|now|"
+                      r"here|finally|alternatively)\b[,:]?\s*", re.I)
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
+_CONNECTORS = {"|", "||", "&&", ";", "&", "$(", "`", "("}
+_WRAPPERS = {"sudo", "env", "nohup", "time", "nice", "doas", "exec", "command", "xargs"}
+
+
+def pair_id(*parts: str) -> str:
+    return hashlib.sha1("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def family(tool: str) -> str:
+    """'git-log' -> 'git', 'ip-address' -> 'ip'; the tool-level split and dedup use it."""
+    return tool.split("-")[0].split(".")[0].lower() if tool else ""
+
+
+def command_words(command: str) -> list[str]:
+    """The words that start each simple command of a line (after wrappers such as sudo/env)."""
+    try:
+        lex = shlex.shlex(command, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        tokens = list(lex)
+    except ValueError:
+        tokens = command.split()
+    words, expect = [], True
+    for t in tokens:
+        if t in _CONNECTORS or set(t) <= set("|&;()"):
+            expect = True
+            continue
+        if expect:
+            if re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", t):  # VAR=value prefix
+                continue
+            base = t.rsplit("/", 1)[-1]
+            words.append(base)
+            if base in _WRAPPERS:
+                continue
+            expect = False
+    return words
+
+
+def invokes(command: str, tool: str) -> bool:
+    words = command_words(command)
+    names = {tool, family(tool)} if "-" in tool else {tool}
+    return any(w in names for w in words)
+
+
+def strip_prompt(line: str) -> str:
+    for p in PROMPTS:
+        if line.startswith(p):
+            return line[len(p):].strip()
+    return line.strip()
+
+
+def logical_lines(lines: list[str]) -> list[str]:
+    """Join backslash continuations; one string per logical command line."""
+    out, cur = [], ""
+    for l in lines:
+        s = l.rstrip()
+        if s.endswith("\\"):
+            cur += s[:-1].rstrip() + " "
+        else:
+            out.append(" ".join((cur + s).split()) if cur else s.strip())
+            cur = ""
+    if cur:
+        out.append(" ".join(cur.split()))
+    return out
+
+
+def clean_task(text: str, last_sentence: bool = True) -> str:
+    """Prose -> a task sentence: the sentence before a colon, lead-ins and 'To ' removed."""
+    t = " ".join(text.split()).strip()
+    t = t.rstrip(":").strip()
+    if last_sentence:
+        sents = _SENT_SPLIT.split(t)
+        t = sents[-1] if sents else t
+    else:
+        sents = _SENT_SPLIT.split(t)
+        t = sents[0] if sents else t
+    t = _LEAD_IN.sub("", t).strip(" ,")
+    if t.lower().startswith("to ") and len(t.split()) > 2:
+        t = t[3:]
+    t = t.rstrip(" .,;:")
+    return t[:1].upper() + t[1:] if t else t
+
+
+def good_task(t: str) -> bool:
+    words = t.split()
+    if not 3 <= len(words) <= 60:
+        return False
+    if not t[:1].isupper():
+        return False
+    if re.match(r"^(The following|This|These|Here|Example|See|Note|In this)\b", t) and len(words) < 6:
+        return False
+    return True
+
+
+def looks_like_command(line: str, tool: str) -> bool:
+    if not line or len(line) > 400 or line.endswith(":"):
+        return False
+    if re.search(r"[.!?]$", line) and len(line.split()) > 6 and not re.search(r"[|<>$'\"=/-]", line):
+        return False  # a prose sentence mentioning the tool
+    return invokes(line, tool)
+
+
+def _pair(task: str, command: str, tool: str, doc: dict, kind: str, section: str, extra: dict | None = None) -> dict:
+    md = doc.get("metadata") or {}
+    prov = {"generator": GENERATOR, "rule": kind, "source_id": doc.get("id"), "source_url": doc.get("url"),
+            "source": doc.get("source"), "package": md.get("package"), "version": md.get("version"),
+            "section": section}
+    prov.update(extra or {})
+    return {"id": pair_id(kind, str(doc.get("id")), task, command), "task": task, "command": command,
+            "tool": tool, "text": f"{task}\n{command}", "source": "synthetic", "url": doc.get("url"),
+            "metadata": {k: v for k, v in prov.items() if v is not None}}
+
+
+# --------------------------------------------------------------------------- man pages
+def _single_command(block: Block, tool: str) -> str | None:
+    cmds = [strip_prompt(l) for l in logical_lines([l for l in block.lines if not l.lstrip().startswith("#!")])]
+    cmds = [c for c in cmds if c]
+    if len(cmds) == 1 and looks_like_command(cmds[0], tool):
+        return cmds[0]
+    return None
+
+
+def mine_examples(page: ManPage, doc: dict) -> list[dict]:
+    tool = page.tool
+    out: list[dict] = []
+    blocks = page.blocks
+    skip = {"NAME", "SYNOPSIS", "SEE ALSO", "AUTHOR", "AUTHORS", "COPYRIGHT", "REPORTING BUGS"}
+    for i, b in enumerate(blocks):
+        if b.section in skip:
+            continue
+        # layout 1: prose ending with ':' followed by a one-command paragraph
+        if b.text.endswith(":") and i + 1 < len(blocks) and blocks[i + 1].section == b.section:
+            nxt = blocks[i + 1]
+            cmd = _single_command(nxt, tool) if nxt.indent >= b.indent else None
+            if cmd:
+                task = clean_task(b.text)
+                if task.lower() in ("example", "examples") or len(task.split()) < 3:
+                    # "Example:" alone (curl): the task is the prose that opens the option entry
+                    prev = next((p for p in reversed(blocks[:i]) if not p.text.endswith(":")), None)
+                    task = clean_task(prev.text, last_sentence=False) if prev else ""
+                    task = re.sub(r"^\([A-Z /]+\)\s*", "", task)  # curl's "(HTTP) " protocol tag
+                    task = task[:1].upper() + task[1:]
+                if good_task(task):
+                    out.append(_pair(task, cmd, tool, doc, "example_prose", b.section))
+                continue
+        # layout 2: definition list -- a command line with its description indented under it
+        if b.section in ("EXAMPLES", "EXAMPLE", "USAGE") or b.section.endswith("EXAMPLES"):
+            j = 0
+            while j < len(b.lines):
+                line = b.lines[j]
+                if b.lines[j].startswith(" "):
+                    j += 1
+                    continue
+                head = [line]
+                k = j + 1
+                while line.rstrip().endswith("\\") and k < len(b.lines):
+                    line = b.lines[k]
+                    head.append(line)
+                    k += 1
+                desc = []
+                while k < len(b.lines) and b.lines[k].startswith(" "):
+                    desc.append(b.lines[k].strip())
+                    k += 1
+                if not desc and k >= len(b.lines) and i + 1 < len(blocks) and blocks[i + 1].indent > b.indent \
+                        and blocks[i + 1].section == b.section and not _single_command(blocks[i + 1], tool):
+                    desc = [blocks[i + 1].text]
+                cmds = logical_lines(head)
+                cmd = strip_prompt(cmds[0]) if len(cmds) == 1 else ""
+                if desc and looks_like_command(cmd, tool):
+                    task = clean_task(" ".join(desc), last_sentence=False)
+                    if good_task(task):
+                        out.append(_pair(task, cmd, tool, doc, "example_deflist", b.section))
+                j = k
+    return out
+
+
+def _option_command(tool: str, opts: list[tuple[str, str]]) -> str:
+    longs = [o for o in opts if o[0].startswith("--")]
+    opt, arg = (longs or opts)[0]
+    invocation = tool.replace("-", " ", 1) if "-" in tool and family(tool) in ("git", "ip", "devlink", "bridge",
+                                                                                 "tc", "nft", "systemctl") else tool
+    if not arg:
+        return f"{invocation} {opt}"
+    arg = arg.strip("[]<>").strip("=") or "VALUE"
+    arg = re.sub(r"[^A-Za-z0-9_.:/-]+", "_", arg).strip("_") or "VALUE"
+    arg = arg.upper() if not arg.isupper() else arg
+    sep = "=" if opt.startswith("--") else " "
+    return f"{invocation} {opt}{sep}{arg}"
+
+
+def mine_options(page: ManPage, doc: dict, max_per_tool: int) -> tuple[list[dict], int]:
+    tool = page.tool
+    out, boiler, seen = [], 0, set()
+    for e in page.option_entries:
+        desc = clean_task(e.description, last_sentence=False)
+        desc = re.sub(r"^\([A-Z /]+\)\s*", "", desc)  # curl's "(HTTP) "
+        if not desc or _BOILERPLATE.search(desc) or any(o in ("--help", "--version", "--usage") for o, _ in e.options):
+            boiler += 1
+            continue
+        command = _option_command(tool, e.options)
+        if command in seen:
+            continue
+        seen.add(command)
+        task = f"Using {tool}, {desc[:1].lower() + desc[1:]}"
+        if not good_task(task[:1].upper() + task[1:]):
+            continue
+        out.append(_pair(task, command, tool, doc, "option", e.section, {"option_term": e.term}))
+        if len(out) >= max_per_tool:
+            break
+    return out, boiler
+
+
+def mine_manpage(doc: dict, max_option_pairs: int = 60, options: bool = True) -> tuple[list[dict], dict]:
+    md = doc.get("metadata") or {}
+    page = parse_manpage(doc.get("text", ""), md.get("tool"))
+    stats = {}
+    if not page.tool:
+        return [], {"no_tool_name": 1}
+    pairs = mine_examples(page, doc)
+    stats["example_pairs"] = len(pairs)
+    if options:
+        opt_pairs, boiler = mine_options(page, doc, max_option_pairs)
+        pairs += opt_pairs
+        stats["option_pairs"] = len(opt_pairs)
+        stats["boilerplate_options_skipped"] = boiler
+    return pairs, stats
+
+
+# --------------------------------------------------------------------------- other documents
+_FENCE = re.compile(r"```(?:bash|sh|shell|console|zsh)?\s*\n(.*?)```", re.S)
+
+
+def mine_snippets(doc: dict, known_tools: set[str] | None = None) -> tuple[list[dict], dict]:
+    """Commands in READMEs/examples/Q&A pages: fenced blocks, indented blocks and `$ ` lines with
+    the prose line before them (or the title of a Q&A page) as the task."""
+    text = doc.get("text", "")
+    md = doc.get("metadata") or {}
+    title = (md.get("title") or "").strip()
+    qa_page = doc.get("source") == "stackexchange"
+    out: list[dict] = []
+    lines = text.replace("\r", "").split("\n")
+    candidates: list[tuple[int, str]] = []  # (line index, command)
+    for m in _FENCE.finditer(text):
+        body = [strip_prompt(l) for l in logical_lines(m.group(1).strip("\n").split("\n")) if l.strip()]
+        if len(body) == 1:
+            candidates.append((text[:m.start()].count("\n"), body[0]))
+    for i, l in enumerate(lines):
+        s = l.strip()
+        if s.startswith("$ ") and not any(c[0] == i for c in candidates):
+            candidates.append((i, strip_prompt(s)))
+    seen = set()
+    for idx, cmd in sorted(candidates):
+        words = command_words(cmd)
+        tool = next((w for w in words if w not in _WRAPPERS), "")
+        if not tool or (known_tools is not None and tool not in known_tools) or cmd in seen:
+            continue
+        prose = ""
+        for back in range(idx - 1, max(-1, idx - 6), -1):
+            s = lines[back].strip().strip("#").strip()
+            if s and not s.startswith(("$", "```")):
+                prose = s
+                break
+        task = clean_task(prose) if prose.endswith(":") else ""
+        if qa_page and title and not good_task(task):
+            task = title.rstrip("?") + "?" if title.endswith("?") else title
+        if not good_task(task) or not looks_like_command(cmd, tool):
+            continue
+        seen.add(cmd)
+        out.append(_pair(task, cmd, tool, doc, "qa_page" if qa_page else "snippet", "",
+                         {"title": title or None}))
+    return out, {"snippet_pairs": len(out)}

@@ -1,0 +1,245 @@
+"""Screening of generated data; every drop has a reason the stage counts in its manifest.
+
+Command pairs (`PairScreen.check` returns None to keep, or the drop reason):
+- `heldout_tool`      the tool belongs to the evaluation split (CMDGen-mini is built from those);
+- `unparseable`       the command is not valid shell: bashlex parses it in-process, and whatever
+                      bashlex rejects (it lacks [[ ]], arithmetic ...) goes to `bash -n`, which decides;
+- `tool_not_documented` no man page for the pair's tool in the option index (nothing to check against);
+- `unknown_option`    an option the tool's own man page does not list (clusters such as -cvf,
+                      attached values such as -n5, --opt=value and unique long-option prefixes allowed);
+- `duplicate_exact`   same normalised (task, command) or same normalised command for the same tool;
+- `near_duplicate`    MinHash (datasketch LSH) Jaccard over word 3-shingles of task + command above
+                      the threshold;
+- `eval_overlap`      decontamination: the command equals an evaluation command, or the pair shares a
+                      word n-gram (n from the recipe) with an evaluation task/command.
+
+Rewrites (`RewriteScreen.check`): `empty`, `lost_key_terms` (too few of the source's key terms
+kept), `low_quality` (a fastText quality classifier, when the recipe names one).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+from collections import Counter
+
+from synth.commands import _CONNECTORS, _WRAPPERS, family
+
+_WS = re.compile(r"\s+")
+
+
+def normalize_command(cmd: str) -> str:
+    """Whitespace collapsed, quotes unified: equal commands compare equal."""
+    return _WS.sub(" ", cmd.replace('"', "'")).strip()
+
+
+def normalize_text(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9]+(?:[-_./][a-z0-9]+)*", text.lower()))
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    w = normalize_text(text).split()
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
+
+
+# --------------------------------------------------------------------------- shell syntax
+def shell_parses(cmd: str) -> bool:
+    try:
+        import bashlex
+
+        bashlex.parse(cmd)
+        return True
+    except Exception:  # bashlex raises several types, incl. NotImplementedError for valid syntax
+        pass
+    r = subprocess.run(["bash", "-n"], input=cmd, text=True, capture_output=True, timeout=10)
+    return r.returncode == 0
+
+
+# --------------------------------------------------------------------------- options
+def segments(cmd: str) -> list[list[str]]:
+    """Simple commands of a line as token lists (wrappers such as sudo skipped)."""
+    try:
+        lex = shlex.shlex(cmd, posix=True, punctuation_chars=True)
+        lex.whitespace_split = True
+        tokens = list(lex)
+    except ValueError:
+        tokens = cmd.split()
+    segs, cur = [], []
+    for t in tokens:
+        if t in _CONNECTORS or (t and set(t) <= set("|&;()<>")):
+            if cur:
+                segs.append(cur)
+            cur = []
+            if t and set(t) <= set("<>"):
+                cur = ["__redirect__"]  # the next word is a file name, not a command
+            continue
+        cur.append(t)
+    if cur:
+        segs.append(cur)
+    out = []
+    for s in segs:
+        if s[0] == "__redirect__":
+            s = s[2:]
+        while s and (re.match(r"^[A-Za-z_][A-Za-z0-9_]*=", s[0]) or s[0].rsplit("/", 1)[-1] in _WRAPPERS):
+            w = s.pop(0)
+            if w.rsplit("/", 1)[-1] == "sudo":
+                while s and s[0].startswith("-"):
+                    s.pop(0)
+        if s:
+            out.append([s[0].rsplit("/", 1)[-1]] + s[1:])
+    return out
+
+
+def option_ok(tok: str, known: set[str]) -> bool:
+    if tok in ("-", "--") or re.fullmatch(r"-\d+[a-zA-Z]?|-[0-9.]+", tok):
+        return True  # stdin/end of options, numeric arguments (head -5, find -perm -000)
+    base = tok.split("=", 1)[0]
+    if base in known or base.split(":", 1)[0] in known:  # ffmpeg stream specifiers: -c:a:0
+        return True
+    if tok.startswith("--"):
+        if len(base) >= 4:  # GNU getopt accepts unambiguous prefixes of long options
+            return len([k for k in known if k.startswith(base)]) >= 1
+        return False
+    if base[:2] in known:  # -ofile, -n5: short option with an attached value
+        return True
+    return len(base) > 2 and all(f"-{c}" in known for c in base[1:])  # cluster -cvf
+
+
+def unknown_options(cmd: str, tool: str, index: dict[str, set[str]]) -> list[str] | None:
+    """Options of `cmd` not documented by the relevant man pages; None when `tool` has no page."""
+    own = index.get(tool)
+    if own is None:
+        return None
+    bad = []
+    for seg in segments(cmd):
+        word = seg[0]
+        if word == tool or word == family(tool):
+            known = own | index.get(word, set())
+            args = seg[1:]
+            if "-" in tool and word == family(tool):  # "git log ...": skip the subcommand words
+                pieces = tool.split("-")[1:]
+                while args and pieces and args[0] == pieces[0]:
+                    args, pieces = args[1:], pieces[1:]
+        elif word in index:
+            known, args = index[word], seg[1:]
+        else:
+            continue
+        for a in args:
+            if a == "--":
+                break
+            if a.startswith("-") and not option_ok(a, known):
+                bad.append(a)
+    return bad
+
+
+# --------------------------------------------------------------------------- pairs
+class PairScreen:
+    def __init__(self, option_index: dict[str, set[str]], heldout_families: set[str] = frozenset(),
+                 eval_items: list[dict] = (), ngram: int = 8, minhash_threshold: float = 0.8,
+                 num_perm: int = 64, parse_check: bool = True, option_check: bool = True,
+                 require_documented_tool: bool = True):
+        from datasketch import MinHashLSH
+
+        self.index = option_index
+        self.heldout = set(heldout_families)
+        self.n = ngram
+        self.parse_check = parse_check
+        self.option_check = option_check
+        self.require_documented_tool = require_documented_tool
+        self.eval_commands = {normalize_command(e["command"]) for e in eval_items}
+        self.eval_ngrams: set = set()
+        for e in eval_items:
+            self.eval_ngrams |= ngrams(f"{e.get('task', '')} {e['command']}", ngram)
+        self.num_perm = num_perm
+        self.lsh = MinHashLSH(threshold=minhash_threshold, num_perm=num_perm)
+        self.seen: set = set()
+        self.counts: Counter = Counter()
+
+    def _minhash(self, text: str):
+        from datasketch import MinHash
+
+        w = normalize_text(text).split()
+        sh = {" ".join(w[i:i + 3]) for i in range(max(1, len(w) - 2))}
+        m = MinHash(num_perm=self.num_perm, seed=1)
+        m.update_batch([s.encode() for s in sorted(sh)])
+        return m
+
+    def check(self, pair: dict) -> str | None:
+        task, cmd, tool = pair.get("task") or "", pair.get("command") or "", pair.get("tool") or ""
+        if family(tool) in self.heldout:
+            return "heldout_tool"
+        if self.parse_check and not shell_parses(cmd):
+            return "unparseable"
+        if self.option_check:
+            bad = unknown_options(cmd, tool, self.index)
+            if bad is None and self.require_documented_tool:
+                return "tool_not_documented"
+            if bad:
+                return "unknown_option"
+        ncmd = normalize_command(cmd)
+        if ncmd in self.eval_commands or (self.eval_ngrams and ngrams(f"{task} {cmd}", self.n) & self.eval_ngrams):
+            return "eval_overlap"
+        keys = (("tc", normalize_text(task), ncmd), ("c", tool, ncmd))
+        if any(k in self.seen for k in keys):
+            return "duplicate_exact"
+        m = self._minhash(f"{task} {cmd}")
+        if self.lsh.query(m):
+            return "near_duplicate"
+        self.seen.update(keys)
+        self.lsh.insert(pair["id"], m)
+        return None
+
+
+# --------------------------------------------------------------------------- rewrites
+_TERM = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]+|[A-Za-z_][\w]*[_./][\w./-]*\w|[A-Z]{2,}[A-Z0-9]*|\w*\d\w*)(?![\w-])")
+_STOP = set("the a an and or of to in on for with is are be by as it this that from at not can use using".split())
+
+
+def key_terms(text: str, k: int = 12) -> list[str]:
+    """The source's technical terms: options, identifiers, paths, acronyms, numbers, then the most
+    frequent long words; a faithful rewrite keeps most of them."""
+    special = Counter(m.group(1) for m in _TERM.finditer(text))
+    words = Counter(w for w in re.findall(r"[a-z][a-z]{5,}", text.lower()) if w not in _STOP)
+    terms = [t for t, _ in special.most_common(k)]
+    for w, _ in words.most_common(k * 2):
+        if len(terms) >= k:
+            break
+        if w not in (t.lower() for t in terms):
+            terms.append(w)
+    return terms
+
+
+class RewriteScreen:
+    def __init__(self, min_key_term_recall: float = 0.5, quality_model: str | None = None,
+                 quality_label: str = "__label__high", min_quality: float = 0.5, min_words: int = 20):
+        self.min_recall = min_key_term_recall
+        self.min_words = min_words
+        self.quality_label = quality_label
+        self.min_quality = min_quality
+        self.model = None
+        if quality_model:
+            import fasttext
+
+            self.model = fasttext.load_model(str(quality_model))
+
+    def quality(self, text: str) -> float:
+        labels, probs = self.model.predict(" ".join(text.split()), k=-1)
+        return float(dict(zip(labels, probs)).get(self.quality_label, 0.0))
+
+    def check(self, source_text: str, rewrite: str) -> tuple[str | None, dict]:
+        if len(rewrite.split()) < self.min_words:
+            return "empty", {}
+        terms = key_terms(source_text)
+        low = rewrite.lower()
+        kept = [t for t in terms if t.lower() in low]
+        recall = len(kept) / len(terms) if terms else 1.0
+        info = {"key_terms": terms, "key_term_recall": round(recall, 3)}
+        if recall < self.min_recall:
+            return "lost_key_terms", info
+        if self.model is not None:
+            q = self.quality(rewrite)
+            info["quality"] = round(q, 4)
+            if q < self.min_quality:
+                return "low_quality", info
+        return None, info
