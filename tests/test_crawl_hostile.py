@@ -188,3 +188,30 @@ def test_unreachable_host_is_counted(tmp_path):
         assert stats.errors == {"robots_unavailable": 1}  # RFC 9309: unreachable robots.txt -> crawl nothing
         stats, _ = crawl_site(site, [url], tmp_path, respect_robots=False)
         assert stats.errors == {"connection": 1}
+
+
+def test_connect_time_resolver_refuses_even_when_the_precheck_is_bypassed():
+    """The address rule also sits in the HTTP client's resolver (no DNS-rebinding window)."""
+    import asyncio
+
+    import aiohttp
+
+    from curation.addresses import PolicyResolver
+    from curation.crawl_http import FetchError, fetch_once
+
+    async def fetch(allow_loopback):
+        connector = aiohttp.TCPConnector(resolver=PolicyResolver(allow_loopback))
+        async with aiohttp.ClientSession(connector=connector, auto_decompress=False) as session:
+            try:
+                ex = await fetch_once(session, f"http://localhost:{site.port}/", max_bytes=10_000,
+                                      total_timeout=5.0, type_ok=lambda status, mime: True)
+                return ex.status
+            except FetchError as e:
+                return e.kind
+
+    with Site() as site:
+        site.html("/")
+        assert asyncio.run(fetch(False)) == "refused_address"
+        assert site.log == []
+        assert asyncio.run(fetch(True)) == 200
+        assert len(site.log) == 1
