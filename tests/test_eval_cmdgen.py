@@ -87,7 +87,7 @@ def build_checkpoint(out: Path, pairs: list[tuple[str, str]], steps: int = 250):
         torch.set_num_threads(threads)
     model.eval()
     save_pretrained(model, out, tokenizer=tok)
-    return float(loss)
+    return loss.item()
 
 
 @pytest.fixture(scope="module")
@@ -124,9 +124,8 @@ def test_malformed_task_file_names_the_line(tmp_path, bad_line, message):
     p.write_text(json.dumps(TASKS[0]) + "\n" + json.dumps(TASKS[1]) + "\n" + bad_line + "\n")
     with pytest.raises(UserError) as e:
         load_tasks(p)
-    assert str(e.value) == f"{p}:{message.split(': ', 1)[0].replace('line ', '')}: {message.split(': ', 1)[1]}" \
-        or message in str(e.value)
-    assert str(e.value).startswith(f"{p}:3: ") and "\n" not in str(e.value)
+    # "<file>:<line>: <problem>", one line
+    assert str(e.value).startswith(f"{p}:3: " + message.split(": ", 1)[1]) and "\n" not in str(e.value)
 
 
 def test_malformed_task_file_cli_one_line(tmp_path):
