@@ -152,3 +152,47 @@ class OaiApp:
 
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+# --------------------------------------------------------------------------- DBLP search API
+def dblp_hit(key: str, title: str, year: int, venue: str, ee=None, authors=("Ada Lovelace",), access="open",
+             typ="Conference and Workshop Papers") -> dict:
+    info = {"authors": {"author": [{"@pid": f"00/{i}", "text": a} for i, a in enumerate(authors)]
+                        if len(authors) > 1 else {"@pid": "00/0", "text": authors[0]}},
+            "title": title, "venue": venue, "year": str(year), "type": typ, "access": access, "key": key,
+            "url": f"https://dblp.org/rec/{key}"}
+    if ee is not None:
+        info["ee"] = ee
+    return {"@score": "1", "@id": str(abs(hash(key)) % 10**7), "info": info, "url": f"URL#{key}"}
+
+
+@dataclass
+class DblpApp:
+    """/search/publ/api?q=stream:streams/<key>: year:<y>:&format=json&h=&f= over `papers[(key, year)]`."""
+
+    papers: dict  # (stream key, year) -> list of hits
+    broken: dict = field(default_factory=dict)  # (stream key, year, f) -> body served instead
+    down_after: int | None = None
+    requests: int = 0
+
+    def __call__(self, method, path, query, headers):
+        self.requests += 1
+        if self.down_after is not None and self.requests > self.down_after:
+            return 429, {"Retry-After": "0"}, b"Too Many Requests"
+        if path != "/search/publ/api" or query.get("format") != "json":
+            return 400, {"Content-Type": "text/plain"}, b"bad request"
+        q = query["q"]
+        stream = q.split("stream:streams/")[1].split(":")[0]
+        year = int(q.split("year:")[1].split(":")[0])
+        h, f = min(int(query.get("h", 30)), 1000), int(query.get("f", 0))
+        if (stream, year, f) in self.broken:
+            return 200, {"Content-Type": "application/json"}, self.broken[(stream, year, f)]
+        hits = self.papers.get((stream, year), [])
+        page = hits[f: f + h]
+        body = {"result": {"query": q, "status": {"@code": "200", "text": "OK"},
+                           "time": {"@unit": "msecs", "text": "1.00"}, "completions": {"@total": "0", "@computed": "0",
+                                                                                       "@sent": "0"},
+                           "hits": {"@total": str(len(hits)), "@computed": str(len(hits)), "@sent": str(len(page)),
+                                    "@first": str(f), **({"hit": page} if page else {})}}}
+        import json as _json
+        return 200, {"Content-Type": "application/json"}, _json.dumps(body).encode()

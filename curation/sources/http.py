@@ -2,9 +2,10 @@
 
 What the APIs' terms ask for, in one place:
   * a User-Agent that names the tool and a contact (`HttpConfig.contact`, from the recipe);
-  * a minimum spacing between requests to one host (arXiv asks for >= 3 s). The spacing is kept in
-    a lock file shared by every process of a run (`spacing_dir`), so parallel Ray tasks on one
-    machine -- or on a cluster with a shared run directory -- still space their requests;
+  * a minimum pause between requests to one host (arXiv asks for >= 3 s and one connection at a
+    time), measured from the end of one request to the start of the next. It is kept in a lock file
+    shared by every process of a run (`spacing_dir`), so parallel Ray tasks on one machine -- or on
+    a cluster with a shared run directory -- neither overlap nor bunch their requests;
   * retries with exponential backoff on 429 and 5xx and on connection errors, honouring
     Retry-After (seconds or an HTTP date), giving up with `FetchFailed` after `retries`.
 
@@ -14,6 +15,7 @@ page names the next), so a blocking client is the simpler tool.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import fcntl
 import hashlib
@@ -84,45 +86,35 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 
 class Spacing:
-    """Keeps `interval` seconds between the starts of requests to one host, across processes.
-
-    The time of the last request is stored in a small file under an exclusive flock; a caller
-    holds the lock while it sleeps, so waiting callers queue up instead of bunching.
-    """
+    """Keeps `interval` seconds between the end of one request to a host and the start of the next,
+    across processes: the end time is stored in a small file under an exclusive flock that is held
+    for the whole request, so requests to one host never overlap and waiting callers queue up."""
 
     def __init__(self, directory: Path, host: str, interval: float):
         directory.mkdir(parents=True, exist_ok=True)
         self.path = directory / f"{hashlib.sha1(host.encode()).hexdigest()[:16]}.last"
         self.interval = interval
 
-    def wait_turn(self) -> None:
-        if self.interval <= 0:
-            return
+    @contextlib.contextmanager
+    def turn(self, sleep=time.sleep):
+        """Wait for this host's turn; the caller may set `hold[0]` to seconds to keep the host
+        quiet for after the request (a Retry-After or a backoff)."""
         with open(self.path, "a+") as f:
             fcntl.flock(f, fcntl.LOCK_EX)
+            hold = [0.0]
             try:
                 f.seek(0)
                 raw = f.read().strip()
-                last = float(raw) if raw else 0.0
-                delay = last + self.interval - time.time()
+                not_before = float(raw) if raw else 0.0
+                delay = not_before - time.time()
                 if delay > 0:
-                    time.sleep(delay)
+                    sleep(delay)
+                yield hold
+            finally:
                 f.seek(0)
                 f.truncate()
-                f.write(repr(time.time()))
+                f.write(repr(time.time() + max(self.interval, hold[0])))
                 f.flush()
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
-
-    def push_back(self, seconds: float) -> None:
-        """Make the next request to this host wait at least `seconds` from now (Retry-After)."""
-        with open(self.path, "a+") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
-            try:
-                f.seek(0)
-                f.truncate()
-                f.write(repr(time.time() + seconds - self.interval))
-            finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
 
@@ -150,27 +142,27 @@ class PoliteClient:
         headers = {"Accept": accept} if accept else None
         last_problem = ""
         for attempt in range(self.cfg.retries + 1):
-            spacing.wait_turn()
-            self.requests += 1
-            wait = None
-            try:
-                r = self.session.get(url, params=params, headers=headers, timeout=self.cfg.timeout_s)
-            except requests.RequestException as e:
-                last_problem = f"{type(e).__name__}"
-            else:
-                if r.status_code not in RETRY_STATUS:
-                    return Fetched(r.url, r.status_code, r.content, time.time(),
-                                   r.headers.get("Content-Type", ""))
-                last_problem = f"HTTP {r.status_code}"
-                wait = retry_after_seconds(r.headers.get("Retry-After"))
-                if wait is not None and wait > self.cfg.max_retry_after_s:
-                    raise FetchFailed(f"{url}: Retry-After {wait:.0f}s exceeds max_retry_after_s")
-            if attempt == self.cfg.retries:
-                break
-            self.retries += 1
-            if wait is None:
-                wait = min(self.cfg.backoff_s * 2**attempt, self.cfg.backoff_max_s)
-            spacing.push_back(wait)
+            with spacing.turn(self._sleep) as hold:
+                self.requests += 1
+                wait = None
+                try:
+                    r = self.session.get(url, params=params, headers=headers, timeout=self.cfg.timeout_s)
+                    body = r.content
+                except requests.RequestException as e:
+                    last_problem = f"{type(e).__name__}"
+                else:
+                    if r.status_code not in RETRY_STATUS:
+                        return Fetched(r.url, r.status_code, body, time.time(), r.headers.get("Content-Type", ""))
+                    last_problem = f"HTTP {r.status_code}"
+                    wait = retry_after_seconds(r.headers.get("Retry-After"))
+                    if wait is not None and wait > self.cfg.max_retry_after_s:
+                        raise FetchFailed(f"{url}: Retry-After {wait:.0f}s exceeds max_retry_after_s")
+                if attempt == self.cfg.retries:
+                    break
+                self.retries += 1
+                if wait is None:
+                    wait = min(self.cfg.backoff_s * 2**attempt, self.cfg.backoff_max_s)
+                hold[0] = wait
         raise FetchFailed(f"{url}: {last_problem} after {self.cfg.retries + 1} attempts")
 
     def close(self) -> None:
