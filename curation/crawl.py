@@ -43,7 +43,8 @@ from curation.urls import BadURL, Scope, canonicalize, host_key
 from curation.warclog import WarcLog
 from minisigma.recipes import Section
 
-DEFAULT_USER_AGENT = "minisigma-crawler/0.1 (+https://github.com/minisigma/minisigma; crawler@minisigma.invalid)"
+# Crawling the real web? Put your own contact here (recipes: crawl.user_agent).
+DEFAULT_USER_AGENT = "minisigma-crawler/0.1 (+https://minisigma.invalid/crawler; mailto:crawler@minisigma.invalid)"
 REDIRECTS = (301, 302, 303, 307, 308)
 GZIP_TYPES = {"application/gzip", "application/x-gzip"}
 
@@ -296,7 +297,10 @@ class _Crawler:
             return self._settle(url, "skipped", s.kind)
         except FetchError as e:
             return self._settle(url, "error", e.kind)
-        outcome, kind = self._final(ex, depth)
+        try:
+            outcome, kind = self._final(ex, depth)
+        except Exception as e:  # noqa: BLE001 -- a parser surprise must cost one URL, not the crawl
+            outcome, kind = "error", f"unexpected_{type(e).__name__}"
         self._settle(url, outcome, kind)
 
     def _redirect_target(self, current: str, location: str, chain: list[str]) -> str:
@@ -387,7 +391,11 @@ class _Crawler:
         cfg = self.cfg
 
         def type_ok(status: int, mime: str) -> bool:
-            return purpose == "robots" or not 200 <= status < 300 or mime in self.fetch_types
+            if purpose == "robots" or not 200 <= status < 300:
+                return True
+            if mime in GZIP_TYPES:  # only gzipped sitemaps, not any archive
+                return mime in self.fetch_types and urlsplit(url).path.endswith(".xml.gz")
+            return mime in self.fetch_types
 
         attempt = 0
         while True:

@@ -97,10 +97,12 @@ def test_gzip_bomb_is_stopped_at_the_decompressed_cap(tmp_path):
     with _site_with("/bomb", lambda h: send(h, 200, bomb, "text/html", {"Content-Encoding": "gzip"})) as site:
         site.page("/small.gz", gzip.compress(b"<html><body>fine and gzipped</body></html>"), "text/html",
                   headers={"Content-Encoding": "gzip"})
-        site.html("/", ["/bomb", "/small.gz", "/fine"])
+        site.page("/sitemap-bomb.xml.gz", bomb, "application/gzip")  # a bomb inside the body, not the encoding
+        site.page("/archive.tar.gz", bomb, "application/gzip")  # gzip but not a sitemap: not even read
+        site.html("/", ["/bomb", "/small.gz", "/sitemap-bomb.xml.gz", "/archive.tar.gz", "/fine"])
         stats, records = crawl_site(site, ["/"], tmp_path, max_body_bytes=2**20)
     assert len(bomb) < 2**20 / 8
-    assert stats.errors == {"decompression_bomb": 1} and stats.fetched == 3
+    assert stats.errors == {"decompression_bomb": 2, "bad_content_type": 1} and stats.fetched == 3
     (small,) = _stored(records, site, "/small.gz")
     assert gzip.decompress(small["payload"]) == b"<html><body>fine and gzipped</body></html>"  # stored as sent
 
