@@ -60,8 +60,9 @@ class Backend(ABC):
     @abstractmethod
     def complete(self, prompt: str, **params) -> Completion: ...
 
-    def chat_many(self, batch: Iterable[list[dict]], **params) -> list[Completion]:
-        return [self.chat(m, **params) for m in batch]
+    def chat_many(self, batch: Iterable[list[dict]], return_exceptions: bool = False,
+                  **params) -> list[Completion | BaseException]:
+        return [_call(self.chat, m, params, return_exceptions) for m in batch]
 
     def stats(self) -> dict:
         return {}
@@ -69,6 +70,15 @@ class Backend(ABC):
     def describe(self) -> dict:
         """What a manifest may record about this backend (never a secret)."""
         return {"backend": self.name, "model": self.model}
+
+
+def _call(fn, messages, params, return_exceptions: bool):
+    try:
+        return fn(messages, **params)
+    except BackendError as e:
+        if return_exceptions:
+            return e
+        raise
 
 
 # --------------------------------------------------------------------------- OpenAI-compatible
@@ -273,12 +283,14 @@ class OpenAIBackend(Backend):
         data, cached = self.post("completions", self._body({"prompt": prompt, **params}))
         return self._completion(data, cached)
 
-    def chat_many(self, batch: Iterable[list[dict]], **params) -> list[Completion]:
+    def chat_many(self, batch: Iterable[list[dict]], return_exceptions: bool = False,
+                  **params) -> list[Completion | BaseException]:
+        """Run the requests with up to `max_concurrency` in flight; results keep the input order."""
         batch = list(batch)
         if len(batch) <= 1:
-            return [self.chat(m, **params) for m in batch]
+            return [_call(self.chat, m, params, return_exceptions) for m in batch]
         with ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(batch))) as pool:
-            return list(pool.map(lambda m: self.chat(m, **params), batch))
+            return list(pool.map(lambda m: _call(self.chat, m, params, return_exceptions), batch))
 
     def models(self) -> list[str]:
         import requests

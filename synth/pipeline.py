@@ -1,0 +1,73 @@
+"""`minisigma synth RECIPE --in DIR --out DIR`: run the synth stages in order.
+
+    OUT/tools  OUT/pairs_raw  OUT/cmdgen (+ cmdgen.jsonl)  OUT/pairs  OUT/qa  OUT/rewrites
+    OUT/cache/llm_cache.sqlite   the backend's response cache (unless the recipe names another path)
+
+Every stage directory has its manifest; a rerun skips finished shards, and the LLM cache makes a
+resumed rewrite stage free for every request already answered.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from minisigma.errors import UserError
+from minisigma.recipes import load_recipe
+from minisigma.runner import run_stage
+from minisigma.shards import list_shards, read_docs
+from synth.cmdgen_set import is_heldout, write_jsonl
+from synth.commands import family
+from synth.recipe import SynthRecipe
+from synth.stages import CmdgenSet, MineCommands, QAPairs, Rewrite, ScreenPairs, ToolIndex
+
+
+def heldout_families(tools_dir: Path, recipe: SynthRecipe) -> list[str]:
+    fams = {r["family"] for s in list_shards(tools_dir) for r in read_docs(s)}
+    return sorted(f for f in fams if is_heldout(f, recipe.split.heldout_fraction, recipe.split.seed))
+
+
+def run_synth(recipe_path: str | Path, in_dir: str | Path, out_dir: str | Path, ray_address: str | None = None,
+              progress: bool = True) -> dict:
+    recipe = load_recipe(recipe_path, SynthRecipe)
+    inputs = list_shards(in_dir)
+    if not inputs:
+        raise UserError(f"{in_dir}: no NNNNN.jsonl.gz shards")
+    out = Path(out_dir)
+    kw = dict(ray_address=ray_address, executor=recipe.executor, progress=progress)
+    manifests = {}
+    tools = out / "tools"
+    cmdgen_jsonl = None
+    if recipe.commands.enabled:
+        manifests["tools"] = run_stage(ToolIndex(recipe), inputs, tools, **kw)
+        manifests["pairs_raw"] = run_stage(MineCommands(recipe), inputs, out / "pairs_raw", **kw)
+        raw = list_shards(out / "pairs_raw")
+        held = heldout_families(tools, recipe)
+        split = {"split": {"level": "tool family", "heldout_fraction": recipe.split.heldout_fraction,
+                           "seed": recipe.split.seed, "heldout_families": held}}
+        if recipe.cmdgen.enabled:
+            manifests["cmdgen"] = run_stage(CmdgenSet(recipe, str(tools)), raw, out / "cmdgen", extra=split, **kw)
+            items = [d for s in list_shards(out / "cmdgen") for d in read_docs(s)]
+            cmdgen_jsonl = str(out / "cmdgen" / "cmdgen.jsonl")
+            write_jsonl(items, cmdgen_jsonl)
+        manifests["pairs"] = run_stage(ScreenPairs(recipe, str(tools), cmdgen_jsonl), raw, out / "pairs",
+                                       extra=split, **kw)
+    if recipe.qa.enabled:
+        manifests["qa"] = run_stage(QAPairs(recipe, cmdgen_jsonl), inputs, out / "qa", **kw)
+    if recipe.rewrite.enabled:
+        if not recipe.rewrite.templates:
+            raise UserError(f"{recipe_path}: rewrite.templates: at least one template is needed")
+        from synth.backends import make_backend
+
+        make_backend(recipe.backend, out / "cache")  # fail early on a missing key/base_url, before any work
+        manifests["rewrites"] = run_stage(Rewrite(recipe, str(out / "cache")), inputs, out / "rewrites",
+                                          extra={"backend": _describe(recipe)}, **kw)
+    return manifests
+
+
+def _describe(recipe: SynthRecipe) -> dict:
+    b = recipe.backend
+    return {"kind": b.kind, "model": b.model, "base_url": b.base_url, "api_key_env": b.api_key_env,
+            "max_concurrency": b.max_concurrency, "stream": b.stream}
+
+
+__all__ = ["run_synth", "heldout_families", "family"]

@@ -1,0 +1,93 @@
+"""The synth recipe (recipes/synth/*.yaml), validated with pydantic (unknown keys are errors)."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import Field
+
+from minisigma.recipes import Section
+
+
+class BackendConfig(Section):
+    kind: Literal["offline", "openai"] = "offline"
+    base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
+    model: str = "minisigma"
+    api_key_env: Optional[str] = None  # NAME of the env var holding the key; the key itself never goes here
+    max_concurrency: int = Field(8, ge=1, le=512)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(8, ge=0)
+    backoff_s: float = Field(0.25, ge=0)
+    max_backoff_s: float = Field(10.0, ge=0)
+    stream: bool = False
+    cache_path: Optional[str] = None  # default: <out>/cache/llm_cache.sqlite
+
+
+class SplitConfig(Section):
+    heldout_fraction: float = Field(0.1, ge=0, lt=1)  # share of tool families held out for CMDGen-mini
+    seed: str = "cmdgen-mini-v1"
+
+
+class CommandsConfig(Section):
+    enabled: bool = True
+    manpage_sources: list[str] = ["manpages"]
+    snippet_sources: list[str] = ["localdocs", "pypi", "stackexchange", "blogs"]
+    option_pairs: bool = True
+    max_option_pairs_per_tool: int = Field(60, ge=0)
+
+
+class ScreenConfig(Section):
+    parse_check: bool = True
+    option_check: bool = True
+    require_documented_tool: bool = True
+    minhash_threshold: float = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(64, ge=16)
+    ngram: int = Field(8, ge=3)
+    partitions: int = Field(4, ge=1)
+
+
+class CmdgenConfig(Section):
+    enabled: bool = True
+    max_tasks: int = Field(300, ge=1)
+    max_per_tool: int = Field(5, ge=1)
+
+
+class QAConfig(Section):
+    enabled: bool = True
+    sources: list[str] = ["manpages", "stackexchange", "localdocs", "pypi", "blogs"]
+    max_option_questions_per_page: int = Field(20, ge=0)
+    min_answer_words: int = Field(3, ge=1)
+
+
+class Template(Section):
+    name: str
+    prompt: str  # placeholders: {title} {text} {source}
+    system: Optional[str] = None
+    max_tokens: int = Field(256, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+class RewriteConfig(Section):
+    enabled: bool = False
+    sources: list[str] = []  # empty: every source
+    templates: list[Template] = []
+    max_chars: int = Field(3000, ge=200)
+    max_docs_per_shard: Optional[int] = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+    min_key_term_recall: float = Field(0.5, ge=0, le=1)
+    min_words: int = Field(20, ge=1)
+    quality_model: Optional[str] = None  # a fastText quality classifier (.bin)
+    quality_label: str = "__label__high"
+    min_quality: float = Field(0.5, ge=0, le=1)
+
+
+class SynthRecipe(Section):
+    name: str = "synth"
+    executor: Literal["ray", "local"] = "ray"
+    backend: BackendConfig = BackendConfig()
+    split: SplitConfig = SplitConfig()
+    commands: CommandsConfig = CommandsConfig()
+    screen: ScreenConfig = ScreenConfig()
+    cmdgen: CmdgenConfig = CmdgenConfig()
+    qa: QAConfig = QAConfig()
+    rewrite: RewriteConfig = RewriteConfig()

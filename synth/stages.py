@@ -1,0 +1,268 @@
+"""The synth steps as minisigma.runner Stages (Ray-parallel, resumable, with manifests).
+
+    tools      per input shard: the option index of every man page {tool, family, options}
+    pairs_raw  per input shard: mined (task, command) pairs with provenance (synth.commands)
+    cmdgen     one task: the CMDGen-mini evaluation items from held-out tool families
+    pairs      P tasks, partitioned by tool family: screened pairs (synth.screen.PairScreen);
+               partitioning by family keeps exact and MinHash dedup exact within a family
+    qa         per input shard: question-answer pairs, deduplicated and decontaminated
+    rewrites   per input shard: LLM rewrites through the recipe's backend, screened
+
+In a generator stage the unit counted as "in" is a candidate record (a pair, a request), so the
+manifest invariant in = out + dropped + quarantined holds per record; documents read are a stat.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from minisigma.runner import Sink, Stage, Task
+from minisigma.shards import list_shards, read_docs
+from synth.cmdgen_set import eval_item, is_heldout, order_key, read_jsonl
+from synth.commands import family, mine_manpage, mine_snippets
+from synth.recipe import SynthRecipe
+
+
+def _stub(doc: dict) -> dict:
+    return {"id": doc.get("id"), "source": doc.get("source"), "url": doc.get("url")}
+
+
+class ToolIndex(Stage):
+    name = "synth.tools"
+
+    def __init__(self, recipe: SynthRecipe):
+        super().__init__(recipe.commands)
+
+    def process(self, task: Task, sink: Sink) -> None:
+        from synth.manpage import parse_manpage
+
+        for doc in read_docs(task.inputs[0]):
+            sink.take(doc)
+            if doc.get("source") not in self.config.manpage_sources:
+                sink.drop(_stub(doc), "not_a_manpage")
+                continue
+            md = doc.get("metadata") or {}
+            page = parse_manpage(doc.get("text", ""), md.get("tool"))
+            if not page.tool:
+                sink.quarantine(_stub(doc), "no_tool_name")
+                continue
+            sink.write({"id": doc["id"], "text": page.summary, "tool": page.tool, "family": family(page.tool),
+                        "options": sorted(page.known_options), "url": doc.get("url"),
+                        "package": md.get("package"), "version": md.get("version")})
+
+
+def load_option_index(tools_dir: str | Path) -> dict[str, set[str]]:
+    index: dict[str, set[str]] = {}
+    for shard in list_shards(tools_dir):
+        for r in read_docs(shard):
+            index.setdefault(r["tool"], set()).update(r["options"])
+    return index
+
+
+class MineCommands(Stage):
+    name = "synth.pairs_raw"
+
+    def __init__(self, recipe: SynthRecipe):
+        super().__init__(recipe.commands)
+
+    def process(self, task: Task, sink: Sink) -> None:
+        c = self.config
+        for doc in read_docs(task.inputs[0]):
+            sink.stat("docs_read")
+            src = doc.get("source")
+            if src in c.manpage_sources:
+                pairs, stats = mine_manpage(doc, c.max_option_pairs_per_tool, options=c.option_pairs)
+            elif src in c.snippet_sources:
+                pairs, stats = mine_snippets(doc)
+            else:
+                continue
+            for k, v in stats.items():
+                sink.stat(k, v)
+            if not pairs:
+                sink.stat("docs_without_pairs")
+            for p in pairs:
+                sink.take(p)
+                sink.write(p)
+
+
+class CmdgenSet(Stage):
+    name = "synth.cmdgen"
+
+    def __init__(self, recipe: SynthRecipe, tools_dir: str):
+        super().__init__({"split": recipe.split.model_dump(), "cmdgen": recipe.cmdgen.model_dump(),
+                          "screen": recipe.screen.model_dump(), "tools_dir": str(tools_dir)})
+        self.recipe = recipe
+
+    def tasks(self, inputs: list[Path]) -> list[Task]:
+        return [Task(0, tuple(str(p) for p in inputs))]
+
+    def process(self, task: Task, sink: Sink) -> None:
+        from synth.screen import PairScreen, ngrams, normalize_command
+
+        r = self.recipe
+        train_cmds, train_ngrams, candidates = set(), set(), []
+        for shard in task.inputs:
+            for p in read_docs(shard):
+                if is_heldout(family(p["tool"]), r.split.heldout_fraction, r.split.seed):
+                    candidates.append(p)
+                else:
+                    train_cmds.add(normalize_command(p["command"]))
+                    train_ngrams |= ngrams(f"{p['task']} {p['command']}", r.screen.ngram)
+        checker = PairScreen(load_option_index(self.config["tools_dir"]), ngram=r.screen.ngram,
+                             minhash_threshold=r.screen.minhash_threshold, num_perm=r.screen.num_perm,
+                             parse_check=r.screen.parse_check, option_check=r.screen.option_check,
+                             require_documented_tool=r.screen.require_documented_tool)
+        per_tool: dict[str, int] = {}
+        kept = 0
+        for p in sorted(candidates, key=order_key):
+            sink.take(p)
+            if kept >= r.cmdgen.max_tasks:
+                sink.drop(p, "over_max_tasks")
+                continue
+            if per_tool.get(p["tool"], 0) >= r.cmdgen.max_per_tool:
+                sink.drop(p, "over_max_per_tool")
+                continue
+            if normalize_command(p["command"]) in train_cmds or ngrams(f"{p['task']} {p['command']}",
+                                                                       r.screen.ngram) & train_ngrams:
+                sink.drop(p, "train_overlap")
+                continue
+            reason = checker.check(p)
+            if reason:
+                sink.drop(p, reason)
+                continue
+            per_tool[p["tool"]] = per_tool.get(p["tool"], 0) + 1
+            kept += 1
+            sink.write({**eval_item(p), "text": p["text"], "metadata": p.get("metadata", {})})
+
+
+class ScreenPairs(Stage):
+    name = "synth.pairs"
+
+    def __init__(self, recipe: SynthRecipe, tools_dir: str, cmdgen_jsonl: str | None):
+        super().__init__({"screen": recipe.screen.model_dump(), "split": recipe.split.model_dump(),
+                          "tools_dir": str(tools_dir), "cmdgen": cmdgen_jsonl})
+        self.recipe = recipe
+
+    def tasks(self, inputs: list[Path]) -> list[Task]:
+        return [Task(i, tuple(str(p) for p in inputs), {"partition": i}) for i in range(self.recipe.screen.partitions)]
+
+    @staticmethod
+    def partition_of(fam: str, n: int) -> int:
+        return int(hashlib.sha256(fam.encode()).hexdigest()[:8], 16) % n
+
+    def process(self, task: Task, sink: Sink) -> None:
+        from synth.cmdgen_set import is_heldout as _held  # noqa: F401  (documented in the docstring)
+        from synth.screen import PairScreen
+
+        r = self.recipe
+        s = r.screen
+        index = load_option_index(self.config["tools_dir"])
+        evals = read_jsonl(self.config["cmdgen"]) if self.config["cmdgen"] else []
+        fams = {family(t) for t in index}
+        heldout = {f for f in fams if is_heldout(f, r.split.heldout_fraction, r.split.seed)}
+        screen = PairScreen(index, heldout_families=heldout, eval_items=evals, ngram=s.ngram,
+                            minhash_threshold=s.minhash_threshold, num_perm=s.num_perm, parse_check=s.parse_check,
+                            option_check=s.option_check, require_documented_tool=s.require_documented_tool)
+        part = task.params["partition"]
+        for shard in task.inputs:
+            for p in read_docs(shard):
+                if self.partition_of(family(p["tool"]), s.partitions) != part:
+                    continue
+                sink.take(p)
+                if is_heldout(family(p["tool"]), r.split.heldout_fraction, r.split.seed):
+                    sink.drop(p, "heldout_tool")
+                    continue
+                reason = screen.check(p)
+                if reason:
+                    sink.drop(p, reason)
+                else:
+                    sink.write(p)
+
+
+class QAPairs(Stage):
+    name = "synth.qa"
+
+    def __init__(self, recipe: SynthRecipe, cmdgen_jsonl: str | None):
+        super().__init__({"qa": recipe.qa.model_dump(), "ngram": recipe.screen.ngram, "cmdgen": cmdgen_jsonl})
+        self.recipe = recipe
+
+    def process(self, task: Task, sink: Sink) -> None:
+        from synth.qa import qa_pairs
+        from synth.screen import ngrams, normalize_text
+
+        c = self.recipe.qa
+        n = self.recipe.screen.ngram
+        eval_ngrams = set()
+        for e in read_jsonl(self.config["cmdgen"]) if self.config["cmdgen"] else []:
+            eval_ngrams |= ngrams(f"{e['task']} {e['command']}", n)
+        seen = set()
+        for doc in read_docs(task.inputs[0]):
+            sink.stat("docs_read")
+            if doc.get("source") not in c.sources:
+                continue
+            for q in qa_pairs(doc, c.max_option_questions_per_page):
+                sink.take(q)
+                key = (normalize_text(q["question"]), normalize_text(q["answer"]))
+                if len(q["answer"].split()) < c.min_answer_words:
+                    sink.drop(q, "short_answer")
+                elif key in seen:
+                    sink.drop(q, "duplicate_exact")
+                elif eval_ngrams and ngrams(q["text"], n) & eval_ngrams:
+                    sink.drop(q, "eval_overlap")
+                else:
+                    seen.add(key)
+                    sink.write(q)
+
+
+class Rewrite(Stage):
+    name = "synth.rewrites"
+    cpus_per_task = 1
+
+    def __init__(self, recipe: SynthRecipe, cache_dir: str):
+        super().__init__({"rewrite": recipe.rewrite.model_dump(),
+                          "backend": recipe.backend.model_dump(), "cache_dir": str(cache_dir)})
+        self.recipe = recipe
+
+    def process(self, task: Task, sink: Sink) -> None:
+        from synth.backends import BackendError, make_backend
+        from synth.rewrite import build_messages, rewrite_record
+        from synth.screen import RewriteScreen
+
+        c = self.recipe.rewrite
+        backend = make_backend(self.recipe.backend, self.config["cache_dir"])
+        screen = RewriteScreen(c.min_key_term_recall, c.quality_model, c.quality_label, c.min_quality, c.min_words)
+        docs = [d for d in read_docs(task.inputs[0]) if not c.sources or d.get("source") in c.sources]
+        if c.max_docs_per_shard:
+            docs = docs[: c.max_docs_per_shard]
+        jobs = []
+        for d in docs:
+            for t in c.templates:
+                msgs, body, truncated = build_messages(t, d, c.max_chars)
+                jobs.append((d, t, msgs, body, truncated))
+        for start in range(0, len(jobs), c.batch_size):
+            chunk = jobs[start:start + c.batch_size]
+            groups: dict[tuple, list[int]] = {}
+            for i, (_, t, *_rest) in enumerate(chunk):
+                groups.setdefault((t.max_tokens, t.temperature), []).append(i)
+            results: list = [None] * len(chunk)
+            for (max_tokens, temperature), idxs in groups.items():
+                outs = backend.chat_many([chunk[i][2] for i in idxs], return_exceptions=True,
+                                         max_tokens=max_tokens, temperature=temperature)
+                for i, o in zip(idxs, outs):
+                    results[i] = o
+            for (d, t, msgs, body, truncated), res in zip(chunk, results):
+                rec_stub = {"source_id": d.get("id"), "template": t.name}
+                sink.take(d)
+                if isinstance(res, BackendError):
+                    sink.quarantine(rec_stub | {"error": str(res)[:300]}, "backend_error")
+                    continue
+                reason, info = screen.check(body, res.text)
+                rec = rewrite_record(t, d, res.text, res.model or backend.model, truncated,
+                                     {"finish_reason": res.finish_reason, **info})
+                if reason:
+                    sink.drop(rec, reason)
+                else:
+                    sink.write(rec)
+        for k, v in backend.stats().items():
+            sink.stat(f"backend_{k}", v)
