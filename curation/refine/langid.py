@@ -1,0 +1,77 @@
+"""Stage: offline language identification with py3langid (its model ships inside the package).
+
+Code and command lines say little about the natural language of a document, so the language is
+identified on the prose lines (`codedetect.split_code`); a document with fewer than
+`min_prose_chars` of prose is kept as code ("und") and counted. The language and its probability
+go to `metadata.lang` and `metadata.scores.lang`; a document in a language outside `languages`
+is dropped with reason "lang_<code>", one below `min_score` with "lang_low_score".
+"""
+
+from __future__ import annotations
+
+from minisigma.recipes import Section
+from minisigma.runner import Stage, Task
+from minisigma.shards import read_docs
+
+from curation.refine.codedetect import split_code
+from curation.refine.textutil import meta, scores
+
+
+class LangIdConfig(Section):
+    languages: list[str] = ["en"]
+    min_score: float = 0.5
+    min_prose_chars: int = 200
+    max_chars: int = 20_000  # identify on the first characters of the prose (enough for a stable answer)
+
+
+_IDENTIFIER = None
+
+
+def identifier():
+    """The py3langid model with normalised probabilities, loaded once per process."""
+    global _IDENTIFIER
+    if _IDENTIFIER is None:
+        from py3langid.langid import MODEL_FILE, LanguageIdentifier
+
+        _IDENTIFIER = LanguageIdentifier.from_model_file(MODEL_FILE, norm_probs=True)
+    return _IDENTIFIER
+
+
+def identify(text: str, c: LangIdConfig) -> tuple[str, float, bool]:
+    """(language, probability, identified_on_prose). 'und' when there is too little prose."""
+    prose = split_code(text).prose_text
+    if len(prose) < c.min_prose_chars:
+        if len(text) < c.min_prose_chars:
+            return "und", 0.0, False
+        prose = text  # nothing but code and too much of it to ignore: let the model decide
+        lang, p = identifier().classify(prose[: c.max_chars])
+        return (lang, float(p), False) if lang in c.languages else ("und", float(p), False)
+    lang, p = identifier().classify(prose[: c.max_chars])
+    return lang, float(p), True
+
+
+class LangId(Stage):
+    name = "langid"
+
+    def __init__(self, config: LangIdConfig | None = None):
+        super().__init__(config or LangIdConfig())
+
+    def process(self, task: Task, sink) -> None:
+        c = self.config
+        for doc in read_docs(task.inputs[0]):
+            sink.take(doc)
+            if not isinstance(doc.get("text"), str):
+                sink.quarantine(doc, "no_text")
+                continue
+            lang, p, on_prose = identify(doc["text"], c)
+            meta(doc)["lang"] = lang
+            scores(doc)["lang"] = round(p, 4)
+            if lang == "und":
+                sink.stat("kept_code_only")
+                sink.write(doc)
+            elif lang not in c.languages:
+                sink.drop(doc, f"lang_{lang}")
+            elif p < c.min_score:
+                sink.drop(doc, "lang_low_score")
+            else:
+                sink.write(doc)
