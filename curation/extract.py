@@ -7,9 +7,11 @@ and the stage never crashes on one bad record.
 
 from __future__ import annotations
 
+import re
 import signal
 import threading
 from contextlib import contextmanager
+from html import unescape
 from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
@@ -28,6 +30,12 @@ class ExtractConfig(Section):
     include_tables: bool = True
     include_comments: bool = False
     deduplicate: bool = False  # trafilatura's own in-document dedup (off: keep repeated code lines)
+    # trafilatura's `fast` mode skips the justext/readability fallback; on documentation pages it gives
+    # the same text at ~1.6x the speed (measured by `minisigma bench curation`). Off for messy web pages.
+    fast: bool = True
+    # trafilatura's full metadata (author, date via htmldate, sitename) costs ~30% more time; the page
+    # title is always kept (read from <title>).
+    with_metadata: bool = False
 
 
 class ExtractionTimeout(Exception):
@@ -67,14 +75,20 @@ def decode_html(body: bytes, content_type: str) -> tuple[str, bool]:
         return body.decode("utf-8", errors="replace"), False
 
 
+TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.S | re.I)
+
+
 def extract_html(html: str, url: str, cfg: ExtractConfig) -> tuple[str, dict]:
     import trafilatura
 
-    doc = trafilatura.bare_extraction(
-        html, url=url, favor_precision=cfg.favor_precision, include_tables=cfg.include_tables,
-        include_comments=cfg.include_comments, deduplicate=cfg.deduplicate, with_metadata=True,
-        output_format="python",
-    )
+    options = dict(url=url, favor_precision=cfg.favor_precision, include_tables=cfg.include_tables,
+                   include_comments=cfg.include_comments, deduplicate=cfg.deduplicate, fast=cfg.fast)
+    if not cfg.with_metadata:
+        text = trafilatura.extract(html, **options) or ""
+        m = TITLE.search(html, 0, 200_000)
+        title = " ".join(unescape(m.group(1)).split()) if m else ""
+        return text, ({"title": title} if title else {})
+    doc = trafilatura.bare_extraction(html, with_metadata=True, **options)
     if doc is None:
         return "", {}
     d = doc.as_dict() if hasattr(doc, "as_dict") else dict(doc)

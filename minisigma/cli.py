@@ -216,6 +216,64 @@ def eval_cmd(
         print("  ".join(parts))
 
 
+@app.command("tokenize")
+def tokenize_cmd(
+    recipe: Path = typer.Argument(..., help="a training recipe (recipes/train/*.yaml): its tokenizer: and data: sections"),
+    in_dir: Path = typer.Option(..., "--in", help="curated shards (NNNNN.jsonl.gz)"),
+    out: Path = typer.Option(..., "--out", help="output folder: tokenizer.json, train.bin, val.bin, manifest.json"),
+):
+    """Train the byte-level BPE tokenizer on curated shards, then pack them into train.bin/val.bin."""
+    from model import data, tokenizer, train
+
+    r = train.load_train_recipe(recipe)
+    if not in_dir.is_dir():
+        raise UserError(f"--in {in_dir}: not a directory")
+    tok = tokenizer.build_tokenizer(r.tokenizer, in_dir, out)
+    m = data.tokenize_corpus(in_dir, tok, out, r.data)
+    print(f"vocab {m['vocab_size']}  train {m['train_tokens']:,} tokens  val {m['val_tokens']:,} tokens -> {out}")
+    for src, s in m["sources"].items():
+        print(f"  {src}: {s['docs']} docs, weight {s['weight']}, train {s['train_tokens']:,} ({s['train_share']:.1%}), "
+              f"val {s['val_tokens']:,}")
+
+
+@app.command("train")
+def train_cmd(
+    recipe: Path = typer.Argument(..., help="a training recipe (recipes/train/*.yaml): pretrain or sft"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT_DIR/ckpt/last.ckpt (model, optimizer, schedule, data position)"),
+    stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="stop cleanly after this optimizer step (resume later with --resume)"),
+):
+    """Pretrain or fine-tune per the recipe (Lightning; CPU or GPU, single device, DDP or FSDP)."""
+    from model import train
+
+    s = train.main(recipe, resume=resume, stop_after=stop_after)
+    if s is not None and s.get("val_loss") is not None:
+        print(f"step {s['global_step']}/{s['max_steps']}  val_loss {s['val_loss']:.4f}  "
+              f"{s['seconds']:.0f}s" + (f"  -> {s['export']}" if s.get("export") else ""))
+
+
+@app.command("ablate")
+def ablate_cmd(
+    recipe: Path = typer.Argument(..., help="an ablation recipe (recipes/ablations/*.yaml)"),
+    quick: bool = typer.Option(False, "--quick", help="use the recipe's quick budget (fewer steps and seeds)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the recipe's out_dir)"),
+):
+    """Train every variant x seed of an ablation with equal budgets; write a table (mean, spread) and a plot."""
+    from model import ablations
+
+    res = ablations.main(recipe, quick=quick, out_dir=out)
+    print(res["table_md"])
+
+
+@bench_app.command("train")
+def bench_train_cmd(
+    steps: int = typer.Option(4, "--steps", min=1, help="timed optimizer steps per model"),
+    batch: int = typer.Option(4, "--batch", min=1),
+    seq_len: int = typer.Option(256, "--seq-len", min=8),
+):
+    """Training tokens/s of the `mini` preset (DiffQKV + AugQ) vs the GQA baseline of the same size."""
+    _load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len)
+
+
 @app.command("report")
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="a run directory (stage manifests, training logs, eval results)"),
@@ -227,6 +285,19 @@ def report_cmd(
 
     path = report.build(run_dir, out)
     print(path)
+
+
+@bench_app.command("curation")
+def bench_curation(
+    crawl_dir: Path = typer.Argument(..., help="a crawl stage directory (NNNNN.warc.gz), e.g. runs/tiny/crawl"),
+    shards: int = typer.Option(8, help="equal WARC shards the pages are dealt into"),
+    limit: int = typer.Option(1200, help="pages to use (0 = all)"),
+    scaling: bool = typer.Option(True, help="also time the Ray stage with 1 and 2 workers"),
+):
+    """Extraction docs/s per core vs datatrove (same WARCs), and 1 vs 2 Ray workers."""
+    from curation import bench
+
+    bench.run(crawl_dir, shards, limit or None, scaling)
 
 
 def main() -> None:
