@@ -47,7 +47,7 @@ def test_slow_drip_hits_the_total_deadline(tmp_path):
                 return
 
     with _site_with("/drip", drip) as site:
-        stats, _ = crawl_site(site, ["/"], tmp_path, read_timeout=1.0, total_timeout=1.0)
+        stats, _ = crawl_site(site, ["/"], tmp_path, read_timeout=1.0, total_timeout=1.5)
     assert stats.errors == {"timeout": 1} and stats.fetched == 2
 
 

@@ -11,7 +11,7 @@ import time
 
 from tests.crawl_server import Site, crawl_site, min_gap, send
 
-JITTER = 0.05
+JITTER = 0.1  # without the limits these gaps are a few milliseconds
 
 
 def test_robots_disallowed_paths_are_never_requested_and_counted(tmp_path):
@@ -45,7 +45,7 @@ def test_robots_ignored_when_disabled_and_missing_robots_allows_all(tmp_path):
 
 
 def test_crawl_delay_is_respected_between_every_request(tmp_path):
-    delay = 0.4
+    delay = 0.5
     with Site() as site:
         site.page("/robots.txt", f"User-agent: *\nCrawl-delay: {delay}\n", "text/plain")
         site.html("/", [f"/p{i}" for i in range(4)])
@@ -59,7 +59,7 @@ def test_crawl_delay_is_respected_between_every_request(tmp_path):
 
 
 def test_per_host_rate_limit_spaces_requests(tmp_path):
-    rate = 5.0  # requests/s -> 0.2 s apart
+    rate = 4.0  # requests/s -> 0.25 s apart
     with Site() as site:
         site.html("/", [f"/p{i}" for i in range(6)])
         for i in range(6):
@@ -114,12 +114,12 @@ def test_5xx_retries_back_off_exponentially(tmp_path):
 
     with Site() as site:
         site.routes["/flaky"] = flaky
-        stats, _ = crawl_site(site, ["/flaky"], tmp_path, retries=3, backoff_base=0.1, backoff_max=10.0)
+        stats, _ = crawl_site(site, ["/flaky"], tmp_path, retries=3, backoff_base=0.15, backoff_max=10.0)
         times = site.times(lambda p: p == "/flaky")
     assert stats.fetched == 1 and stats.retries == 3
     gaps = [b - a for a, b in zip(times, times[1:])]
     assert len(gaps) == 3
-    for gap, expected in zip(gaps, (0.1, 0.2, 0.4)):
+    for gap, expected in zip(gaps, (0.15, 0.3, 0.6)):
         assert gap >= expected - JITTER, gaps
 
 
