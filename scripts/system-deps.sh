@@ -8,3 +8,5 @@ $SUDO apt-get update -qq || true
 # evaluation sandbox (CMDGen command execution) and the report's headless-browser test
 $SUDO apt-get install -y --no-install-recommends bubblewrap
 $SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
+# the embedded default corpus: man pages are rendered with groff (apt-get download + dpkg-deb are in apt/dpkg)
+$SUDO apt-get install -y --no-install-recommends groff-base
