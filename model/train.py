@@ -39,6 +39,9 @@ from model.tokenizer import TokenizerSection
 class ModelSection(Section):
     preset: str = "tiny"  # a ModelConfig preset (model/gpt.py)
     overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields to change
+    # Start from an exported model (model.safetensors + config.json), e.g. the next pretraining
+    # phase with other data.weights; its config replaces preset/overrides.
+    init_from: str | None = None
 
 
 class OptimSection(Section):
@@ -315,6 +318,20 @@ def build_model_config(recipe: TrainRecipe, vocab_size: int):
     return cfg
 
 
+def load_init(model_dir, vocab_size: int, seq_len: int):
+    """(config, state dict) of an exported model to start from; the tokenizer must fit it."""
+    import dataclasses
+
+    from model.io import load_pretrained
+
+    model, cfg, _ = load_pretrained(model_dir)
+    if cfg.vocab_size < vocab_size:
+        raise UserError(f"{model_dir}: vocab_size {cfg.vocab_size} < the tokenizer's {vocab_size}")
+    if seq_len > cfg.max_seq_len:
+        cfg = dataclasses.replace(cfg, max_seq_len=seq_len)
+    return cfg, model.state_dict()
+
+
 def build_pretrain_data(recipe: TrainRecipe):
     from model.data import StreamDataModule, TokenStream, load_tokens, stream_fingerprint
     from model.tokenizer import load_tokenizer
@@ -326,6 +343,11 @@ def build_pretrain_data(recipe: TrainRecipe):
     dm = StreamDataModule(TokenStream(train_tokens, t.seq_len), TokenStream(load_tokens(tdir, "val"), t.seq_len),
                           t.micro_batch, t.seed, t.eval_batches, stream_fingerprint(train_tokens, t.seq_len, t.seed))
     return dm, tok
+
+
+def _is_launcher_rank() -> bool:
+    """False in the processes Lightning's DDP launcher starts for ranks > 0 (they rerun this command)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
 def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None, callbacks=()) -> dict:
@@ -343,7 +365,7 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
         ckpt_path = ckpt_dir / "last.ckpt"
         if not ckpt_path.is_file():
             raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-    elif (out / "steps.jsonl").exists() or (ckpt_dir / "last.ckpt").exists():
+    elif _is_launcher_rank() and ((out / "steps.jsonl").exists() or (ckpt_dir / "last.ckpt").exists()):
         raise UserError(f"{out} already holds a run; use --resume to continue it or choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     if t.threads and not torch.cuda.is_available():
@@ -353,7 +375,10 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
     init_state = None
     if recipe.kind == "pretrain":
         dm, tok = build_pretrain_data(recipe)
-        cfg = build_model_config(recipe, tok.get_vocab_size())
+        if recipe.model.init_from:
+            cfg, init_state = load_init(recipe.model.init_from, tok.get_vocab_size(), t.seq_len)
+        else:
+            cfg = build_model_config(recipe, tok.get_vocab_size())
     else:
         from model.sft import build_sft
 

@@ -64,3 +64,32 @@ def write_corpus(out_dir: Path, docs: list[dict], per_shard: int = 200) -> Path:
 
 def build(out_dir: Path, modules=MODULES) -> Path:
     return write_corpus(out_dir, split_docs(stdlib_docs(modules)))
+
+
+# ----------------------------------------------------------------------------- shared test data
+TEST_MODULES = ["argparse", "subprocess", "shutil", "os", "pathlib", "socket", "logging", "tarfile",
+                "tempfile", "signal", "selectors", "shlex", "glob", "platform"]
+_CACHE: dict[str, Path] = {}
+
+
+def tiny_tokens(tmp_path_factory, vocab_size: int = 384, val_fraction: float = 0.1) -> Path:
+    """Curated shards of TEST_MODULES -> tokenizer + train.bin/val.bin, built once per test process."""
+    key = f"{vocab_size}-{val_fraction}"
+    if key not in _CACHE:
+        from model.data import DataSection, tokenize_corpus
+        from model.tokenizer import TokenizerSection, build_tokenizer
+
+        root = tmp_path_factory.mktemp("train-corpus")
+        curated = build(root / "curated", TEST_MODULES)
+        tok = build_tokenizer(TokenizerSection(vocab_size=vocab_size), curated, root / "tokens")
+        tokenize_corpus(curated, tok, root / "tokens", DataSection(val_fraction=val_fraction))
+        _CACHE[key] = root
+    return _CACHE[key]
+
+
+def write_recipe(path: Path, **sections) -> Path:
+    """A training recipe YAML from nested dicts (tests build small variants of recipes/train/tiny.yaml)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
