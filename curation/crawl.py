@@ -314,8 +314,8 @@ class _Crawler:
             raise FetchError("too_many_redirects", f"more than {self.cfg.max_redirects}")
         if not self.scope.allows(target):
             raise Skip("redirect_out_of_scope")
-        if target in self.seen or target in self.claimed:
-            raise Skip("redirect_to_seen")
+        if target in self.seen or target in self.claimed or target in self.next_round:
+            raise Skip("redirect_to_seen")  # fetched (or to be fetched) as a frontier URL of its own
         self.claimed.add(target)
         chain.append(target)
         return target

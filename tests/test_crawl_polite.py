@@ -231,3 +231,16 @@ def test_progress_callback_reports_every_url(tmp_path):
                       progress=lambda url, outcome, st: seen.append((url, outcome)))
     assert sorted(o for _, o in seen) == ["error:http_4xx", "fetched", "fetched", "robots_denied"]
     assert len(seen) == stats.urls == 4
+
+
+def test_redirect_to_a_known_url_is_not_fetched_twice(tmp_path):
+    with Site() as site:
+        site.html("/", ["/old", "/new", "/moved"])
+        site.page("/old", b"", status=301, headers={"Location": "/new#frag"})
+        site.page("/moved", b"", status=302, headers={"Location": "/elsewhere/../final"})
+        site.html("/new")
+        site.html("/final", ["/final?"])
+        stats, _ = crawl_site(site, ["/"], tmp_path)
+        paths = site.paths()
+    assert paths.count("/new") == 1 and paths.count("/final") == 1
+    assert stats.skipped == {"redirect_to_seen": 1} and stats.fetched == 3  # /, /new, /final
