@@ -196,3 +196,23 @@ class DblpApp:
                                     "@first": str(f), **({"hit": page} if page else {})}}}
         import json as _json
         return 200, {"Content-Type": "application/json"}, _json.dumps(body).encode()
+
+
+# --------------------------------------------------------------------------- Stack Exchange dumps
+def se_xml(table: str, rows: list[dict]) -> bytes:
+    """A dump table in the official layout: <posts><row Attr="..." /></posts>, attributes escaped."""
+    from xml.sax.saxutils import quoteattr
+
+    lines = ['<?xml version="1.0" encoding="utf-8"?>', f"<{table}>"]
+    for r in rows:
+        lines.append("  <row " + " ".join(f"{k}={quoteattr(str(v))}" for k, v in r.items()) + " />")
+    lines.append(f"</{table}>")
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+
+def write_7z(path, members: dict) -> None:
+    import py7zr
+
+    with py7zr.SevenZipFile(path, "w") as z:
+        for name, data in members.items():
+            z.writestr(data, name)
