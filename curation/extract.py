@@ -123,8 +123,9 @@ class Extract(Stage):
                 if rec.rec_type != "response":
                     continue
                 url = rec.rec_headers.get_header("WARC-Target-URI") or ""
-                if url.endswith("/robots.txt"):
-                    continue  # politeness fetches, not content
+                purpose = rec.rec_headers.get_header("X-Crawl-Purpose")
+                if (purpose and purpose != "page") or (not purpose and url.endswith("/robots.txt")):
+                    continue  # robots.txt, sitemaps, feeds and redirect hops are crawl plumbing, not content
                 sink.take()
                 where = {"url": url}
                 status = rec.http_headers.get_statuscode() if rec.http_headers else None

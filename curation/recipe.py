@@ -12,7 +12,11 @@ from pydantic import Field
 
 from curation.crawl import CrawlConfig
 from curation.extract import ExtractConfig
+from curation.sources.arxiv import ArxivSource
+from curation.sources.blogs import BlogsSource
+from curation.sources.ccf import CcfSource
 from curation.sources.localdocs import LocalDocsSource
+from curation.sources.stackexchange import StackExchangeSource
 from minisigma.recipes import Section, load_recipe
 
 
@@ -21,7 +25,8 @@ class RayConfig(Section):
     executor: Literal["ray", "local"] = "ray"  # "local": in-process, one shard after another (debugging)
 
 
-SourceConfig = Annotated[Union[LocalDocsSource], Field(discriminator="type")]
+SourceConfig = Annotated[Union[LocalDocsSource, ArxivSource, CcfSource, StackExchangeSource, BlogsSource],
+                         Field(discriminator="type")]
 
 
 class CurationRecipe(Section):
