@@ -19,6 +19,7 @@ from curation.crawl_stage import Crawl
 from curation.extract import Extract
 from curation.recipe import CurationRecipe
 from curation.sources import localdocs
+from curation.sources import runners as adapter_runners
 from minisigma.progress import log
 from minisigma.runner import run_stage
 from minisigma.shards import list_shards
@@ -57,7 +58,7 @@ def run_localdocs(src: localdocs.LocalDocsSource, ctx: RunContext) -> list[dict]
              "locator": f"localdocs://{s.package}"} for s in sites]
 
 
-SOURCE_RUNNERS = {"localdocs": run_localdocs}
+SOURCE_RUNNERS = {"localdocs": run_localdocs, **adapter_runners.RUNNERS}  # arxiv, ccf, stackexchange, blogs
 
 
 def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None, progress: bool = True) -> Path:

@@ -216,3 +216,52 @@ def write_7z(path, members: dict) -> None:
     with py7zr.SevenZipFile(path, "w") as z:
         for name, data in members.items():
             z.writestr(data, name)
+
+
+# --------------------------------------------------------------------------- a technical blog
+POST_TEXT = ("The page cache keeps recently read file blocks in memory so that a second read is served without "
+             "touching the disk. When memory runs short, the kernel reclaims clean pages first and writes dirty "
+             "pages back before it can reuse them. ")
+
+
+@dataclass
+class BlogApp:
+    """A small blog: robots.txt, an RSS feed, a sitemap, posts, an about page, one broken post."""
+
+    posts: int = 4
+    base: str = ""  # set after the server starts (absolute links in the feed and sitemap)
+
+    def page(self, title: str, body: str, links: str = "") -> bytes:
+        return (f"<!DOCTYPE html><html><head><title>{title}</title><meta name='author' content='Blog Author'>"
+                f"</head><body><nav><a href='/'>home</a> <a href='/about.html'>about</a></nav><article><h1>{title}"
+                f"</h1>{body}</article>{links}<footer>(c) the author</footer></body></html>").encode()
+
+    def __call__(self, method, path, query, headers):
+        html = {"Content-Type": "text/html; charset=utf-8"}
+        if path == "/robots.txt":
+            return 200, {"Content-Type": "text/plain"}, b"User-agent: *\nDisallow: /private/\n"
+        if path == "/feed.xml":
+            items = "".join(f"<item><title>Post {i}</title><link>{self.base}/posts/{i}.html</link>"
+                            f"<pubDate>Mon, 0{i + 1} Jan 2024 00:00:00 GMT</pubDate></item>" for i in range(self.posts))
+            return 200, {"Content-Type": "application/rss+xml"}, (
+                '<?xml version="1.0"?><rss version="2.0"><channel><title>Systems blog</title>'
+                f"<link>{self.base}/</link><description>kernels</description>{items}</channel></rss>").encode()
+        if path == "/sitemap.xml":
+            return 200, {"Content-Type": "application/xml"}, (
+                '<?xml version="1.0" encoding="UTF-8"?><urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+                f"<url><loc>{self.base}/about.html</loc></url><url><loc>{self.base}/posts/broken.html</loc></url>"
+                "</urlset>").encode()
+        if path == "/":
+            links = "".join(f"<li><a href='/posts/{i}.html'>Post {i}</a></li>" for i in range(self.posts))
+            return 200, html, self.page("Systems blog", "<p>Posts about systems.</p>",
+                                        f"<ul>{links}<li><a href='/private/draft.html'>draft</a></li></ul>")
+        if path.startswith("/posts/") and path.endswith(".html"):
+            name = path[len("/posts/"):-5]
+            if name == "broken":
+                return 500, {"Content-Type": "text/plain"}, b"internal error"
+            i = int(name)
+            return 200, html, self.page(f"Post {i}: reclaim path {i}", "".join(
+                f"<p>{POST_TEXT} Paragraph {j} of post {i}.</p>" for j in range(4)))
+        if path == "/about.html":
+            return 200, html, self.page("About", "<p>Short.</p>")
+        return 404, {"Content-Type": "text/plain"}, b"not found"

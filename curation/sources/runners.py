@@ -1,0 +1,26 @@
+"""How `minisigma curate` (curation.pipeline) runs the internet source adapters.
+
+Each runner runs its adapter's stage into <run>/sources/<name>/ and returns the crawl sites it
+wants the pipeline's shared crawl stage to visit (only the CCF source has some: the open-access
+landing pages of its papers, when `landing_pages: true`).
+"""
+
+from __future__ import annotations
+
+from curation.sources.arxiv import ArxivStage
+from curation.sources.blogs import BlogsStage
+from curation.sources.ccf import CcfStage, landing_page_sites
+from curation.sources.stackexchange import StackExchangeStage
+
+STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeStage, "blogs": BlogsStage}
+
+
+def run_adapter(src, ctx) -> list[dict]:
+    out = ctx.run_dir / "sources" / src.name
+    ctx.run(STAGES[src.type](src), [], out, recipe_section=src.model_dump(mode="json", by_alias=True))
+    if src.type == "ccf" and src.landing_pages:
+        return landing_page_sites(out, src.name)
+    return []
+
+
+RUNNERS = {name: run_adapter for name in STAGES}

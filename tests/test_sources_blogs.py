@@ -1,0 +1,53 @@
+"""Blogs adapter end to end: a loopback blog with robots.txt, an RSS feed, a sitemap and posts."""
+
+from __future__ import annotations
+
+import yaml
+
+from curation.sources.blogs import BlogsSource, BlogsStage
+from minisigma import manifest
+from minisigma.runner import run_stage
+from minisigma.shards import iter_docs
+from tests.sources_fixtures import BlogApp, LoopbackServer
+
+CRAWL = {"allow_loopback": True, "per_host_rate": 50.0, "retries": 1, "backoff_base": 0.01, "backoff_max": 0.05,
+         "user_agent": "minisigma-test/0.1 (+mailto:blog-tests@example.org)"}
+
+
+def blog_manifest(tmp_path, base: str):
+    p = tmp_path / "blogs.yaml"
+    p.write_text(yaml.safe_dump({"description": "test", "sites": [
+        {"name": "systems-blog", "home": f"{base}/", "feeds": [f"{base}/feed.xml"], "sitemaps": [f"{base}/sitemap.xml"],
+         "category": "os_kernel", "license": "CC BY 4.0"}]}))
+    return p
+
+
+def test_blog_crawled_from_feed_and_sitemap_into_documents(tmp_path):
+    app = BlogApp(posts=4)
+    with LoopbackServer(app) as srv:
+        app.base = srv.url
+        src = BlogsSource.model_validate({"manifest": str(blog_manifest(tmp_path, srv.url)), "crawl": CRAWL,
+                                          "extract": {"min_chars": 200}})
+        m = run_stage(BlogsStage(src), [], tmp_path / "blogs", executor="local", progress=False)
+        paths = [h.path for h in srv.log]
+    docs = {d["url"]: d for d in iter_docs(tmp_path / "blogs")}
+    assert sorted(docs) == [f"{srv.url}/posts/{i}.html" for i in range(4)]
+    d = docs[f"{srv.url}/posts/2.html"]
+    assert d["source"] == "blogs" and "page cache keeps recently read" in d["text"]
+    md = d["metadata"]
+    assert md["category"] == "os_kernel" and md["site"] == "systems-blog" and md["license"] == "CC BY 4.0"
+    assert md["title"].startswith("Post 2")
+    assert "/private/draft.html" not in paths  # robots.txt honoured
+    assert paths.count("/feed.xml") == 1 and paths.count("/sitemap.xml") == 1
+    c = m["counts"]
+    assert c["dropped"].get("too_short", 0) >= 2  # home and about pages are too short to keep
+    assert m["stats"]["crawl:robots_denied"] == 1
+    assert any(k.startswith("crawl:error") for k in m["stats"])  # the broken post is counted
+    assert manifest.verify(tmp_path / "blogs") == []
+    assert all(h.headers["user-agent"] == CRAWL["user_agent"] for h in srv.log)
+    # A re-run of the task (its shard removed) reuses the finished WARC instead of crawling again.
+    (tmp_path / "blogs" / ".parts" / "00000.json").unlink()
+    with LoopbackServer(app) as srv2:
+        m2 = run_stage(BlogsStage(src), [], tmp_path / "blogs", executor="local", progress=False)
+        assert srv2.log == []
+    assert m2["stats"]["crawl_resumed_from_warc"] == 1 and m2["counts"]["out"] == 4
