@@ -147,10 +147,11 @@ def bench_attention_cmd(
     contexts: str = typer.Option("1024,4096,16384,32768", "--contexts", help="comma-separated context lengths"),
     batches: str = typer.Option("1,8", "--batches", help="comma-separated batch sizes"),
     layers: int = typer.Option(2, "--layers", min=1, help="attention layers timed per decode step"),
-    hidden: int = typer.Option(2048, "--hidden", min=64, help="hidden size (head width 64, n_q = hidden/64)"),
+    hidden: int = typer.Option(2048, "--hidden", min=512, help="hidden size, a multiple of 512 (head width 64, n_q = hidden/64)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
     train_seq: int = typer.Option(512, "--train-seq", min=16, help="sequence length of the prefill/training timing"),
-    repeats: int = typer.Option(0, "--repeats", min=0, help="timed decode steps per point (0 = auto)"),
+    repeats: int = typer.Option(0, "--repeats", min=0, help="timed rounds per point (0 = auto)"),
+    threads: int = typer.Option(1, "--threads", min=1, help="CPU threads (1 is steadiest on a shared machine)"),
     out: Path = typer.Option(Path("runs/bench/attention"), "--out", help="folder for the PNG and JSON results"),
 ):
     """DiffQKV (4 K / 16 V heads) vs GQA (16/16): KV bytes/token, decode latency vs context, prefill and
@@ -168,10 +169,11 @@ def bench_attention_cmd(
 
     if dtype not in ("float32", "bfloat16"):
         raise UserError(f"--dtype: expected float32 or bfloat16, got {dtype!r}")
-    if hidden % 64:
-        raise UserError(f"--hidden: must be a multiple of 64 (head width), got {hidden}")
+    if hidden % 512:
+        raise UserError(f"--hidden: must be a multiple of 512 (n_q = hidden/64 divisible by 8), got {hidden}")
     bench_attention.run(contexts=ints(contexts, "contexts"), batches=ints(batches, "batches"), layers=layers,
-                        hidden=hidden, dtype=dtype, train_seq=train_seq, repeats=repeats, out_dir=out)
+                        hidden=hidden, dtype=dtype, train_seq=train_seq, repeats=repeats, out_dir=out,
+                        threads=threads)
 
 
 @app.command("eval")
@@ -298,6 +300,64 @@ def bench_curation(
     from curation import bench
 
     bench.run(crawl_dir, shards, limit or None, scaling)
+
+
+# --------------------------------------------------------------------------- refine (curation.refine)
+classifier_app = typer.Typer(no_args_is_help=True, help="Train the fastText quality and category classifiers.")
+app.add_typer(classifier_app, name="classifier")
+
+
+@app.command("refine")
+def refine_cmd(
+    recipe: Path = typer.Argument(..., help="a curation recipe with a refine section (defaults when absent)"),
+    run: Path = typer.Option(..., "--run", help="a run directory with extract/ and/or sources/*/ shards"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="join this Ray cluster"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Refine a run: normalize, heuristics, langid, exact dedup, classify, MinHash dedup, decontam -> <run>/curated."""
+    from curation.refine.pipeline import load_refine_config, refine
+    from minisigma import manifest
+
+    c = load_refine_config(recipe)
+    refine(run, c, ray_address=ray_address, progress=not quiet)
+    manifest.show(run)
+
+
+@classifier_app.command("train")
+def classifier_train_cmd(
+    recipe: Path = typer.Argument(..., help="a curation recipe (refine.classifiers section)"),
+    run: Path = typer.Option(..., "--run", help="the run whose documents train the classifiers"),
+    docs: Optional[Path] = typer.Option(None, "--docs", help="a stage directory to train on (default: refine/dedup_exact)"),
+):
+    """Train the quality and category classifiers into <run>/classifiers/ and print held-out P/R/F1."""
+    import json
+
+    from curation.refine.pipeline import load_refine_config, train_classifiers
+
+    info = train_classifiers(run, load_refine_config(recipe), docs)
+    for name, i in info.items():
+        print(name, json.dumps({"heldout": i["heldout"]["macro"], "accuracy": i["heldout"]["accuracy"],
+                                "training_data": i["training_data"]}))
+
+
+@bench_app.command("dedup")
+def bench_dedup_cmd(
+    docs: int = typer.Option(3000, help="base documents of the quality corpus (variants are added)"),
+    scale_docs: int = typer.Option(3000, help="documents of the 1x corpus for the memory check (10x is also run)"),
+    executor: str = typer.Option("ray", help="ray or local"),
+):
+    """MinHash dedup quality vs brute-force exact Jaccard, and clustering memory at 1x vs 10x corpus size."""
+    from curation.refine import bench
+
+    bench.dedup(docs, scale_docs, executor)
+
+
+@bench_app.command("minhash")
+def bench_minhash_cmd(docs: int = typer.Option(2000, help="man-page documents to sign")):
+    """MinHash signatures/s per core: ours vs datatrove's MinhashDedupSignature vs datasketch's update loop."""
+    from curation.refine import bench
+
+    bench.minhash(docs)
 
 
 def main() -> None:
