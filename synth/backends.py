@@ -263,6 +263,8 @@ class OpenAIBackend(Backend):
         body = {"model": self.model, **self.defaults, **params}
         if self.stream and "stream" not in params:
             body["stream"] = True
+        if body.get("stream"):
+            body.setdefault("stream_options", {"include_usage": True})
         return {k: v for k, v in body.items() if v is not None}
 
     @staticmethod

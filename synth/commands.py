@@ -101,7 +101,7 @@ def logical_lines(lines: list[str]) -> list[str]:
 def clean_task(text: str, last_sentence: bool = True) -> str:
     """Prose -> a task sentence: the sentence before a colon, lead-ins and 'To ' removed."""
     t = " ".join(text.split()).strip()
-    t = t.rstrip(":").strip()
+    t = t.lstrip("\u2022*\u00b7 ").rstrip(":").strip()
     if last_sentence:
         sents = _SENT_SPLIT.split(t)
         t = sents[-1] if sents else t
@@ -154,6 +154,10 @@ def _single_command(block: Block, tool: str) -> str | None:
     return None
 
 
+def _is_examples(section: str) -> bool:
+    return section in ("EXAMPLE", "USAGE") or "EXAMPLES" in section
+
+
 def mine_examples(page: ManPage, doc: dict) -> list[dict]:
     tool = page.tool
     out: list[dict] = []
@@ -177,8 +181,17 @@ def mine_examples(page: ManPage, doc: dict) -> list[dict]:
                 if good_task(task):
                     out.append(_pair(task, cmd, tool, doc, "example_prose", b.section))
                 continue
+        # layout 3: an example's prose (not ending with ':') then its command, indented deeper
+        if _is_examples(b.section) and i + 1 < len(blocks) and blocks[i + 1].section == b.section \
+                and blocks[i + 1].indent > b.indent and not _single_command(b, tool):
+            cmd = _single_command(blocks[i + 1], tool)
+            if cmd:
+                task = clean_task(b.text, last_sentence=False)
+                if good_task(task):
+                    out.append(_pair(task, cmd, tool, doc, "example_prose", b.section))
+                continue
         # layout 2: definition list -- a command line with its description indented under it
-        if b.section in ("EXAMPLES", "EXAMPLE", "USAGE") or b.section.endswith("EXAMPLES"):
+        if _is_examples(b.section):
             j = 0
             while j < len(b.lines):
                 line = b.lines[j]

@@ -99,8 +99,8 @@ def split_blocks(lines: list[str]) -> list[Block]:
         elif indent_of(line) == 0 and _HEADING.match(line.strip()):
             flush()
             section = line.strip()
-        elif indent_of(line) <= 3 and indent_of(line) > 0 and _HEADING.match(line.strip()) and not line.strip().startswith("-"):
-            flush()  # a sub-heading ("   Option styles" renders at indent 3); keep the section
+        elif 0 < indent_of(line) <= 3 and len(line.strip()) < 60 and not line.strip().startswith("-"):
+            flush()  # a sub-heading (.SS renders at indent 3, "   Option styles"); keep the section
         else:
             cur.append(line)
     flush()
