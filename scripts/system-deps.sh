@@ -10,3 +10,5 @@ $SUDO apt-get install -y --no-install-recommends bubblewrap
 $SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 # the embedded default corpus: man pages are rendered with groff (apt-get download + dpkg-deb are in apt/dpkg)
 $SUDO apt-get install -y --no-install-recommends groff-base
+# synth: man-page fixtures are rendered with man-db's `man -l` and `col` (bsdextrautils); `bash -n` checks commands
+$SUDO apt-get install -y --no-install-recommends man-db bsdextrautils
