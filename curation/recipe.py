@@ -6,12 +6,13 @@ Source sections are a tagged union on `type`; each source module defines its own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Optional, Union
 
 from pydantic import Field
 
 from curation.crawl import CrawlConfig
 from curation.extract import ExtractConfig
+from curation.refine.pipeline import RefineConfig
 from curation.sources.arxiv import ArxivSource
 from curation.sources.blogs import BlogsSource
 from curation.sources.ccf import CcfSource
@@ -36,6 +37,7 @@ class CurationRecipe(Section):
     sources: list[SourceConfig]
     crawl: CrawlConfig = CrawlConfig()
     extract: ExtractConfig = ExtractConfig()
+    refine: Optional[RefineConfig] = None  # curation.refine.pipeline: normalize ... decontam
 
 
 def load(path: str | Path) -> CurationRecipe:

@@ -1,0 +1,172 @@
+"""Benchmarks of the dedup stages (printed side by side; run by `minisigma bench dedup|minhash`
+and benchmarks/bench_dedup.py, benchmarks/bench_minhash.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from minisigma.shards import ShardWriter, read_docs
+
+from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
+from curation.refine.minhash import MinHashConfig, SignatureComputer
+from curation.refine.realtext import man_pages, stdlib_docs
+
+
+def base_texts(n: int, words_per_doc: int = 150) -> list[str]:
+    """`n` real texts: consecutive windows of man pages (Python docstrings when man pages are absent)."""
+    out: list[str] = []
+    pages = man_pages(max(50, n // 2))
+    if not pages:
+        pages = stdlib_docs()
+    for p in pages:
+        w = p["text"].split()
+        for i in range(0, max(1, len(w) - words_per_doc // 2), words_per_doc):
+            out.append(" ".join(w[i:i + words_per_doc]))
+            if len(out) >= n:
+                return out
+    return out
+
+
+def write_shards(docs: list[dict], root: Path, n_shards: int) -> list[Path]:
+    paths = []
+    for s in range(n_shards):
+        p = root / f"{s:05d}.jsonl.gz"
+        with ShardWriter(p) as w:
+            for d in docs[s::n_shards]:
+                w.write(d)
+        paths.append(p)
+    return paths
+
+
+def found_pairs_and_clusters(out_dir: Path, idx: dict[str, int]):
+    """The verified pairs (by doc index) and the cluster of every clustered document, read back
+    from a run_minhash output directory."""
+    tables = {int(p.name[:5]): np.load(p) for p in sorted((out_dir / "signatures").glob("0*.npy"))}
+
+    def doc_index(node) -> int:
+        return idx[tables[int(node) >> 32][int(node) & 0xFFFFFFFF]["id"].decode()]
+
+    found = {}
+    for p in sorted((out_dir / "buckets").glob("0*.npy")):
+        for r in np.load(p):
+            a, b = sorted((doc_index(r["u"]), doc_index(r["v"])))
+            found[(a, b)] = float(r["jaccard"])
+    cluster = {}
+    for p in sorted(out_dir.glob("0*.jsonl.gz")) + sorted((out_dir / "rejects").glob("0*.jsonl.gz")):
+        for d in read_docs(p):
+            d = d.get("doc", d) if "kind" in d else d
+            mh = (d.get("metadata") or {}).get("minhash")
+            if mh:
+                cluster[idx[d["id"]]] = mh["cluster"]
+    return found, cluster
+
+
+def quality_run(n_bases: int, root: Path, config: MinHashConfig, executor: str, seed: int = 0) -> dict:
+    from curation.refine.dedup_run import run_minhash
+
+    docs = planted_corpus(base_texts(n_bases), ngram=config.ngram, seed=seed)
+    inputs = write_shards(docs, root / "in", 4)
+    t0 = time.time()
+    m = run_minhash(inputs, root / "out", config, executor=executor, progress=False)
+    seconds = time.time() - t0
+    idx = {d["id"]: i for i, d in enumerate(docs)}
+    truth = exact_pairs([d["text"] for d in docs], config.ngram, config.threshold)
+    found, cluster = found_pairs_and_clusters(root / "out", idx)
+    res = evaluate(truth, found, cluster)
+    res.update(docs=len(docs), seconds=round(seconds, 2), lsh=m["minhash"]["lsh"],
+               dropped=m["counts"]["dropped"].get("minhash_duplicate", 0))
+    return res
+
+
+def clustering_peak(n_docs: int, root: Path, executor: str, per_partition: int) -> dict:
+    """Peak traced memory (tracemalloc, per task) of the bucket and components steps."""
+    from curation.refine.dedup_run import run_minhash
+
+    docs = planted_corpus(base_texts(int(n_docs / 1.3)), seed=1)
+    inputs = write_shards(docs, root / "in", max(2, len(docs) // 1500))
+    c = MinHashConfig(nodes_per_partition=per_partition, band_records_per_bucket=per_partition * 17)
+    m = run_minhash(inputs, root / "out", c, executor=executor, progress=False)
+    comp = json.loads((root / "out" / "components" / "manifest.json").read_text())["components"]
+    bucket_peaks = [json.loads(p.read_text())["stats"].get("peak_traced_kib", 0)
+                    for p in (root / "out" / "buckets" / ".parts").glob("*.json")]
+    return {"docs": len(docs), "partitions": m["minhash"]["partitions"], "graph_nodes": comp["nodes"],
+            "components_max_task_peak_kib": comp["max_task_peak_traced_bytes"] // 1024,
+            "buckets_max_task_peak_kib": max(bucket_peaks or [0]), "iterations": comp["iterations"]}
+
+
+def dedup(n_bases: int = 3000, scale_docs: int = 3000, executor: str = "ray") -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-dedup-"))
+    try:
+        q = quality_run(n_bases, tmp / "quality", MinHashConfig(), executor)
+        print(f"dedup quality: {q['docs']} docs, {q['true_pairs']} true pairs (exact Jaccard >= 0.8), "
+              f"{q['reported_pairs']} reported pairs")
+        print(f"  recall    {q['recall']:.4f}   (target >= 0.95)")
+        print(f"  precision {q['precision']:.4f}   (target >= 0.98)")
+        for band, r in q["recall_by_jaccard"].items():
+            print(f"  recall at Jaccard {band}: {r['recall']:.4f} over {r['pairs']} pairs")
+        print(f"  LSH {q['lsh']['bands']} bands x {q['lsh']['rows']} rows ({q['lsh']['rule']}), {q['seconds']} s")
+        per_part = max(500, scale_docs // 4)
+        small = clustering_peak(scale_docs, tmp / "s1", executor, per_part)
+        large = clustering_peak(scale_docs * 10, tmp / "s10", executor, per_part)
+        print(f"clustering memory (max per-task tracemalloc peak, {per_part} nodes per partition):")
+        for name, r in (("1x", small), ("10x", large)):
+            print(f"  {name:>3}: {r['docs']:>7} docs, partitions {r['partitions']}, components peak "
+                  f"{r['components_max_task_peak_kib']} KiB, buckets peak {r['buckets_max_task_peak_kib']} KiB, "
+                  f"{r['iterations']} iterations")
+        ratio_c = large["components_max_task_peak_kib"] / max(1, small["components_max_task_peak_kib"])
+        ratio_b = large["buckets_max_task_peak_kib"] / max(1, small["buckets_max_task_peak_kib"])
+        print(f"  10x/1x peak ratio: components {ratio_c:.2f}x, buckets {ratio_b:.2f}x (flat = about 1x)")
+        return {"quality": q, "memory": {"1x": small, "10x": large, "ratio_components": ratio_c,
+                                         "ratio_buckets": ratio_b}}
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def minhash(n_docs: int = 2000, num_perm: int = 128, ngram: int = 5) -> dict:
+    """Signatures per second on one core, same documents, same n-gram size and number of hashes."""
+    from datasketch import MinHash
+    from datatrove.data import Document
+    from datatrove.pipeline.dedup.minhash import MinhashConfig as DTConfig, MinhashDedupSignature
+    from datatrove.utils.hashing import HashConfig
+
+    from curation.refine.textutil import words
+
+    texts = [d["text"] for d in man_pages(n_docs)] or [d["text"] for d in stdlib_docs()]
+    n = len(texts)
+    # ours
+    t0 = time.perf_counter()
+    comp = SignatureComputer(num_perm=num_perm, ngram=ngram)
+    comp.signatures([comp.shingles(t) for t in texts])
+    ours = n / (time.perf_counter() - t0)
+    # datatrove, 16 buckets x 8 hashes = 128 hashes, 5-grams. Its default xxhash shingle hash passes str to
+    # xxhash, which the installed xxhash rejects ("Strings must be encoded"), so it uses its sha1 option.
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mh-"))
+    try:
+        step = MinhashDedupSignature(output_folder=str(tmp), config=DTConfig(
+            n_grams=ngram, num_buckets=num_perm // 8, hashes_per_bucket=8,
+            hash_config=HashConfig(precision=32, hash_fc="sha1")))
+        docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
+        t0 = time.perf_counter()
+        step.run(iter(docs), rank=0, world_size=1)  # signs, writes per-bucket files, sorts them
+        dt = n / (time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    # datasketch, the plain loop: one update per shingle
+    t0 = time.perf_counter()
+    for t in texts:
+        w = words(t)
+        m = MinHash(num_perm=num_perm)
+        for i in range(max(1, len(w) - ngram + 1)):
+            m.update(" ".join(w[i:i + ngram]).encode("utf-8"))
+    plain = n / (time.perf_counter() - t0)
+    print(f"MinHash signatures/s on one core, {n} man pages, {ngram}-grams, {num_perm} hashes:")
+    print(f"  minisigma (vectorised, datasketch affine32) {ours:10.1f}")
+    print(f"  datatrove MinhashDedupSignature             {dt:10.1f}   ratio {ours / dt:.2f}x (target >= 1.0x)")
+    print(f"  datasketch MinHash.update loop              {plain:10.1f}   ratio {ours / plain:.2f}x (target >= 3x)")
+    return {"docs": n, "ours": ours, "datatrove": dt, "plain": plain}
