@@ -262,7 +262,6 @@ class StackExchangeStage(Stage):
             db_path.unlink(missing_ok=True)
 
     def _run(self, task: Task, sink: Sink, db: sqlite3.Connection) -> None:
-        c = self.config
         site, part = task.params["site"], task.params["part"]
         path = Path(task.inputs[0])
         posts = locate(path, "Posts.xml")
