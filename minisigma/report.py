@@ -13,10 +13,11 @@ report. Inputs, by section:
 - CMDGen-mini        ``**/summary.json`` with ``"benchmark": "cmdgen-mini"`` and its ``results.jsonl``
                      (model/evaluation/cmdgen.py)
 - Perplexity         ``**/perplexity.json`` (model/evaluation/perplexity.py)
-- Attention          ``**/attention*.json``: records with a variant name, context length, KV-cache
-  efficiency         bytes and decode latency (keys recognised by name: ``variant|name|model``,
-                     ``context|ctx``, ``kv_bytes*``, ``decode_ms*|latency_ms*``), as a list or under
-                     ``rows``/``results``
+- Attention          ``results.json`` of ``minisigma bench attention`` (``kv_bytes_per_token_bf16``
+  efficiency         and ``decode`` rows), or ``**/attention*.json``: records with a variant name,
+                     context length, KV-cache bytes and decode latency (keys recognised by name:
+                     ``variant|name|model``, ``context|ctx``, ``kv_bytes*``, ``decode_ms*|latency_ms*``),
+                     as a list or under ``rows``/``results``
 - Ablations          ``**/ablation*.json``: records with a ``variant`` (or ``name``) and ``mean``
                      (optional ``std``, ``n``/``seeds``, ``metric``), shown next to the paper's
                      numbers (Sigma paper, Tables 1-4; see docs in SIGMA_NOTES)
@@ -470,18 +471,45 @@ def _key(rec: dict, *prefixes: str) -> str | None:
     return None
 
 
-def section_attention(run: Path) -> str:
+def _bench_attention_records(obj: dict) -> list[dict]:
+    """Flat records from `minisigma bench attention`'s results.json: per decode row and variant,
+    the KV-cache bytes held at that context (per-token bytes x context x batch) and the latency."""
+    kv = obj.get("kv_bytes_per_token_bf16") or {}
+    out = []
+    for row in obj.get("decode") or []:
+        for variant, ms in (row.get("layer_ms") or {}).items():
+            per_tok = kv.get(variant)
+            out.append({"variant": variant, "batch": row.get("batch"), "context": row.get("context"),
+                        "kv_bytes": None if per_tok is None else per_tok * row["context"] * (row.get("batch") or 1),
+                        "decode_ms": ms, "kernel_ms": (row.get("kernel_ms") or {}).get(variant)})
+    return out
+
+
+def attention_records(run: Path) -> tuple[list[dict], list[str]]:
     recs, src = [], []
-    for p in walk(run, "attention*.json"):
+    for p in walk(run, "*.json"):
+        if not (p.name.startswith("attention") or p.name == "results.json"):
+            continue
         try:
-            rs = _records(read_json(p))
+            obj = read_json(p)
         except ValueError:
+            continue
+        if isinstance(obj, dict) and "decode" in obj and "kv_bytes_per_token_bf16" in obj:
+            rs = _bench_attention_records(obj)
+        elif p.name.startswith("attention"):
+            rs = _records(obj)
+        else:
             continue
         if rs:
             recs += rs
             src.append(rel(run, p))
+    return recs, src
+
+
+def section_attention(run: Path) -> str:
+    recs, src = attention_records(run)
     if not recs:
-        raise NotRun("no attention benchmark results (attention*.json from `minisigma bench attention`) under the run")
+        raise NotRun("no attention benchmark results (results.json of `minisigma bench attention`) under the run")
     r0 = recs[0]
     kname = _key(r0, "variant", "name", "model", "config", "attn")
     kctx = _key(r0, "context", "ctx", "seq")
@@ -508,7 +536,8 @@ def section_attention(run: Path) -> str:
         a.set_ylabel(y or "-")
         a.set_title(t)
         a.legend(fontsize=7)
-    cols = [c for c in (kname, kbatch, kctx, kkv, klat) if c]
+    a1.set_yscale("log")
+    cols = [c for c in (kname, kbatch, kctx, kkv, klat) if c] + [k for k in r0 if k == "kernel_ms"]
     rows = [[r.get(c) for c in cols] for r in recs]
     return (f'<p class="meta">from {", ".join(f"<code>{esc(s)}</code>" for s in src)}</p>' + png(fig) +
             table(cols, rows))

@@ -81,16 +81,16 @@ def make_run(run: Path) -> Path:
                               for j, s_ in enumerate(["manpages", "localdocs", "blogs"])},
                "per_category": {}}
         (run / "eval" / name / "perplexity.json").write_text(json.dumps(ppl))
+    # `minisigma bench attention`'s results.json schema; KV bytes from the model's own accounting
     from model.gpt import ModelConfig
 
-    recs = []
-    for variant, cfg in (("diffqkv 4/16", ModelConfig(n_embd=1024, n_q=16, n_k=4, n_v=16, d_qk=64, d_v=64)),
-                         ("gqa 16/16", ModelConfig(n_embd=1024, n_q=16, n_k=16, n_v=16, d_qk=64, d_v=64))):
-        for ctx in (1024, 4096, 16384, 32768):
-            recs.append({"variant": variant, "context": ctx, "batch": 1, "kv_bytes_per_token": cfg.kv_bytes_per_token(),
-                         "decode_ms": ctx / 1000 * (0.8 if "diff" in variant else 1.0)})
-    (run / "bench").mkdir()
-    (run / "bench" / "attention.json").write_text(json.dumps({"rows": recs}))
+    cfgs = {"gqa": ModelConfig(n_embd=1024, n_q=16, n_k=16, n_v=16, d_qk=64, d_v=64),
+            "diffqkv": ModelConfig(n_embd=1024, n_q=16, n_k=4, n_v=16, d_qk=64, d_v=64)}
+    decode = [{"batch": 1, "context": ctx, "layer_ms": {"gqa": ctx / 1000, "diffqkv": ctx / 1250},
+               "kernel_ms": {"gqa": ctx / 2000, "diffqkv": ctx / 2600}} for ctx in (1024, 4096, 16384, 32768)]
+    (run / "bench" / "attention").mkdir(parents=True)
+    (run / "bench" / "attention" / "results.json").write_text(json.dumps(
+        {"kv_bytes_per_token_bf16": {k: c.kv_bytes_per_token(2) for k, c in cfgs.items()}, "decode": decode}))
     (run / "ablations").mkdir()
     (run / "ablations" / "ablation_table.json").write_text(json.dumps({"rows": [
         {"variant": "mha", "mean": 3.91, "std": 0.02, "n": 3, "metric": "val loss"},
@@ -126,6 +126,9 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "<td class=\"l\">eval/mini-sigma</td>" in secs["cmdgen"] and "0.750" in secs["cmdgen"]
     assert "52.83" in secs["ablation"] and "3.9200 ± 0.0100 (n=3)" in secs["ablation"]
     assert "diffqkv_mini" in secs["ablation"]
+    # KV bytes at 32k context: 16 K + 16 V heads x 64 x 2 bytes x 2 layers (gqa) vs 4 K + 16 V
+    assert f"{(16 + 16) * 64 * 2 * 2 * 32768:,}" in secs["attention"]
+    assert f"{(4 + 16) * 64 * 2 * 2 * 32768:,}" in secs["attention"]
 
 
 def test_missing_inputs_say_not_run(tmp_path):
@@ -139,6 +142,7 @@ def test_missing_inputs_say_not_run(tmp_path):
 
 def test_malformed_inputs_spoil_only_their_section(tmp_path):
     run = make_run(tmp_path / "bad")
+    (run / "bench" / "attention" / "results.json").unlink()
     (run / "bench" / "attention.json").write_text(json.dumps({"rows": [{"foo": 1}]}))
     (run / "train" / "pretrain" / "logs" / "csv" / "version_0" / "metrics.csv").write_text("step,train_loss\nx,y\n")
     (run / "eval" / "mini-sigma" / "perplexity.json").write_text("{not json")
