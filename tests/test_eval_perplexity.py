@@ -155,3 +155,16 @@ cmdgen:
     index = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert index["models"]["random"]["perplexity"]["bpb"] == ppl["overall"]["bpb"]
     assert f"bpb={ppl['overall']['bpb']}" in r.stdout
+
+
+def test_shipped_eval_recipes_validate():
+    from pathlib import Path
+
+    from minisigma.recipes import load_recipe
+    from model.evaluation.recipe import EvalRecipe
+
+    files = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))
+    assert files
+    for f in files:
+        r = load_recipe(f, EvalRecipe)
+        assert r.checkpoints and r.perplexity and r.cmdgen and r.cmdgen.tasks
