@@ -275,11 +275,10 @@ def grouped_decode_attention(q, k, v, scale: float, mask=None, v_topk: int = 0):
     """
     B, n_q, T, dk = q.shape
     n_k, S, n_v = k.shape[1], k.shape[2], v.shape[1]
-    scores = torch.matmul(q.reshape(B, n_k, (n_q // n_k) * T, dk), k.transpose(-1, -2))
-    scores = scores.view(B, n_q, T, S)
+    q = (q * scale).reshape(B, n_k, (n_q // n_k) * T, dk)  # scale the few queries, not the scores
+    scores = torch.matmul(q, k.transpose(-1, -2)).view(B, n_q, T, S)
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    scores = scores * scale  # after the matmul: scales B*n_q*T*S values, not the cache
+        scores = scores.masked_fill_(~mask, float("-inf"))
     if v_topk and v_topk < S:
         return _topk_values(scores, v, v_topk)
     probs = _softmax(scores).to(v.dtype)

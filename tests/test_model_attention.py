@@ -8,6 +8,13 @@ import pytest
 import torch
 
 from model.gpt import GPT, ModelConfig, diffqkv_sdpa, grouped_decode_attention
+from tests.conftest_model import one_thread
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
 
 
 def reference_attention(q, k, v, scale, mask):

@@ -9,7 +9,13 @@ from safetensors.torch import load_file
 from minisigma.errors import UserError
 from model.gpt import GPT, ModelConfig
 from model.io import load_pretrained, save_pretrained
-from tests.conftest_model import make_tokenizer
+from tests.conftest_model import make_tokenizer, one_thread
+
+
+@pytest.fixture(autouse=True)
+def _single_thread():
+    with one_thread():
+        yield
 
 
 @pytest.mark.parametrize("overrides", [{}, {"tie_embeddings": True, "half_k": True, "d_qk": 16}])
