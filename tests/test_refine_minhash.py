@@ -1,0 +1,140 @@
+"""MinHash dedup: datasketch-equal signatures, quality on planted near-duplicates against exact
+Jaccard, the keep rule, partitioned connected components, and a run on a 2-node Ray cluster."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from curation.refine.bench import found_pairs_and_clusters, write_shards, base_texts
+from curation.refine.components import connected_components
+from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
+from curation.refine.dedup_run import run_minhash
+from curation.refine.minhash import EDGE, MinHashConfig, SignatureComputer, lsh_params
+from curation.refine.partitions import node_part, scatter
+from minisigma import manifest
+from minisigma.shards import list_shards, read_docs, sha256_file
+
+
+def test_signatures_equal_datasketch_update_batch():
+    from datasketch import MinHash
+
+    texts = base_texts(20)
+    comp = SignatureComputer(num_perm=64, seed=3, ngram=5, batch_shingles=500)  # small batches: several chunks
+    sh = [comp.shingles(t) for t in texts]
+    sigs = comp.signatures(sh)
+    for s, sig in zip(sh, sigs):
+        m = MinHash(num_perm=64, seed=3, scheme="affine32", hashfunc=int)
+        m.update_batch(comp.to32(s).tolist())
+        assert np.array_equal(m.hashvalues, sig)
+    assert comp.lean(sigs[0]).jaccard(comp.lean(sigs[0])) == 1.0
+
+
+def test_lsh_params_derived_from_threshold():
+    b, r = lsh_params(MinHashConfig(threshold=0.8))
+    assert b * r <= 128 and 1 - (1 - 0.8 ** r) ** b > 0.95 and 1 - (1 - 0.5 ** r) ** b < 0.2
+    assert lsh_params(MinHashConfig(bands=8, rows=16)) == (8, 16)
+
+
+def _planted(tmp_path, n_bases=350, seed=0):
+    docs = planted_corpus(base_texts(n_bases), seed=seed)
+    rng = random.Random(seed)
+    for d in docs:
+        d["metadata"]["scores"] = {"quality": round(rng.random(), 3)}
+    return docs, write_shards(docs, tmp_path / "in", 3)
+
+
+def test_dedup_quality_on_planted_near_duplicates(tmp_path):
+    docs, inputs = _planted(tmp_path)
+    c = MinHashConfig(nodes_per_partition=150, band_records_per_bucket=3000)  # several partitions
+    m = run_minhash(inputs, tmp_path / "out", c, executor="local", progress=False)
+    assert m["minhash"]["partitions"]["components"] > 1 and m["minhash"]["partitions"]["band_buckets"] > 1
+    idx = {d["id"]: i for i, d in enumerate(docs)}
+    truth = exact_pairs([d["text"] for d in docs], 5, 0.8)
+    found, cluster = found_pairs_and_clusters(tmp_path / "out", idx)
+    res = evaluate(truth, found, cluster)
+    print(res)
+    assert res["true_pairs"] > 50
+    assert res["recall"] >= 0.95 and res["precision"] >= 0.98
+    # keep rule: in every cluster the kept document has the highest quality score
+    kept = {d["id"]: d for d in read_docs(list_shards(tmp_path / "out")[0])}
+    members: dict[str, list] = {}
+    for p in list_shards(tmp_path / "out") + sorted((tmp_path / "out" / "rejects").glob("*.jsonl.gz")):
+        for d in read_docs(p):
+            d = d["doc"] if "kind" in d else d
+            mh = d["metadata"].get("minhash")
+            if mh:
+                members.setdefault(mh["cluster"], []).append(d)
+    assert members
+    for ms in members.values():
+        best = max(ms, key=lambda d: (d["metadata"]["scores"]["quality"], len(d["text"]), [-ord(ch) for ch in d["id"]]))
+        assert [d["id"] for d in ms if d["metadata"]["minhash"]["kept"]] == [best["id"]]
+        assert all(d["metadata"]["minhash"]["size"] == len(ms) for d in ms)
+    assert kept is not None
+    c_ = m["counts"]
+    assert c_["dropped"]["minhash_duplicate"] == sum(len(ms) - 1 for ms in members.values())
+    assert manifest.verify(tmp_path / "out") == []
+
+
+def test_partitioned_components_match_union_find(tmp_path):
+    rng = random.Random(5)
+    nodes = [(s << 32) | r for s in range(3) for r in range(60)]
+    edges = [(rng.choice(nodes), rng.choice(nodes)) for _ in range(90)]
+    edges += [(nodes[i], nodes[i + 1]) for i in range(100, 130)]  # a long chain: many iterations
+    parent = {n: n for n in nodes}
+
+    def find(x):
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for u, v in edges:
+        parent[find(u)] = find(v)
+    arr = np.zeros(2 * len(edges), dtype=EDGE)
+    arr["src"] = [u for u, v in edges] + [v for u, v in edges]
+    arr["dst"] = [v for u, v in edges] + [u for u, v in edges]
+    n_parts = 4
+    scatter(tmp_path / "edges", 0, node_part(arr["src"], n_parts), arr, n_parts)
+    m = connected_components(tmp_path, n_parts, tmp_path / "cc", executor="local")
+    labels = {}
+    for p in range(n_parts):
+        for r in np.load(tmp_path / "final" / f"{p:05d}.npy"):
+            labels[int(r["node"])] = int(r["label"])
+    groups: dict[int, set] = {}
+    for n in labels:
+        groups.setdefault(find(n), set()).add(n)
+    for g in groups.values():
+        assert {labels[n] for n in g} == {min(g)}
+    assert m["components"]["iterations"] > 10 and m["components"]["components"] == len(groups)
+
+
+def test_minhash_on_two_node_ray_cluster(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    docs, inputs = _planted(tmp_path, n_bases=120, seed=2)
+    c = MinHashConfig(nodes_per_partition=60, band_records_per_bucket=1000)
+    run_minhash(inputs, tmp_path / "local", c, executor="local", progress=False)
+    was = ray.is_initialized()
+    if was:
+        ray.shutdown()
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    cluster.add_node(num_cpus=1)
+    try:
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        m = run_minhash(inputs, tmp_path / "ray", c, executor="ray", progress=False)
+        assert m["cluster"]["nodes"] == 2
+        for name in [p.name for p in list_shards(tmp_path / "local")]:
+            assert sha256_file(tmp_path / "ray" / name) == sha256_file(tmp_path / "local" / name)
+        assert m["counts"]["dropped"].get("minhash_duplicate", 0) > 0
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        if was:
+            from minisigma.runner import ensure_ray
+
+            ensure_ray(None, num_cpus=2)
