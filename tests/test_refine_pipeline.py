@@ -1,0 +1,99 @@
+"""fastText classifiers trained on real documentation, and the whole refine pipeline on a run."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import pytest
+
+from curation.refine.classifiers import (CategoryTrainConfig, QualityTrainConfig, make_negatives, predict,
+                                         train_category, train_quality)
+from curation.refine.pipeline import RefineConfig, load_refine_config, refine
+from curation.refine.realtext import stdlib_docs, stdlib_sources
+from minisigma import manifest
+from minisigma.shards import ShardWriter, list_shards, read_docs
+
+
+@pytest.fixture(scope="module")
+def docs():
+    return stdlib_docs()
+
+
+def test_quality_classifier_separates_docs_from_corruptions(docs, tmp_path):
+    import fasttext
+
+    info = train_quality(docs, QualityTrainConfig(), tmp_path / "q")
+    h = info["heldout"]
+    assert h["macro"]["f1"] >= 0.75 and h["heldout_examples"] >= 50
+    assert set(info["training_data"]["negatives"]) == {"shuffled_words", "navigation", "spam", "garbled"}
+    model = fasttext.load_model(str(tmp_path / "q" / "model.bin"))  # fasttext-numpy2: predict works on NumPy 2
+    real = [d for d in docs if len(d["text"].split()) > 100][:20]
+    assert sum(predict(model, d["text"], 400)[0][0] == "hq" for d in real) >= 16
+    negs = make_negatives(real, ["spam", "navigation"], 1.0, seed=9)
+    assert sum(predict(model, n["text"], 400)[0][0] == "lq" for n in negs) >= 16
+    assert json.loads((tmp_path / "q" / "classifier.json").read_text())["heldout"]["per_label"]["lq"]["recall"] > 0.5
+
+
+def test_category_classifier_beats_majority_on_weak_labels(docs, tmp_path):
+    info = train_category(docs, CategoryTrainConfig(), tmp_path / "c")
+    counts = Counter(d["metadata"]["category"] for d in docs)
+    majority = max(counts.values()) / sum(counts.values())
+    assert info["heldout"]["accuracy"] > majority + 0.1
+    assert info["heldout"]["macro"]["f1"] > 0.25
+    assert "gpu_accelerators" in info["left_out_labels"]  # no weak labels for it in this corpus
+
+
+def test_refine_pipeline_end_to_end(docs, tmp_path):
+    run = tmp_path / "run"
+    extra = stdlib_sources(["shutil", "tarfile"])
+    dup = [{**docs[i], "id": docs[i]["id"] + "-copy"} for i in range(0, 60, 6)]
+    near = [{**docs[i], "id": docs[i]["id"] + "-near", "text": docs[i]["text"] + " See also the manual."}
+            for i in range(3, 120, 7) if len(docs[i]["text"].split()) > 150]
+    de = {"id": "de1", "source": "x", "metadata": {}, "text": "Der Kernel verwaltet den Speicher. " * 3}
+    all_docs = docs + extra + dup + near + [de]
+    for s, part in enumerate([all_docs[0::2], all_docs[1::2]]):
+        with ShardWriter(run / "sources" / "pydoc" / f"{s:05d}.jsonl.gz") as w:
+            w.write_all(part)
+    held = run.parent / "val.jsonl.gz"
+    with ShardWriter(held) as w:
+        w.write({"id": "val", "text": docs[10]["text"]})
+    yaml_text = f"""
+refine:
+  executor: local
+  classify: {{quality_keep_fraction: 0.95}}
+  decontam: {{heldout_paths: ["{held}"]}}
+"""
+    (tmp_path / "r.yaml").write_text(yaml_text)
+    c = load_refine_config(tmp_path / "r.yaml")
+    out = refine(run, c, progress=False)
+    assert out == run / "curated" and list_shards(out)
+    assert manifest.verify(run) == []
+    stages = {}
+    for d in manifest.stage_dirs(run):
+        m = json.loads((d / "manifest.json").read_text())
+        stages[m["stage"]] = m
+        cnt = m["counts"]
+        assert cnt["in"] == cnt["out"] + sum(cnt["dropped"].values()) + sum(cnt["quarantined"].values())
+        assert "tokens_in" in cnt and "tokens_out" in cnt
+    for name in ["normalize", "heuristics", "langid", "dedup_exact", "classify", "minhash", "decontam"]:
+        assert name in stages
+    assert stages["dedup_exact"]["counts"]["dropped"]["exact_duplicate"] >= 10
+    assert stages["minhash"]["counts"]["dropped"].get("minhash_duplicate", 0) >= 1
+    assert stages["classify"]["threshold"]["rule"] == "quality_keep_fraction"
+    assert stages["decontam"]["counts"]["dropped"].get("decontam_heldout", 0) == 1
+    # documents flow: each stage's in is the previous stage's out
+    order = ["normalize", "heuristics", "langid", "dedup_exact", "classify", "minhash", "decontam"]
+    for a, b in zip(order, order[1:]):
+        assert stages[b]["counts"]["in"] == stages[a]["counts"]["out"]
+    curated = [d for p in list_shards(out) for d in read_docs(p)]
+    assert all("quality" in d["metadata"]["scores"] and d["metadata"].get("category_pred") for d in curated)
+    assert (run / "classifiers" / "quality" / "classifier.json").exists()
+
+
+def test_unknown_refine_key_is_one_line_error(tmp_path):
+    from minisigma.errors import UserError
+
+    (tmp_path / "r.yaml").write_text("refine:\n  minhash: {thresold: 0.7}\n")
+    with pytest.raises(UserError, match=r"refine.minhash.thresold: unknown key"):
+        load_refine_config(tmp_path / "r.yaml")
