@@ -214,3 +214,14 @@ def test_blank_page_fails_the_plot_check(tmp_path):
     page.write_text(report.render(tmp_path).replace("</body>", '<img class="plot" src="data:image/png;base64,AAAA"></body>'))
     dom = chromium(["--virtual-time-budget=3000", "--dump-dom", page.as_uri()], tmp_path / "ud")
     assert 'data-images="0/1"' in dom.stdout
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed")
+def test_screenshot_helper_writes_a_small_png(full_run, tmp_path):
+    from PIL import Image
+
+    _, page = full_run
+    out = report.screenshot(page, tmp_path / "r.png", height=1600, out_width=600)
+    img = Image.open(out)
+    assert img.size == (600, 800) and out.stat().st_size < 200_000
+    assert len(img.convert("RGB").getcolors(1 << 16)) > 8  # not a blank page
