@@ -280,6 +280,7 @@ def bench_train_cmd(
 def report_cmd(
     run_dir: Path = typer.Argument(..., help="a run directory (stage manifests, training logs, eval results)"),
     out: Optional[Path] = typer.Option(None, "--out", help="HTML file to write (default RUN_DIR/report/index.html)"),
+    screenshot: Optional[Path] = typer.Option(None, "--screenshot", help="also save a PNG of the page (headless Chromium)"),
 ):
     """Write a static HTML report with plots: data funnel, mixes, quality scores, loss curves,
     evaluation tables, attention efficiency and the ablation table next to the paper's numbers."""
@@ -287,6 +288,8 @@ def report_cmd(
 
     path = report.build(run_dir, out)
     print(path)
+    if screenshot is not None:
+        print(report.screenshot(path, screenshot, height=5600))
 
 
 @bench_app.command("curation")
