@@ -111,7 +111,7 @@ def clean_task(text: str, last_sentence: bool = True) -> str:
     t = _LEAD_IN.sub("", t).strip(" ,")
     if t.lower().startswith("to ") and len(t.split()) > 2:
         t = t[3:]
-    t = t.rstrip(" .,;:")
+    t = re.sub(r"(?<=[\w)\]'\"])[.,;:]+$", "", t.rstrip(" ,;:"))  # the sentence's period, not "with ."
     return t[:1].upper() + t[1:] if t else t
 
 

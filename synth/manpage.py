@@ -7,7 +7,8 @@ What the generators and the screen need from a page:
 - `option_entries`: the option list items (term line such as ``-a, --all`` or
   ``--block-size=SIZE`` and the indented description under it);
 - `known_options`: every option spelling the page documents (terms, SYNOPSIS, and option-looking
-  words anywhere in the text), the reference the screen checks commands against.
+  words anywhere in the text), the reference the screen checks commands against; a spelling
+  followed by "=" ("-n=") marks an option the page shows with a value.
 
 Rendering artefacts are undone first: hyphenation at line ends (groff's U+2010 or '-' + newline
 inside a word), the running header/footer lines, and justification spaces inside prose.
@@ -174,6 +175,8 @@ def parse_manpage(text: str, tool: str | None = None) -> ManPage:
     known: set[str] = set()
     for e in entries:
         known.update(o for o, _ in e.options)
+        if any(arg for _, arg in e.options):  # "-n, --lines=NUM": every spelling takes a value
+            known.update(o + "=" for o, _ in e.options)
     for l in lines:
         for m in _OPT.finditer(l):
             tok = m.group(1).rstrip(".,;:)")

@@ -27,6 +27,7 @@ from collections import Counter
 from synth.commands import _CONNECTORS, _WRAPPERS, family
 
 _WS = re.compile(r"\s+")
+_NESTED_COMMAND = {"-exec", "-execdir", "-ok", "-okdir"}
 
 
 def normalize_command(cmd: str) -> str:
@@ -98,10 +99,10 @@ def option_ok(tok: str, known: set[str]) -> bool:
     if base in known or base.split(":", 1)[0] in known:  # ffmpeg stream specifiers: -c:a:0
         return True
     if tok.startswith("--"):
-        if len(base) >= 4:  # GNU getopt accepts unambiguous prefixes of long options
-            return len([k for k in known if k.startswith(base)]) >= 1
+        if len(base) >= 5:  # GNU getopt accepts unambiguous prefixes of long options (3+ letters here)
+            return len([k for k in known if k.startswith(base)]) == 1
         return False
-    if base[:2] in known:  # -ofile, -n5: short option with an attached value
+    if base[:2] + "=" in known:  # -ofile, -n5: a short option that takes a value, value attached
         return True
     return len(base) > 2 and all(f"-{c}" in known for c in base[1:])  # cluster -cvf
 
@@ -125,9 +126,16 @@ def unknown_options(cmd: str, tool: str, index: dict[str, set[str]]) -> list[str
             known, args = index[word], seg[1:]
         else:
             continue
+        nested = False
         for a in args:
             if a == "--":
                 break
+            if nested:  # find -exec CMD ... {} + : the nested command's words are not find's options
+                nested = a not in ("+", ";")
+                continue
+            if a in _NESTED_COMMAND:
+                nested = True
+                continue
             if a.startswith("-") and not option_ok(a, known):
                 bad.append(a)
     return bad
