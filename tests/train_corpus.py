@@ -93,3 +93,19 @@ def write_recipe(path: Path, **sections) -> Path:
 
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path
+
+
+def doc_pairs(modules=("shutil", "os", "os.path", "subprocess", "pathlib", "tempfile", "glob", "shlex")) -> list[dict]:
+    """Instruction pairs from real docstrings: "What does shutil.copy do?" -> its summary line."""
+    pairs = []
+    for name in modules:
+        mod = importlib.import_module(name)
+        for attr in sorted(dir(mod)):
+            obj = getattr(mod, attr)
+            if attr.startswith("_") or not callable(obj):
+                continue
+            doc = inspect.getdoc(obj) or ""
+            summary = doc.strip().split("\n\n")[0].replace("\n", " ").strip()
+            if 10 <= len(summary) <= 200:
+                pairs.append({"task": f"What does {name}.{attr} do?", "command": summary, "tool": name})
+    return pairs
