@@ -93,13 +93,14 @@ def serve_cmd(
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="model id reported by /v1/models"),
     max_batch: int = typer.Option(8, "--max-batch", help="largest batch of concurrent requests"),
+    device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N"),
 ):
     """Serve a checkpoint over an OpenAI-compatible HTTP API (chat/completions, streaming)."""
     from synth.server import serve
 
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: checkpoint directory not found")
-    serve(checkpoint, host=host, port=port, model_name=model_name, max_batch=max_batch)
+    serve(checkpoint, host=host, port=port, model_name=model_name, max_batch=max_batch, device=device)
 
 
 @app.command("generate")

@@ -49,13 +49,15 @@ class ModelServer:
     """The model, its tokenizer, a batching worker thread and counters."""
 
     def __init__(self, checkpoint: str | Path, model_name: str | None = None, max_batch: int = 8,
-                 batch_wait_s: float = 0.005):
+                 batch_wait_s: float = 0.005, device: str = "auto"):
         import torch
 
         from model.io import load_pretrained
 
-        torch.set_num_threads(max(1, torch.get_num_threads()))
-        self.model, self.cfg, self.tok = load_pretrained(checkpoint)
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.model, self.cfg, self.tok = load_pretrained(checkpoint, device=device)
         if self.tok is None:
             raise UserError(f"{checkpoint}: no tokenizer.json next to the weights")
         self.model_name = model_name or Path(checkpoint).resolve().name
@@ -373,12 +375,16 @@ class _Server(ThreadingHTTPServer):
 
 
 def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, model_name: str | None = None,
-          max_batch: int = 8, ready=None) -> None:
+          max_batch: int = 8, device: str = "auto", ready=None) -> None:
     """Run the server until interrupted. `ready(port)` is called once it listens (port 0 = any free port)."""
-    ms = ModelServer(checkpoint, model_name=model_name, max_batch=max_batch)
-    httpd = _Server((host, port), make_handler(ms))
+    ms = ModelServer(checkpoint, model_name=model_name, max_batch=max_batch, device=device)
+    try:
+        httpd = _Server((host, port), make_handler(ms))
+    except OSError as e:
+        ms.close()
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     actual = httpd.server_address[1]
-    print(f"minisigma serve: model {ms.model_name!r} on http://{host}:{actual}/v1", flush=True)
+    print(f"minisigma serve: model {ms.model_name!r} ({ms.device}) on http://{host}:{actual}/v1", flush=True)
     if ready:
         ready(actual)
     try:
