@@ -178,27 +178,29 @@ class RMSNorm(nn.Module):
 
 
 class Rotary(nn.Module):
-    """RoPE tables (half-split "rotate_half" layout, as HF Llama), grown on demand."""
+    """RoPE tables (half-split "rotate_half" layout, as HF Llama), grown on demand.
+
+    The tables are plain float32 attributes rather than buffers, so `model.to(bfloat16)` cannot
+    round them; they follow the device of the positions they are asked for.
+    """
 
     def __init__(self, dim: int, theta: float, length: int):
         super().__init__()
         self.dim, self.theta = dim, theta
-        inv_freq = 1.0 / (theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-        self._build(length)
+        self.cos = self.sin = torch.empty(0, dim)
+        self._build(length, torch.device("cpu"))
 
-    def _build(self, length: int):
-        t = torch.arange(length, dtype=torch.float32, device=self.inv_freq.device)
-        freqs = torch.outer(t, self.inv_freq)
+    def _build(self, length: int, device):
+        inv_freq = 1.0 / (self.theta ** (torch.arange(0, self.dim, 2, dtype=torch.float32, device=device) / self.dim))
+        freqs = torch.outer(torch.arange(length, dtype=torch.float32, device=device), inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.register_buffer("cos", emb.cos(), persistent=False)
-        self.register_buffer("sin", emb.sin(), persistent=False)
+        self.cos, self.sin = emb.cos(), emb.sin()
 
     def forward(self, pos: torch.Tensor, dtype: torch.dtype):
         """pos: LongTensor [B, T] -> cos, sin of shape [B, 1, T, dim] (broadcast over heads)."""
         need = int(pos.max()) + 1 if pos.numel() else 0
-        if need > self.cos.shape[0]:
-            self._build(max(need, 2 * self.cos.shape[0]))
+        if need > self.cos.shape[0] or self.cos.device != pos.device:
+            self._build(max(need, self.cos.shape[0]), pos.device)
         return self.cos[pos].unsqueeze(1).to(dtype), self.sin[pos].unsqueeze(1).to(dtype)
 
 
