@@ -303,9 +303,14 @@ class StreamDataModule(_lightning_datamodule_base()):
 
         if len(self.val_set) == 0:
             raise UserError("the validation split has fewer tokens than one sequence (raise data.val_fraction)")
-        n = min(len(self.val_set), self.eval_batches * self.micro_batch)
-        # every rank evaluates the same fixed items; the logged mean is therefore the same everywhere
-        return DataLoader(Subset(self.val_set, range(n)), batch_size=self.micro_batch, shuffle=False, num_workers=0)
+        # The same eval_batches x GLOBAL batch items whatever the world size, split into one block per
+        # rank: the mean over ranks (sync_dist) equals the single-process mean.
+        rank, world = self._world()
+        n = min(len(self.val_set), self.eval_batches * self.micro_batch * world) // world
+        if n == 0:
+            raise UserError("the validation split has fewer sequences than ranks")
+        return DataLoader(Subset(self.val_set, range(rank * n, (rank + 1) * n)), batch_size=self.micro_batch,
+                          shuffle=False, num_workers=0)
 
     def state_dict(self) -> dict:
         return {"consumed_samples": self.consumed_samples, "fingerprint": self.fingerprint}
