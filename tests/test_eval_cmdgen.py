@@ -223,6 +223,7 @@ def test_hostile_answers_do_not_stop_the_evaluation(tmp_path):
     assert all(r["reference_status"] == "ok" and r["reference_stdout"] == "4\n" for r in rows)
 
 
+@pytest.mark.slow
 @needs_bwrap
 def test_cli_eval_cmdgen(tmp_path, checkpoint):
     tasks_file = write_tasks(tmp_path / "t.jsonl", TASKS[:2])

@@ -117,6 +117,7 @@ def test_eval_recipe_rejects_unknown_keys(tmp_path):
     assert str(e.value) == f"{p}: cmdgen.treshold: unknown key"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_eval_recipe_end_to_end(tmp_path, tok):
     from model.gpt import GPT, ModelConfig

@@ -209,8 +209,12 @@ class Evaluator:
         self.embedder = embedder or Embedder()
         self.sandbox = None
         if self.section.execute:
-            from model.evaluation.sandbox import Sandbox
+            from model.evaluation.sandbox import Sandbox, SandboxUnavailable, check_available
 
+            try:
+                check_available()
+            except SandboxUnavailable as e:
+                raise UserError(f"{e} (or score without execution: --no-execute / cmdgen.execute: false)") from None
             self.sandbox = Sandbox(self.section.sandbox.limits())
         self._refs: dict[tuple, object] = {}
 

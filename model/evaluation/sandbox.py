@@ -310,7 +310,8 @@ def _alive(pid: int, ns: str) -> bool:
 
 
 def check_available() -> None:
-    """Raise SandboxUnavailable with the reason when sandboxed execution cannot work here."""
+    """Raise SandboxUnavailable with the reason when sandboxed execution cannot work here
+    (bubblewrap missing, or user namespaces not permitted, as in some containers)."""
     with Sandbox(Limits(wall_seconds=10)) as sb:
         r = sb.run("echo ok")
     if r.status != "ok" or r.stdout.strip() != "ok":
