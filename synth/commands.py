@@ -213,6 +213,8 @@ def mine_examples(page: ManPage, doc: dict) -> list[dict]:
                     desc = [blocks[i + 1].text]
                 cmds = logical_lines(head)
                 cmd = strip_prompt(cmds[0]) if len(cmds) == 1 else ""
+                if len(cmd.split()) > 4 and not re.search(r"[-/.=|$<>'\"0-9:]", cmd):
+                    cmd = ""  # a title line in plain words ("git daemon as regular daemon for ..."), no command
                 if desc and looks_like_command(cmd, tool):
                     task = clean_task(" ".join(desc), last_sentence=False)
                     if good_task(task):
@@ -221,11 +223,9 @@ def mine_examples(page: ManPage, doc: dict) -> list[dict]:
     return out
 
 
-def _option_command(tool: str, opts: list[tuple[str, str]]) -> str:
+def _option_command(invocation: str, opts: list[tuple[str, str]]) -> str:
     longs = [o for o in opts if o[0].startswith("--")]
     opt, arg = (longs or opts)[0]
-    invocation = tool.replace("-", " ", 1) if "-" in tool and family(tool) in ("git", "ip", "devlink", "bridge",
-                                                                                 "tc", "nft", "systemctl") else tool
     if not arg:
         return f"{invocation} {opt}"
     arg = arg.strip("[]<>").strip("=") or "VALUE"
@@ -244,7 +244,7 @@ def mine_options(page: ManPage, doc: dict, max_per_tool: int) -> tuple[list[dict
         if not desc or _BOILERPLATE.search(desc) or any(o in ("--help", "--version", "--usage") for o, _ in e.options):
             boiler += 1
             continue
-        command = _option_command(tool, e.options)
+        command = _option_command(page.invocation, e.options)
         if command in seen:
             continue
         seen.add(command)

@@ -55,6 +55,19 @@ class ManPage:
     known_options: set[str]
 
     @property
+    def invocation(self) -> str:
+        """How the tool is typed, from the SYNOPSIS: page "git-log" -> "git log", "nvme-fw-log" ->
+        "nvme fw-log"; a page documenting a binary's variant ("ffmpeg-all") -> "ffmpeg"."""
+        first = next((l.split() for l in self.sections.get("SYNOPSIS", []) if l.strip()), [])
+        words = [w.rsplit("/", 1)[-1] for w in first[:4]]
+        for k in range(1, len(words) + 1):
+            if "-".join(words[:k]) == self.tool:
+                return " ".join(words[:k])
+        if words and words[0] == self.tool.split("-")[0]:
+            return words[0]
+        return self.tool
+
+    @property
     def summary(self) -> str:
         """The NAME line's description ("ls - list directory contents" -> "list directory contents")."""
         m = re.split(r"\s+[-\u2010\u2013\u2014]+\s+", self.name_line, maxsplit=1)
