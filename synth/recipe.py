@@ -31,6 +31,7 @@ class SplitConfig(Section):
 class CommandsConfig(Section):
     enabled: bool = True
     manpage_sources: list[str] = ["manpages"]
+    man_sections: list[str] = ["1", "6", "8"]  # command pages; file formats (5) and overviews (7) are not
     snippet_sources: list[str] = ["localdocs", "pypi", "stackexchange", "blogs"]
     option_pairs: bool = True
     max_option_pairs_per_tool: int = Field(60, ge=0)

@@ -28,6 +28,11 @@ def _stub(doc: dict) -> dict:
     return {"id": doc.get("id"), "source": doc.get("source"), "url": doc.get("url")}
 
 
+def _command_section(md: dict, sections: list[str]) -> bool:
+    sec = str(md.get("section") or "")
+    return not sec or sec[:1] in {x[:1] for x in sections}
+
+
 class ToolIndex(Stage):
     name = "synth.tools"
 
@@ -43,6 +48,9 @@ class ToolIndex(Stage):
                 sink.drop(_stub(doc), "not_a_manpage")
                 continue
             md = doc.get("metadata") or {}
+            if not _command_section(md, self.config.man_sections):
+                sink.drop(_stub(doc), "not_a_command_page")
+                continue
             page = parse_manpage(doc.get("text", ""), md.get("tool"))
             if not page.tool:
                 sink.quarantine(_stub(doc), "no_tool_name")
@@ -72,6 +80,9 @@ class MineCommands(Stage):
             sink.stat("docs_read")
             src = doc.get("source")
             if src in c.manpage_sources:
+                if not _command_section(doc.get("metadata") or {}, c.man_sections):
+                    sink.stat("not_a_command_page")
+                    continue
                 pairs, stats = mine_manpage(doc, c.max_option_pairs_per_tool, options=c.option_pairs)
             elif src in c.snippet_sources:
                 pairs, stats = mine_snippets(doc)
