@@ -285,6 +285,11 @@ def mine_snippets(doc: dict, known_tools: set[str] | None = None) -> tuple[list[
     title = (md.get("title") or "").strip()
     qa_page = doc.get("source") == "stackexchange"
     out: list[dict] = []
+    if qa_page:  # commands of the answers only: the question's are what did not work
+        from synth.qa import split_thread
+
+        question, answers = split_thread(text)
+        text = "\n\n".join(answers)
     lines = text.replace("\r", "").split("\n")
     candidates: list[tuple[int, str]] = []  # (line index, command)
     for m in _FENCE.finditer(text):

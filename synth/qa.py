@@ -2,9 +2,8 @@
 
 - man pages: "What is TOOL used for?" (NAME line + first DESCRIPTION paragraph) and
   "What does the OPTION option of TOOL do?" (the option's description);
-- Stack Exchange documents: the question (title, body) and the accepted/top answer. The answer is
-  taken from metadata["answers"][0] (or metadata["answer"]) when the adapter provides it, else
-  from the text after the first line that reads "Answer"/"Accepted answer"/"A:";
+- Stack Exchange threads: the question (title, body) and the first answer (the accepted one when
+  there is one: the curation adapter writes it first, under "## Accepted answer (score N)");
 - other documentation with Markdown or underlined headings: "What does <title> say about
   <heading>?" answered by that section.
 Each pair: {id, question, answer, text, source "synthetic", metadata{provenance}}.
@@ -51,23 +50,29 @@ def from_manpage(doc: dict, max_options: int = 20) -> list[dict]:
     return out
 
 
+def split_thread(text: str) -> tuple[str, list[str]]:
+    """A Q&A thread's text -> (question part, [answer texts]) at the "## Accepted answer (score N)" /
+    "## Answer" / "A:" heading lines (the layout curation/sources/stackexchange.py writes)."""
+    marks = list(_ANSWER_MARK.finditer(text))
+    if not marks:
+        return text, []
+    answers = [text[m.end():(marks[i + 1].start() if i + 1 < len(marks) else len(text))].strip()
+               for i, m in enumerate(marks)]
+    return text[:marks[0].start()], [a for a in answers if a]
+
+
 def from_stackexchange(doc: dict) -> list[dict]:
     md = doc.get("metadata") or {}
-    text = doc.get("text", "")
     title = (md.get("title") or "").strip()
-    answers = md.get("answers") or ([md["answer"]] if md.get("answer") else [])
-    if answers:
-        body, answer = text, answers[0] if isinstance(answers[0], str) else answers[0].get("text", "")
-    else:
-        m = _ANSWER_MARK.search(text)
-        if not m:
-            return []
-        body, answer = text[:m.start()], text[m.end():]
-    question = title or body.strip().split("\n")[0]
-    body = " ".join(body.split())
-    if title and body and not body.startswith(title):
-        question = f"{title}\n{body}"
-    return [_qa(question.strip(), answer, doc, "stackexchange")] if answer.strip() else []
+    body, answers = split_thread(doc.get("text", ""))
+    if not answers:
+        return []
+    lines = body.strip().split("\n")
+    if lines and lines[0].lstrip("# ").strip() == title:  # the thread opens with "# <title>"
+        lines = lines[1:]
+    body = " ".join(" ".join(lines).split())
+    question = f"{title}\n{body}" if title and body else (title or body)
+    return [_qa(question.strip(), answers[0], doc, "stackexchange")]
 
 
 def from_sections(doc: dict, max_sections: int = 10) -> list[dict]:

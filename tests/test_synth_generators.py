@@ -200,14 +200,20 @@ def test_snippets_and_qa_pages():
     assert [(p["task"], p["command"], p["tool"]) for p in pairs] == [
         ("The following cp command copies a single file to a bucket", "aws s3 cp test.txt s3://mybucket/test2.txt",
          "aws")]
+    # the layout of curation/sources/stackexchange.py: "# title", question, "## Accepted answer (score N)", ...
     se = {"id": "q1", "source": "stackexchange", "url": "https://unix.stackexchange.com/q/1",
-          "metadata": {"title": "How do I list files sorted by size?"},
-          "text": "I have many files and want the largest first.\n\nAnswer\n\nUse\n\n$ ls -lS\n\nfor that."}
+          "metadata": {"title": "How do I list files sorted by size?", "answers": [{"id": 2, "accepted": True}]},
+          "text": "# How do I list files sorted by size?\n\nI tried\n\n$ ls -l | sort\n\nbut want the largest first."
+                  "\n\n## Accepted answer (score 12)\n\nUse\n\n$ ls -lS\n\nfor that.\n\n## Answer (score 3)\n\n"
+                  "$ du -a | sort -n"}
     pairs, _ = mine_snippets(se)
-    assert [(p["task"], p["command"]) for p in pairs] == [("How do I list files sorted by size?", "ls -lS")]
+    assert [(p["task"], p["command"]) for p in pairs] == [("How do I list files sorted by size?", "ls -lS"),
+                                                          ("How do I list files sorted by size?", "du -a | sort -n")]
     assert pairs[0]["metadata"]["rule"] == "qa_page"
     qa = qa_pairs(se)
-    assert qa[0]["question"].startswith("How do I list files sorted by size?") and qa[0]["answer"] == "Use $ ls -lS for that."
+    assert qa[0]["question"] == ("How do I list files sorted by size?\n"
+                                 "I tried $ ls -l | sort but want the largest first.")
+    assert qa[0]["answer"] == "Use $ ls -lS for that."
 
 
 def test_qa_from_manpages(docs):
