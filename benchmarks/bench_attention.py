@@ -74,7 +74,11 @@ def ratio(a: list[float], b: list[float]) -> float:
     return statistics.median(x / y for x, y in zip(a, b))
 
 
-def auto_rounds(fn, budget_s: float, lo: int = 3, hi: int = 25) -> int:
+def best_ratio(a: list[float], b: list[float]) -> float:
+    return min(a) / min(b)
+
+
+def auto_rounds(fn, budget_s: float, lo: int = 5, hi: int = 25) -> int:
     t = time.perf_counter()
     fn()
     dt = time.perf_counter() - t
@@ -121,7 +125,7 @@ def bench_decode(cfgs, contexts, batches, dtype, repeats, device="cpu", log=prin
             rigs["gqa"] = DecodeRig(cfgs["gqa"], b, s, dtype, device)
             rigs["diffqkv"] = DecodeRig(cfgs["diffqkv"], b, s, dtype, device)
             rigs["diffqkv+augq"] = DecodeRig(cfgs["diffqkv+augq"], b, s, dtype, device, cache=rigs["diffqkv"].cache)
-            rounds = repeats or auto_rounds(rigs["gqa"].step, budget_s=3.0)
+            rounds = repeats or auto_rounds(rigs["gqa"].step, budget_s=4.0)
             layer_t = paired({k: r.step for k, r in rigs.items()}, rounds, sync=sync)
             kern_t = paired({k: rigs[k].kernel for k in ("gqa", "diffqkv")}, rounds, sync=sync)
             row = {"batch": b, "context": s, "rounds": rounds,
@@ -129,7 +133,9 @@ def bench_decode(cfgs, contexts, batches, dtype, repeats, device="cpu", log=prin
                    "kernel_ms": {k: 1e3 * statistics.median(v) for k, v in kern_t.items()},
                    "speedup_layer": 1 - ratio(layer_t["diffqkv"], layer_t["gqa"]),
                    "speedup_layer_augq": 1 - ratio(layer_t["diffqkv+augq"], layer_t["gqa"]),
-                   "speedup_kernel": 1 - ratio(kern_t["diffqkv"], kern_t["gqa"])}
+                   "speedup_kernel": 1 - ratio(kern_t["diffqkv"], kern_t["gqa"]),
+                   "speedup_kernel_best": 1 - best_ratio(kern_t["diffqkv"], kern_t["gqa"]),
+                   "speedup_layer_best": 1 - best_ratio(layer_t["diffqkv"], layer_t["gqa"])}
             rows.append(row)
             log(f"  batch {b:>2} context {s:>6}: kernel GQA {row['kernel_ms']['gqa']:8.2f} ms  DiffQKV "
                 f"{row['kernel_ms']['diffqkv']:8.2f} ms  ({row['speedup_kernel']:+.1%} faster) | layer GQA "
@@ -183,13 +189,15 @@ def bench_model(cfgs, seq, dtype, repeats, log=print):
         opts[k].step()
         opts[k].zero_grad(set_to_none=True)
 
-    rounds = repeats or auto_rounds(lambda: train("gqa"), budget_s=20.0, lo=3, hi=10)
+    rounds = repeats or auto_rounds(lambda: train("gqa"), budget_s=30.0, lo=5, hi=10)
     pre = paired({k: (lambda k=k: prefill(k)) for k in models}, rounds)
     tr = paired({k: (lambda k=k: train(k)) for k in models}, rounds)
     res = {"seq": seq, "rounds": rounds,
            "prefill_ms": {k: 1e3 * statistics.median(v) for k, v in pre.items()},
            "train_ms": {k: 1e3 * statistics.median(v) for k, v in tr.items()},
            "prefill_ratio": ratio(pre["diffqkv"], pre["gqa"]), "train_ratio": ratio(tr["diffqkv"], tr["gqa"]),
+           "prefill_ratio_best": best_ratio(pre["diffqkv"], pre["gqa"]),
+           "train_ratio_best": best_ratio(tr["diffqkv"], tr["gqa"]),
            "params": {k: cfgs[k].num_params() for k in models}}
     return res
 
@@ -253,11 +261,12 @@ def run(contexts=(1024, 4096, 16384, 32768), batches=(1, 8), layers=2, hidden=20
     log(f"\nDecode latency per token ({dtype}, {layers} attention layer(s); kernel = cache read only)")
     rows = bench_decode(cfgs, contexts, batches, dt, repeats, log=log)
     long = [r for r in rows if r["context"] >= 16384]
-    log("  DiffQKV vs GQA, decode speed-up = 1 - t_DiffQKV / t_GQA (paper, H100 kernel: "
+    log("  DiffQKV vs GQA, decode speed-up = 1 - t_DiffQKV / t_GQA, median of paired rounds (paper, H100 kernel: "
         + ", ".join(f"{k // 1024}k {v:.1%}" for k, v in PAPER_DECODE.items()) + ")")
     for r in rows:
-        log(f"    batch {r['batch']:>2} ctx {r['context']:>6}: kernel {r['speedup_kernel']:+.1%}   "
-            f"layer {r['speedup_layer']:+.1%}   layer+AugQ {r['speedup_layer_augq']:+.1%}")
+        log(f"    batch {r['batch']:>2} ctx {r['context']:>6}: kernel {r['speedup_kernel']:+.1%} "
+            f"(best-of-{r['rounds']} {r['speedup_kernel_best']:+.1%})   layer {r['speedup_layer']:+.1%} "
+            f"(best {r['speedup_layer_best']:+.1%})   layer+AugQ {r['speedup_layer_augq']:+.1%}")
     if long:
         worst = min(r["speedup_kernel"] for r in long)
         worst_layer = min(r["speedup_layer"] for r in long)
@@ -273,7 +282,8 @@ def run(contexts=(1024, 4096, 16384, 32768), batches=(1, 8), layers=2, hidden=20
     log(f"  {'':28s} {'prefill ms':>11} {'train step ms':>14} {'params':>12}")
     for k in ("gqa", "diffqkv"):
         log(f"  {label(cfgs[k]):28s} {m['prefill_ms'][k]:11.1f} {m['train_ms'][k]:14.1f} {m['params'][k]:12,}")
-    log(f"  DiffQKV / GQA: prefill {m['prefill_ratio']:.3f}, training step {m['train_ratio']:.3f}   "
+    log(f"  DiffQKV / GQA: prefill {m['prefill_ratio']:.3f} (best-of-{m['rounds']} {m['prefill_ratio_best']:.3f}), "
+        f"training step {m['train_ratio']:.3f} (best {m['train_ratio_best']:.3f})   "
         f"target <= {TARGET_TRAIN:.2f}: {verdict(m['train_ratio'] <= TARGET_TRAIN)}")
 
     # 4. GPU path
