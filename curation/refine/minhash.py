@@ -226,6 +226,26 @@ def group_pairs(nodes: np.ndarray, max_all: int) -> list[tuple[int, int]]:
     return [(first, int(v)) for v in nodes[1:].tolist()]
 
 
+def spanning_forest(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """[(node, root)] edges linking every node of the pairs to the smallest node of its component."""
+    parent: dict[int, int] = {}
+
+    def find(x: int) -> int:
+        root = x
+        while parent.get(root, root) != root:
+            root = parent[root]
+        while parent.get(x, x) != root:
+            parent[x], x = root, parent[x]
+        return root
+
+    for a, b in zip(u.tolist(), v.tolist()):
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    out = [(n, find(n)) for n in sorted(parent) if find(n) != n]
+    return np.array(out, dtype=np.uint64).reshape(-1, 2)
+
+
 class MinHashBuckets(Stage):
     name = "minhash_buckets"
     output_suffix = ".npy"
@@ -271,9 +291,14 @@ class MinHashBuckets(Stage):
                 pairs.append((u, v, j))
         out = np.array(pairs, dtype=PAIR)
         sink.stat("verified_pairs", len(out))
-        edges = np.zeros(2 * len(out), dtype=EDGE)
-        edges["src"] = np.concatenate([out["u"], out["v"]])
-        edges["dst"] = np.concatenate([out["v"], out["u"]])
+        # Only connectivity matters downstream: a spanning forest of this bucket's verified pairs (each
+        # node linked to its local component's smallest node) has the same components with at most one
+        # edge per node, so large duplicate families do not make the graph quadratic.
+        tree = spanning_forest(out["u"], out["v"])
+        sink.stat("forest_edges", len(tree))
+        edges = np.zeros(2 * len(tree), dtype=EDGE)
+        edges["src"] = np.concatenate([tree[:, 0], tree[:, 1]]) if len(tree) else np.zeros(0, np.uint64)
+        edges["dst"] = np.concatenate([tree[:, 1], tree[:, 0]]) if len(tree) else np.zeros(0, np.uint64)
         scatter(Path(self.work) / "edges", task.index, node_part(edges["src"], self.n_parts), edges, self.n_parts)
         with open(sink.path, "wb") as f:
             np.save(f, out)
