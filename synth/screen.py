@@ -13,7 +13,7 @@ Command pairs (`PairScreen.check` returns None to keep, or the drop reason):
 - `eval_overlap`      decontamination: the command equals an evaluation command, or the pair shares a
                       word n-gram (n from the recipe) with an evaluation task/command.
 
-Rewrites (`RewriteScreen.check`): `empty`, `lost_key_terms` (too few of the source's key terms
+Rewrites (`RewriteScreen.check`): `too_short` (under min_words), `lost_key_terms` (too few of the source's key terms
 kept), `low_quality` (a fastText quality classifier, when the recipe names one).
 """
 
@@ -237,7 +237,7 @@ class RewriteScreen:
 
     def check(self, source_text: str, rewrite: str) -> tuple[str | None, dict]:
         if len(rewrite.split()) < self.min_words:
-            return "empty", {}
+            return "too_short", {}
         terms = key_terms(source_text)
         low = rewrite.lower()
         kept = [t for t in terms if t.lower() in low]

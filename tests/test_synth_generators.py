@@ -166,7 +166,7 @@ def test_rewrite_screen_key_terms_and_quality_classifier(tmp_path):
     assert rs.check(src, faithful)[0] is None
     reason, info = rs.check(src, vague)
     assert reason == "lost_key_terms" and info["key_term_recall"] < 0.5
-    assert rs.check(src, "too short")[0] == "empty"
+    assert rs.check(src, "too short")[0] == "too_short"
 
     import fasttext
 
@@ -269,3 +269,27 @@ def test_bad_recipe_is_a_one_line_error(tmp_path, corpus):
         run_synth(bad, corpus, tmp_path / "o")
     with pytest.raises(UserError, match="no NNNNN.jsonl.gz shards"):
         run_synth(REPO / "recipes" / "synth" / "default.yaml", tmp_path / "empty", tmp_path / "o")
+
+
+def test_offline_rewrites_are_screened_and_counted(corpus, tmp_path):
+    import yaml
+
+    from synth.pipeline import run_synth
+
+    recipe = tmp_path / "rw.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "executor": "local", "backend": {"kind": "offline"}, "commands": {"enabled": False},
+        "qa": {"enabled": False},
+        "rewrite": {"enabled": True, "max_docs_per_shard": 6, "min_key_term_recall": 0.4, "min_words": 15,
+                    "templates": [{"name": "summary", "prompt": "Summarise {title}:\n\n{text}", "max_tokens": 120},
+                                  {"name": "short", "prompt": "One line on {title}: {text}", "max_tokens": 12}]}}))
+    m = run_synth(recipe, corpus, tmp_path / "out", progress=False)["rewrites"]
+    c = m["counts"]
+    n_shards = len(list_shards(corpus))
+    assert c["in"] == 2 * 6 * n_shards == c["out"] + sum(c["dropped"].values())
+    assert c["dropped"]["too_short"] == 6 * n_shards  # the 12-word outputs are under min_words
+    recs = list(iter_docs(tmp_path / "out" / "rewrites"))
+    assert recs and all(r["metadata"]["template"] == "summary" and r["metadata"]["key_term_recall"] >= 0.4
+                        for r in recs)
+    assert all(r["source"] == "synthetic" and r["metadata"]["source_id"] for r in recs)
+    assert m["backend"]["kind"] == "offline"
