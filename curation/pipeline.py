@@ -47,8 +47,11 @@ def run_localdocs(src: localdocs.LocalDocsSource, ctx: RunContext) -> list[dict]
     records = [r for p in list_shards(fetch_dir) for r in localdocs.read_docs(p)]
     log(f"localdocs: {len(records)} packages in cache ({sum(r['deb_bytes'] for r in records) / 1e6:.1f} MB of .deb); "
         f"{sum(m['counts']['quarantined'].values())} failed")
-    if src.man:
+    if src.man and any(s.man for s in specs):
         ctx.run(localdocs.ManPages(src, specs), list_shards(fetch_dir), ctx.run_dir / "sources" / "manpages",
+                recipe_section=section)
+    if any(s.text_files for s in specs):
+        ctx.run(localdocs.TextFiles(src, specs), list_shards(fetch_dir), ctx.run_dir / "sources" / "text",
                 recipe_section=section)
     if not src.html:
         return []

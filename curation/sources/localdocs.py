@@ -44,6 +44,10 @@ class PackageSpec(Section):
     start_pages: list[str] = ["index.html"]  # seeds, relative to each html root
     man: bool = False  # render its man pages
     man_sections: list[str] = ["1", "5", "7", "8"]
+    # plain-text data files (general-domain text for the no-system-pretraining baseline)
+    text_files: list[str] = []  # glob patterns inside the package
+    text_format: Literal["wordnet", "fortune"] = "fortune"
+    source: str = "localdocs"  # the documents' `source` (e.g. "general" for the text corpora)
     note: str = ""
 
 
@@ -248,6 +252,81 @@ class ManPages(Stage):
 def _head(path: Path, n: int = 64) -> bytes:
     with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
         return f.read(n)
+
+
+# --------------------------------------------------------------------------- text data files
+def wordnet_entries(path: Path) -> Iterator[str]:
+    """'word (pos): gloss' lines from a WordNet data.* file (license header lines start with spaces)."""
+    pos_names = {"n": "noun", "v": "verb", "a": "adjective", "s": "adjective", "r": "adverb"}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith(" ") or "|" not in line:
+                continue
+            head, gloss = line.split("|", 1)
+            fields = head.split()
+            if len(fields) < 5:
+                continue
+            words = [fields[4 + 2 * i].replace("_", " ") for i in range(int(fields[3], 16)) if 4 + 2 * i < len(fields)]
+            yield f"{', '.join(words)} ({pos_names.get(fields[2], fields[2])}): {gloss.strip()}"
+
+
+def fortune_entries(path: Path) -> Iterator[str]:
+    text = path.read_text(encoding="utf-8", errors="replace")
+    for entry in text.split("\n%\n"):
+        entry = entry.strip("%\n ")
+        if entry:
+            yield entry
+
+
+class TextFiles(Stage):
+    """One task per (package, data file): group the file's entries into documents of `per_doc` entries.
+    Files that yield nothing are counted in the stats (`empty_files`)."""
+
+    name = "text"
+
+    def __init__(self, config: LocalDocsSource, packages: list[PackageSpec], per_doc: int = 60):
+        super().__init__(config)
+        self.specs = {p.name: p for p in packages}
+        self.per_doc = per_doc
+
+    def tasks(self, inputs):
+        out = []
+        for rec in (r for p in inputs for r in read_docs(p)):
+            spec = self.specs[rec["package"]]
+            root = Path(rec["root"])
+            files = sorted({f for pat in spec.text_files for f in root.glob(pat) if f.is_file()})
+            out += [Task(0, (str(f),), {"package": spec.name, "version": rec["version"],
+                                        "rel": str(f.relative_to(root))}) for f in files]
+        return [Task(i, t.inputs, t.params) for i, t in enumerate(out)]
+
+    def process(self, task: Task, sink: Sink) -> None:
+        spec = self.specs[task.params["package"]]
+        entries = wordnet_entries if spec.text_format == "wordnet" else fortune_entries
+        batch: list[str] = []
+        part = 0
+
+        def flush():
+            nonlocal part, batch
+            locator = f"{spec.name}/{task.params['rel']}#{part}"
+            doc = {"id": doc_id(spec.source, locator), "text": "\n\n".join(batch) + "\n", "source": spec.source,
+                   "url": f"localdocs://{locator}",
+                   "metadata": {"package": spec.name, "version": task.params["version"], "category": spec.category,
+                                "title": f"{spec.name} {task.params['rel']} part {part}",
+                                "license": f"see /usr/share/doc/{spec.name}/copyright (Debian package {spec.name})"}}
+            sink.take()  # counted in documents made (entries are grouped); entries go to the stats
+            sink.stat("entries", len(batch))
+            sink.write(doc)
+            part += 1
+            batch = []
+
+        for e in entries(Path(task.inputs[0])):
+            batch.append(e)
+            if len(batch) >= self.per_doc:
+                flush()
+        if batch:
+            flush()
+        if part == 0:
+            sink.stat("empty_files")
 
 
 # --------------------------------------------------------------------------- serving HTML trees

@@ -1,0 +1,245 @@
+"""`minisigma reproduce`: the whole pipeline, from package registries to an HTML report.
+
+    curate (embedded default corpus, refine included) -> synth -> tokenizer + packing -> pretrain
+    -> SFT (for every model of the recipe: mini-Sigma and its baselines) -> attention bench
+    -> evaluate (perplexity, CMDGen-mini) -> report
+
+A reproduce recipe (recipes/reproduce/*.yaml) names the stage recipes; their paths are written
+relative to `runs_prefix` (e.g. runs/mini) and are re-rooted under --out, the resolved copies being
+saved in <out>/recipes/ for the record. Progress across stages is kept in <out>/reproduce.json: a
+re-run skips finished stages, and an interrupted stage resumes inside itself (finished shards are
+kept, training continues from its last checkpoint), so the final results equal an uninterrupted run's.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from pydantic import Field
+
+from minisigma.errors import UserError
+from minisigma.progress import console, log
+from minisigma.recipes import Section, load_recipe
+from minisigma.shards import atomic_write_json
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "reproduce"
+
+
+class ModelRun(Section):
+    """One model of the reproduction: its pretraining recipe and (optionally) its SFT recipe."""
+
+    name: str
+    pretrain: Path
+    sft: Path | None = None
+    tokens: Path | None = None  # a training recipe whose tokenizer/data sections pack this model's data
+    tokens_in: str | None = None  # corpus directory for `tokens` (default: <out>/curated)
+    note: str = ""
+
+
+class AttentionBench(Section):
+    contexts: list[int] = [256, 1024, 4096]
+    batches: list[int] = [1]
+    layers: int = 2
+    hidden: int = 512
+    train_seq: int = 256
+
+
+class ReproduceRecipe(Section):
+    name: str
+    description: str = ""
+    runs_prefix: str = Field(description="the path prefix the stage recipes use, replaced by --out")
+    curation: Path
+    synth: Path
+    tokens: Path  # training recipe whose tokenizer: and data: sections build <out>/tokens from <out>/curated
+    models: list[ModelRun]
+    eval: Path
+    attention: AttentionBench = AttentionBench()
+
+
+def resolve_recipe_path(recipe: str) -> Path:
+    p = Path(recipe)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    named = RECIPES / f"{recipe}.yaml"
+    if not named.is_file():
+        known = ", ".join(sorted(x.stem for x in RECIPES.glob("*.yaml")))
+        raise UserError(f"unknown reproduce recipe {recipe!r} (known: {known}; or a path to a YAML file)")
+    return named
+
+
+def _reroot(obj, prefix: str, out: str):
+    if isinstance(obj, str):
+        if obj == prefix or obj.startswith(prefix.rstrip("/") + "/"):
+            return out + obj[len(prefix.rstrip("/")):]
+        return obj
+    if isinstance(obj, list):
+        return [_reroot(x, prefix, out) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _reroot(v, prefix, out) for k, v in obj.items()}
+    return obj
+
+
+def rerooted_copy(src: Path, prefix: str, out: Path, name: str) -> Path:
+    """Copy a stage recipe into <out>/recipes/<name>.yaml with its run paths re-rooted under `out`."""
+    if not Path(src).is_file():
+        raise UserError(f"{src}: stage recipe not found")
+    data = yaml.safe_load(Path(src).read_text()) or {}
+    dest = out / "recipes" / f"{name}.yaml"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    text = f"# resolved from {src} for {out}\n" + yaml.safe_dump(_reroot(data, prefix, str(out)), sort_keys=False)
+    if not dest.exists() or dest.read_text() != text:
+        dest.write_text(text)
+    return dest
+
+
+class Progress:
+    """<out>/reproduce.json: the status and time of every stage, written after each one."""
+
+    def __init__(self, out: Path, recipe: ReproduceRecipe, source: Path):
+        self.path = out / "reproduce.json"
+        self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
+        self.state.setdefault("stages", {})
+        self.state.update(recipe=recipe.name, recipe_file=str(source), host=platform.node(),
+                          cpus=__import__("os").cpu_count())
+
+    def done(self, name: str) -> bool:
+        return self.state["stages"].get(name, {}).get("status") == "done"
+
+    def record(self, name: str, status: str, seconds: float, **info) -> None:
+        prev = self.state["stages"].get(name, {})
+        total = prev.get("seconds", 0.0) + seconds  # an interrupted then resumed stage counts both parts
+        self.state["stages"][name] = {"status": status, "seconds": round(total, 1), **info}
+        atomic_write_json(self.path, self.state)
+
+
+def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bool) -> list[tuple[str, Callable]]:
+    prefix = r.runs_prefix
+
+    def curate():
+        from curation import pipeline, recipe as curation_recipe
+
+        path = rerooted_copy(r.curation, prefix, out, "curation")
+        pipeline.curate(curation_recipe.load(path), out, ray_address=ray_address, progress=progress)
+        from curation.refine.pipeline import refine
+
+        rec = curation_recipe.load(path)
+        if rec.refine is not None and not (out / "curated" / "manifest.json").exists():
+            refine(out, rec.refine, ray_address=ray_address, progress=progress)
+        if not (out / "curated" / "manifest.json").exists():
+            raise UserError(f"{path}: the curation recipe has no refine section, so there is no curated/ output")
+        return {"curated_docs": json.loads((out / "curated" / "manifest.json").read_text())["counts"]["out"]}
+
+    def synth():
+        from synth.pipeline import run_synth
+
+        path = rerooted_copy(r.synth, prefix, out, "synth")
+        ms = run_synth(path, out / "curated", out / "synth", ray_address=ray_address, progress=progress)
+        return {k: m["counts"]["out"] for k, m in ms.items()}
+
+    def tokenize(recipe_path: Path, name: str, in_dir: Path):
+        def run():
+            from model import data, tokenizer, train
+
+            path = rerooted_copy(recipe_path, prefix, out, name)
+            tr = train.load_train_recipe(path)
+            tokens_dir = Path(tr.data.tokens_dir)
+            tok = tokenizer.build_tokenizer(tr.tokenizer, in_dir, tokens_dir)
+            m = data.tokenize_corpus(in_dir, tok, tokens_dir, tr.data)
+            return {"train_tokens": m["train_tokens"], "val_tokens": m["val_tokens"], "vocab": m["vocab_size"]}
+        return run
+
+    def train(recipe_path: Path, name: str):
+        def run():
+            from model import train as trainer
+
+            path = rerooted_copy(recipe_path, prefix, out, name)
+            tr = trainer.load_train_recipe(path)
+            resume = (Path(tr.out_dir) / "ckpt" / "last.ckpt").exists()
+            s = trainer.main(path, resume=resume) or {}
+            return {k: s.get(k) for k in ("global_step", "val_loss", "export") if k in s}
+        return run
+
+    def attention():
+        from minisigma.cli import _load_benchmark
+
+        a = r.attention
+        _load_benchmark("bench_attention").run(contexts=a.contexts, batches=a.batches, layers=a.layers,
+                                               hidden=a.hidden, train_seq=a.train_seq, out_dir=out / "bench" / "attention")
+        return {}
+
+    def evaluate():
+        from model.evaluation import recipe as eval_recipe
+
+        path = rerooted_copy(r.eval, prefix, out, "eval")
+        s = eval_recipe.run(path, show_progress=progress)
+        return {name: {k: (v.get("bpb") if k == "perplexity" else v.get("accuracy")) for k, v in e.items()
+                       if k in ("perplexity", "cmdgen")} for name, e in s["models"].items()}
+
+    stages: list[tuple[str, Callable]] = [("curate", curate), ("synth", synth),
+                                          ("tokenize", tokenize(r.tokens, "tokens", out / "curated"))]
+    for m in r.models:
+        if m.tokens is not None:
+            stages.append((f"tokenize:{m.name}", tokenize(m.tokens, f"tokens-{m.name}",
+                                                          Path(_reroot(m.tokens_in, prefix, str(out)))
+                                                          if m.tokens_in else out / "curated")))
+        stages.append((f"pretrain:{m.name}", train(m.pretrain, f"pretrain-{m.name}")))
+        if m.sft is not None:
+            stages.append((f"sft:{m.name}", train(m.sft, f"sft-{m.name}")))
+    stages += [("attention", attention), ("eval", evaluate)]
+    return stages
+
+
+def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | None = None,
+              progress: bool = True) -> Path:
+    source = resolve_recipe_path(recipe)
+    r = load_recipe(source, ReproduceRecipe)
+    out = Path(out or r.runs_prefix).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    state = Progress(out, r, source)
+    stages = _stages(r, out, ray_address, progress)
+    names = [n for n, _ in stages] + ["report"]
+    t_all = time.time()
+    for i, (name, fn) in enumerate(stages, 1):
+        if state.done(name):
+            log(f"[dim][{i}/{len(names)}] {name}: done earlier, skipped[/dim]")
+            continue
+        log(f"[bold cyan][{i}/{len(names)}] {name}[/bold cyan]")
+        t0 = time.time()
+        try:
+            info = fn() or {}
+        except BaseException:
+            state.record(name, "interrupted", time.time() - t0)
+            raise
+        state.record(name, "done", time.time() - t0, **info)
+        log(f"[green]  {name} done in {time.time() - t0:,.1f}s[/green] {json.dumps(info, default=str)[:300]}")
+    from minisigma import report
+
+    t0 = time.time()
+    log(f"[bold cyan][{len(names)}/{len(names)}] report[/bold cyan]")
+    state.record("report", "done", 0.0)  # the report shows its own row; its time is added below
+    page = report.build(out)
+    state.record("report", "done", time.time() - t0, file=str(page))
+    summary(out, state.state, page)
+    log(f"total {time.time() - t_all:,.0f}s this invocation")
+    return page
+
+
+def summary(out: Path, state: dict, page: Path) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"minisigma reproduce: {state['recipe']} -> {out}")
+    t.add_column("stage")
+    t.add_column("status")
+    t.add_column("seconds", justify="right")
+    t.add_column("result")
+    for name, s in state["stages"].items():
+        info = {k: v for k, v in s.items() if k not in ("status", "seconds")}
+        t.add_row(name, s["status"], f"{s['seconds']:,.1f}", json.dumps(info, default=str)[:90])
+    console.print(t)
+    total = sum(s["seconds"] for s in state["stages"].values())
+    console.print(f"stage time in all: {total / 60:,.1f} min.  Report: [bold]{page}[/bold]")
