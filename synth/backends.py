@@ -3,7 +3,9 @@
 - `OpenAIBackend`: a client for any OpenAI-compatible server (vLLM, SGLang, Ollama, llama.cpp,
   `minisigma serve`, a hosted API): /v1/chat/completions and /v1/completions, streaming or not,
   a concurrency limit, retries with exponential backoff (429, 5xx, timeouts, dropped or truncated
-  connections), and a persistent response cache so a rerun or a resumed run never pays twice.
+  connections), and a persistent response cache so a rerun or a resumed run never pays twice
+  (identical requests in flight at the same time are sent once; a sampled answer, temperature > 0,
+  is cached like any other, so a rerun reproduces it instead of paying for a new sample).
   The API key is read from the environment variable the recipe names, sent only in the
   Authorization header, and never stored (the cache keeps response bodies only, the stats keep
   counts only).
@@ -131,6 +133,8 @@ class OpenAIBackend(Backend):
         self._sem = threading.BoundedSemaphore(self.max_concurrency)
         self._local = threading.local()
         self._stats = _Stats()
+        self._inflight: dict[str, threading.Lock] = {}
+        self._inflight_lock = threading.Lock()
 
     # -- plumbing
     def _session(self):
@@ -160,16 +164,22 @@ class OpenAIBackend(Backend):
     def post(self, endpoint: str, body: dict) -> tuple[dict, bool]:
         """POST `body` to `endpoint` with cache and retries. Returns (response json, from_cache)."""
         key = cache_key(endpoint, body)
-        if self.cache is not None:
+        if self.cache is None:
+            with self._sem:
+                return self._post_with_retries(endpoint, body), False
+        with self._key_lock(key):  # identical requests in flight together are sent once
             hit = self.cache.get(key)
             if hit is not None:
                 self._stats.add("cache_hits")
                 return hit, True
-        with self._sem:
-            resp = self._post_with_retries(endpoint, body)
-        if self.cache is not None:
+            with self._sem:
+                resp = self._post_with_retries(endpoint, body)
             self.cache.put(key, body.get("model", ""), resp)
-        return resp, False
+            return resp, False
+
+    def _key_lock(self, key: str) -> threading.Lock:
+        with self._inflight_lock:
+            return self._inflight.setdefault(key, threading.Lock())
 
     def _post_with_retries(self, endpoint: str, body: dict) -> dict:
         import requests

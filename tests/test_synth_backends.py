@@ -256,3 +256,12 @@ def test_missing_api_key_is_a_one_line_error(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
         "error: backend: environment variable MINISIGMA_UNSET_KEY_VAR (the API key) is not set"
+
+
+def test_identical_concurrent_requests_are_sent_once(server, tmp_path):
+    before = server.stats()["chat_requests"]
+    b = OpenAIBackend(server.url, "tiny", max_concurrency=4, cache_path=tmp_path / "c.sqlite")
+    outs = b.chat_many([user("list every running process")] * 8 + [user("print the kernel version and machine name")] * 4,
+                       temperature=0, max_tokens=8)
+    assert server.stats()["chat_requests"] - before == 2
+    assert len({o.text for o in outs[:8]}) == 1 and b.stats() == {"cache_hits": 10, "ok": 2, "requests": 2}
