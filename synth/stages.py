@@ -6,7 +6,9 @@
     pairs      P tasks, partitioned by tool family: screened pairs (synth.screen.PairScreen);
                partitioning by family keeps exact and MinHash dedup exact within a family
     qa         per input shard: question-answer pairs, deduplicated and decontaminated
-    rewrites   per input shard: LLM rewrites through the recipe's backend, screened
+    rewrites   per input shard: LLM rewrites through the recipe's backend, screened (each Ray task
+               has its own client, so the cluster-wide concurrency is tasks x max_concurrency;
+               all share the sqlite response cache)
 
 In a generator stage the unit counted as "in" is a candidate record (a pair, a request), so the
 manifest invariant in = out + dropped + quarantined holds per record; documents read are a stat.
@@ -163,7 +165,6 @@ class ScreenPairs(Stage):
         return int(hashlib.sha256(fam.encode()).hexdigest()[:8], 16) % n
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.cmdgen_set import is_heldout as _held  # noqa: F401  (documented in the docstring)
         from synth.screen import PairScreen
 
         r = self.recipe
