@@ -22,6 +22,21 @@ app.add_typer(manifest_app, name="manifest")
 app.add_typer(bench_app, name="bench")
 
 
+# --------------------------------------------------------------------------- the main job
+@app.command("reproduce")
+def reproduce_cmd(
+    recipe: str = typer.Option("mini", "--recipe", help="tiny | mini | a path to a reproduce recipe YAML"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default: the recipe's runs/<name>)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
+                                              help="join this Ray cluster for the curation and synth stages"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+):
+    """Curate -> synth -> tokenize -> pretrain -> SFT -> evaluate -> report, resuming where a previous run stopped."""
+    from minisigma.reproduce import reproduce
+
+    reproduce(recipe, out, ray_address=ray_address, progress=not quiet)
+
+
 # --------------------------------------------------------------------------- curation
 @app.command("curate")
 def curate_cmd(
@@ -259,11 +274,12 @@ def ablate_cmd(
     recipe: Path = typer.Argument(..., help="an ablation recipe (recipes/ablations/*.yaml)"),
     quick: bool = typer.Option(False, "--quick", help="use the recipe's quick budget (fewer steps and seeds)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the recipe's out_dir)"),
+    tokens: Optional[Path] = typer.Option(None, "--tokens", help="token folder to train and evaluate on instead of the base recipe's"),
 ):
     """Train every variant x seed of an ablation with equal budgets; write a table (mean, spread) and a plot."""
     from model import ablations
 
-    res = ablations.main(recipe, quick=quick, out_dir=out)
+    res = ablations.main(recipe, quick=quick, out_dir=out, tokens_dir=tokens)
     print(res["table_md"])
 
 
