@@ -115,11 +115,17 @@ def clean_task(text: str, last_sentence: bool = True) -> str:
     return t[:1].upper() + t[1:] if t else t
 
 
+_CONTEXTUAL = re.compile(r"^(likewise|same|similar(ly)?|as above|ditto|equivalent to|alias (for|of)|an alias|"
+                         r"the same|this is the same|opposite of|synonym)\b|^(you|we|i) (can |could |may |might )?"
+                         r"(run|type|use|do|try|say|enter)\b", re.I)
+
+
 def good_task(t: str) -> bool:
+    """A task that stands on its own: a sentence, not a fragment that needs the text around it."""
     words = t.split()
     if not 3 <= len(words) <= 60:
         return False
-    if not t[:1].isupper():
+    if not t[:1].isupper() or _CONTEXTUAL.search(t):
         return False
     if re.match(r"^(The following|This|These|Here|Example|See|Note|In this)\b", t) and len(words) < 6:
         return False
@@ -129,6 +135,8 @@ def good_task(t: str) -> bool:
 def looks_like_command(line: str, tool: str) -> bool:
     if not line or len(line) > 400 or line.endswith(":"):
         return False
+    if re.search(r"(^|\s)(\.\.\.|\u2026)(\s|$)", line):
+        return False  # "tc filter add ... route": elided, not a runnable command
     if re.search(r"[.!?]$", line) and len(line.split()) > 6 and not re.search(r"[|<>$'\"=/-]", line):
         return False  # a prose sentence mentioning the tool
     return invokes(line, tool)
@@ -249,7 +257,7 @@ def mine_options(page: ManPage, doc: dict, max_per_tool: int) -> tuple[list[dict
             continue
         seen.add(command)
         task = f"Using {tool}, {desc[:1].lower() + desc[1:]}"
-        if not good_task(task[:1].upper() + task[1:]):
+        if not good_task(task) or _CONTEXTUAL.search(desc):
             continue
         out.append(_pair(task, command, tool, doc, "option", e.section, {"option_term": e.term}))
         if len(out) >= max_per_tool:

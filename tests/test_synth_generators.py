@@ -104,6 +104,18 @@ def test_offline_generator_on_many_packages(tmp_path):
     assert sum(1 for p in kept if p["metadata"]["rule"].startswith("example")) >= 1000
 
 
+def test_context_dependent_fragments_are_not_tasks():
+    from synth.commands import good_task, looks_like_command
+
+    assert good_task("Show the size of every file in the current directory")
+    for t in ("Likewise, but also change its group to staff", "Same as -I -T", "You run this command",
+              "Using wdctl, same as -I -T"[len("Using wdctl, "):].capitalize(), "list files", "Ok go"):
+        assert not good_task(t), t
+    assert looks_like_command("tc filter add dev eth0 parent 1: route", "tc")
+    assert not looks_like_command("tc filter add ... route from 2 classid 1:2", "tc")
+    assert not looks_like_command("The ls program lists the files of a directory in a nice way.", "ls")
+
+
 def test_option_rules():
     known = {"-l", "-a", "-n", "-n=", "--all", "--block-size", "-name", "-c:a"}
     assert option_ok("-la", known) and option_ok("-n5", known) and option_ok("--block-size=M", known)
