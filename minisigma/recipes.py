@@ -24,6 +24,18 @@ class Section(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def project_path(path: str | Path) -> Path:
+    """A path as given if it exists (relative to the working directory), else the same path inside the
+    project checkout (so recipes/ and manifests/ names work from any directory)."""
+    p = Path(path)
+    if p.exists() or p.is_absolute():
+        return p
+    q = REPO_ROOT / p
+    return q if q.exists() else p
+
 
 def format_validation_error(source: str, err: ValidationError) -> str:
     first = err.errors()[0]

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from minisigma.errors import UserError
 from minisigma.progress import console, log
-from minisigma.recipes import Section, load_recipe
+from minisigma.recipes import Section, load_recipe, project_path
 from minisigma.shards import atomic_write_json
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "reproduce"
@@ -38,6 +38,9 @@ class ModelRun(Section):
     sft: Path | None = None
     tokens: Path | None = None  # a training recipe whose tokenizer/data sections pack this model's data
     tokens_in: str | None = None  # corpus directory for `tokens` (default: <out>/curated)
+    tokens_overrides: dict = {}
+    pretrain_overrides: dict = {}  # merged into the pretrain recipe (e.g. {train: {max_steps: 100}})
+    sft_overrides: dict = {}
     note: str = ""
 
 
@@ -58,11 +61,14 @@ class ReproduceRecipe(Section):
     tokens: Path  # training recipe whose tokenizer: and data: sections build <out>/tokens from <out>/curated
     models: list[ModelRun]
     eval: Path
+    eval_overrides: dict = {}
     attention: AttentionBench = AttentionBench()
+    # corpora curated beside the main one, each into <out>/<name> (e.g. general text for a baseline)
+    corpora: dict[str, Path] = {}
 
 
 def resolve_recipe_path(recipe: str) -> Path:
-    p = Path(recipe)
+    p = project_path(recipe)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return p
     named = RECIPES / f"{recipe}.yaml"
@@ -84,11 +90,20 @@ def _reroot(obj, prefix: str, out: str):
     return obj
 
 
-def rerooted_copy(src: Path, prefix: str, out: Path, name: str) -> Path:
-    """Copy a stage recipe into <out>/recipes/<name>.yaml with its run paths re-rooted under `out`."""
-    if not Path(src).is_file():
+def deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def rerooted_copy(src: Path, prefix: str, out: Path, name: str, overrides: dict | None = None) -> Path:
+    """Copy a stage recipe into <out>/recipes/<name>.yaml with its run paths re-rooted under `out`
+    and `overrides` merged in (the copy is what runs, and stays as the record)."""
+    src = project_path(src)
+    if not src.is_file():
         raise UserError(f"{src}: stage recipe not found")
-    data = yaml.safe_load(Path(src).read_text()) or {}
+    data = deep_merge(yaml.safe_load(src.read_text()) or {}, overrides or {})
     dest = out / "recipes" / f"{name}.yaml"
     dest.parent.mkdir(parents=True, exist_ok=True)
     text = f"# resolved from {src} for {out}\n" + yaml.safe_dump(_reroot(data, prefix, str(out)), sort_keys=False)
@@ -141,11 +156,34 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
         ms = run_synth(path, out / "curated", out / "synth", ray_address=ray_address, progress=progress)
         return {k: m["counts"]["out"] for k, m in ms.items()}
 
-    def tokenize(recipe_path: Path, name: str, in_dir: Path):
+    def decontaminate():
+        """Remove from the pretraining corpus every document overlapping the CMDGen-mini set built by
+        synth (the held-out tools' pages among them): <out>/curated -> <out>/train_corpus."""
+        from curation.refine.decontam import Decontam, DecontamConfig, EvalSet, build_index, describe
+        from minisigma.runner import run_stage
+        from minisigma.shards import list_shards
+
+        tasks = out / "synth" / "cmdgen" / "cmdgen.jsonl"
+        cfg = DecontamConfig(eval_sets=[EvalSet(name="cmdgen", path=str(tasks))] if tasks.exists() else [])
+        index = build_index(cfg)
+        m = run_stage(Decontam(cfg, index), list_shards(out / "curated"), out / "train_corpus",
+                      ray_address=ray_address, progress=progress, extra={"decontam": describe(cfg, index)})
+        return {"kept": m["counts"]["out"], "dropped": m["counts"]["dropped"]}
+
+    def corpus(name: str, recipe_path: Path):
+        def run():
+            from curation import pipeline, recipe as curation_recipe
+
+            path = rerooted_copy(recipe_path, prefix, out, f"curation-{name}")
+            pipeline.curate(curation_recipe.load(path), out / name, ray_address=ray_address, progress=progress)
+            return {}
+        return run
+
+    def tokenize(recipe_path: Path, name: str, in_dir: Path, overrides: dict | None = None):
         def run():
             from model import data, tokenizer, train
 
-            path = rerooted_copy(recipe_path, prefix, out, name)
+            path = rerooted_copy(recipe_path, prefix, out, name, overrides)
             tr = train.load_train_recipe(path)
             tokens_dir = Path(tr.data.tokens_dir)
             tok = tokenizer.build_tokenizer(tr.tokenizer, in_dir, tokens_dir)
@@ -153,11 +191,11 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
             return {"train_tokens": m["train_tokens"], "val_tokens": m["val_tokens"], "vocab": m["vocab_size"]}
         return run
 
-    def train(recipe_path: Path, name: str):
+    def train(recipe_path: Path, name: str, overrides: dict):
         def run():
             from model import train as trainer
 
-            path = rerooted_copy(recipe_path, prefix, out, name)
+            path = rerooted_copy(recipe_path, prefix, out, name, overrides)
             tr = trainer.load_train_recipe(path)
             resume = (Path(tr.out_dir) / "ckpt" / "last.ckpt").exists()
             s = trainer.main(path, resume=resume) or {}
@@ -180,16 +218,19 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
         return {name: {k: (v.get("bpb") if k == "perplexity" else v.get("accuracy")) for k, v in e.items()
                        if k in ("perplexity", "cmdgen")} for name, e in s["models"].items()}
 
-    stages: list[tuple[str, Callable]] = [("curate", curate), ("synth", synth),
-                                          ("tokenize", tokenize(r.tokens, "tokens", out / "curated"))]
+    stages: list[tuple[str, Callable]] = [("curate", curate)]
+    stages += [(f"curate:{name}", corpus(name, path)) for name, path in r.corpora.items()]
+    stages += [("synth", synth), ("decontaminate", decontaminate),
+               ("tokenize", tokenize(r.tokens, "tokens", out / "train_corpus"))]
     for m in r.models:
         if m.tokens is not None:
             stages.append((f"tokenize:{m.name}", tokenize(m.tokens, f"tokens-{m.name}",
                                                           Path(_reroot(m.tokens_in, prefix, str(out)))
-                                                          if m.tokens_in else out / "curated")))
-        stages.append((f"pretrain:{m.name}", train(m.pretrain, f"pretrain-{m.name}")))
+                                                          if m.tokens_in else out / "train_corpus",
+                                                          m.tokens_overrides)))
+        stages.append((f"pretrain:{m.name}", train(m.pretrain, f"pretrain-{m.name}", m.pretrain_overrides)))
         if m.sft is not None:
-            stages.append((f"sft:{m.name}", train(m.sft, f"sft-{m.name}")))
+            stages.append((f"sft:{m.name}", train(m.sft, f"sft-{m.name}", m.sft_overrides)))
     stages += [("attention", attention), ("eval", evaluate)]
     return stages
 

@@ -9,7 +9,7 @@ is the mean next-token loss (nats/token) over a fixed set of windows, lower is b
 must share one tokenizer so the losses are comparable.
 
 Outputs in out_dir: runs/<variant>/seed<k>/ (each a normal training run), results.json (one
-record per run), table.md (mean, standard deviation and spread over seeds, delta to the first
+record per run), ablation.json (mean/std per variant for `minisigma report`), table.md (mean, standard deviation and spread over seeds, delta to the first
 variant, the paper's number for the same comparison where given) and plot.png (every seed as a
 dot, the mean as a bar). Finished runs are skipped on a rerun, so a long ablation can be resumed.
 """
@@ -34,6 +34,7 @@ class Variant(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields, on top of the base's
     tokens_dir: str | None = None  # other training data (the data ablation); same tokenizer required
     paper: float | None = None  # the paper's score for this configuration (its metric, higher = better)
+    key: str | None = None  # the row of the paper's tables it stands for in `minisigma report` (e.g. gqa16_augq)
 
 
 class Budget(Section):
@@ -174,6 +175,10 @@ def run(ab: AblationRecipe, quick: bool = False, out_dir: str | Path | None = No
     meta = {"recipe": ab.model_dump(), "budget": budget.model_dump(), "quick": quick, "eval_tokens_dir": eval_dir,
             "seconds_total": round(time.time() - t_all, 1), "results": results, "table": table}
     (out / "results.json").write_text(json.dumps(meta, indent=2) + "\n")
+    keys = {v.name: v.key or v.name for v in ab.variants}
+    (out / "ablation.json").write_text(json.dumps([  # the records `minisigma report` shows next to the paper
+        {"variant": keys[r["variant"]], "label": r["variant"], "mean": r["mean"], "std": r["std"], "n": r["n"],
+         "ablation": ab.name, "metric": "held-out loss, nats/token (lower is better)"} for r in table], indent=2) + "\n")
     md = to_markdown(ab, table, budget, results)
     (out / "table.md").write_text(md)
     plot(ab, results, table, out / "plot.png")

@@ -39,7 +39,8 @@ def test_ablation_runs_table_plot_and_resumes(tmp_path_factory, tmp_path):
     rec = write_recipe(tmp_path / "ab.yaml", name="mini-ablation", base="base.yaml", out_dir=str(tmp_path / "out"),
                        model={"n_layer": 1}, budget={"max_steps": 40, "seeds": [0, 1]},
                        quick={"max_steps": 3, "seeds": [0, 1]}, eval={"batches": 3},
-                       variants=[{"name": "GQA K4/V4", "overrides": {"n_k": 4, "n_v": 4, "d_aug": 0}, "paper": 52.14},
+                       variants=[{"name": "GQA K4/V4", "overrides": {"n_k": 4, "n_v": 4, "d_aug": 0}, "paper": 52.14,
+                                  "key": "gqa16"},
                                  {"name": "K1/V4", "overrides": {"n_k": 1, "n_v": 4, "d_aug": 0}}])
     ab = load_ablation(rec)
     res = run(ab, quick=True, log=lambda *_: None)
@@ -57,6 +58,8 @@ def test_ablation_runs_table_plot_and_resumes(tmp_path_factory, tmp_path):
     md = (out / "table.md").read_text()
     assert "| GQA K4/V4 |" in md and "52.14" in md and "±" in md
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    rep = {r["variant"]: r for r in json.loads((out / "ablation.json").read_text())}  # for `minisigma report`
+    assert rep["gqa16"]["mean"] == t["GQA K4/V4"]["mean"] and rep["K1/V4"]["n"] == 2
     # a rerun skips finished runs and gives the same table
     again = run(ab, quick=True, log=lambda *_: pytest.fail("should not retrain"))
     assert again["table"] == res["table"]

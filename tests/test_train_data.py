@@ -128,3 +128,25 @@ def test_sampler_is_resumable_and_rank_slices_make_the_global_batch():
     resumed = take(StreamSampler(n, 2 * b, seed=3, start=2 * b * 7), 2 * b * 13)
     assert resumed == full[2 * b * 7:]
     assert take(StreamSampler(n, 2 * b, seed=4), 16) != full[:16]
+
+
+def test_cli_tokenize_writes_tokens_and_reports_sources(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.train_corpus import write_recipe
+
+    curated = build(tmp_path / "curated", TEST_MODULES[:3])
+    recipe = write_recipe(tmp_path / "r.yaml", name="t", out_dir=str(tmp_path / "run"),
+                          tokenizer={"vocab_size": 300}, data={"val_fraction": 0.2, "weights": {"pysource": 0.0}})
+    p = subprocess.run([sys.executable, "-m", "minisigma.cli", "tokenize", str(recipe), "--in", str(curated),
+                        "--out", str(tmp_path / "tok")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "pysource" in p.stdout and "vocab 300" in p.stdout
+    man = json.loads((tmp_path / "tok" / "manifest.json").read_text())
+    assert man["sources"]["pysource"]["train_tokens"] == 0 and man["sources"]["pydoc"]["train_tokens"] > 0
+    assert {"train.bin", "val.bin", "tokenizer.json", "tokenizer.manifest.json"} <= {
+        f.name for f in (tmp_path / "tok").iterdir()}
+    p = subprocess.run([sys.executable, "-m", "minisigma.cli", "tokenize", str(recipe), "--in",
+                        str(tmp_path / "missing"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert p.returncode == 2 and "not a directory" in p.stderr

@@ -109,3 +109,20 @@ def test_cli_rejects_bad_recipes_with_one_line(tmp_path):
     p = subprocess.run([sys.executable, "-m", "minisigma.cli", "train", str(tmp_path / "nope.yaml")],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "recipe file not found" in p.stderr
+
+
+@pytest.mark.gpu
+def test_gpu_bf16_run_reports_mfu(corpus, tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device (torch.cuda.is_available() is False)")
+    from model.train import TrainRecipe, resolve_precision, run
+
+    assert resolve_precision("auto") in ("bf16-mixed", "16-mixed")
+    s = run(TrainRecipe(**recipe_dict(corpus / "tokens", tmp_path / "gpu", max_steps=12, log_every=1)))
+    assert s["finished"]
+    evals = lines(tmp_path / "gpu" / "evals.jsonl")
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    csv = next((tmp_path / "gpu" / "logs" / "csv").rglob("metrics.csv")).read_text()
+    assert "mfu" in csv.splitlines()[0] and "tok_s" in csv.splitlines()[0]

@@ -52,6 +52,7 @@ BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("node", "<u8")])
 PAIR = np.dtype([("u", "<u8"), ("v", "<u8"), ("jaccard", "<f4")])
 EDGE = np.dtype([("src", "<u8"), ("dst", "<u8")])
 MEMBER = np.dtype([("node", "<u8"), ("label", "<u8")])
+FOREST_ARITY = 16
 
 
 class MinHashConfig(Section):
@@ -227,7 +228,8 @@ def group_pairs(nodes: np.ndarray, max_all: int) -> list[tuple[int, int]]:
 
 
 def spanning_forest(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """[(node, root)] edges linking every node of the pairs to the smallest node of its component."""
+    """Tree edges connecting the nodes of each connected component of the pairs (same components,
+    at most size - 1 edges per component)."""
     parent: dict[int, int] = {}
 
     def find(x: int) -> int:
@@ -242,7 +244,14 @@ def spanning_forest(u: np.ndarray, v: np.ndarray) -> np.ndarray:
         ra, rb = find(a), find(b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
-    out = [(n, find(n)) for n in sorted(parent) if find(n) != n]
+    comps: dict[int, list[int]] = {}
+    for n in sorted(set(parent) | set(parent.values())):
+        comps.setdefault(find(n), []).append(n)
+    out = []
+    for members in comps.values():
+        # A 16-ary tree over the sorted members: degree <= 17 and depth log16(size), so neither a hub
+        # partition nor the number of propagation iterations grows with a large duplicate family.
+        out.extend((members[i], members[(i - 1) // FOREST_ARITY]) for i in range(1, len(members)))
     return np.array(out, dtype=np.uint64).reshape(-1, 2)
 
 
@@ -291,9 +300,9 @@ class MinHashBuckets(Stage):
                 pairs.append((u, v, j))
         out = np.array(pairs, dtype=PAIR)
         sink.stat("verified_pairs", len(out))
-        # Only connectivity matters downstream: a spanning forest of this bucket's verified pairs (each
-        # node linked to its local component's smallest node) has the same components with at most one
-        # edge per node, so large duplicate families do not make the graph quadratic.
+        # Only connectivity matters downstream: a spanning forest of this bucket's verified pairs has the same
+        # components with fewer than one edge per node, so large duplicate families do not make the graph
+        # quadratic (see spanning_forest for the bounded degree).
         tree = spanning_forest(out["u"], out["v"])
         sink.stat("forest_edges", len(tree))
         edges = np.zeros(2 * len(tree), dtype=EDGE)

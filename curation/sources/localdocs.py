@@ -28,7 +28,7 @@ from typing import Iterator, Literal
 import yaml
 
 from minisigma.errors import UserError
-from minisigma.recipes import Section, parse_recipe
+from minisigma.recipes import Section, parse_recipe, project_path
 from minisigma.runner import Sink, Stage, Task
 from minisigma.shards import doc_id, read_docs, sha256_file
 
@@ -70,7 +70,8 @@ class LocalDocsSource(Section):
 
 
 def load_manifest(path: Path) -> LocalDocsManifest:
-    if not Path(path).is_file():
+    path = project_path(path)
+    if not path.is_file():
         raise UserError(f"{path}: localdocs source manifest not found")
     return parse_recipe(yaml.safe_load(Path(path).read_text()), LocalDocsManifest, str(path))
 
