@@ -215,8 +215,8 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
         path = rerooted_copy(r.eval, prefix, out, "eval")
         s = eval_recipe.run(path, show_progress=progress)
-        return {name: {k: (v.get("bpb") if k == "perplexity" else v.get("accuracy")) for k, v in e.items()
-                       if k in ("perplexity", "cmdgen")} for name, e in s["models"].items()}
+        return {name: {"val_bpb": e.get("perplexity", {}).get("bpb"),
+                       "cmdgen_accuracy": e.get("cmdgen", {}).get("accuracy")} for name, e in s["models"].items()}
 
     stages: list[tuple[str, Callable]] = [("curate", curate)]
     stages += [(f"curate:{name}", corpus(name, path)) for name, path in r.corpora.items()]
