@@ -234,7 +234,7 @@ def verdict(ok: bool) -> str:
 
 
 def run(contexts=(1024, 4096, 16384, 32768), batches=(1, 8), layers=2, hidden=2048, dtype="float32",
-        train_seq=512, repeats=0, out_dir="runs/bench/attention", threads=1, log=print) -> dict:
+        train_seq=256, repeats=0, out_dir="runs/bench/attention", threads=1, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if threads:
@@ -310,7 +310,7 @@ if __name__ == "__main__":
     p.add_argument("--layers", type=int, default=2)
     p.add_argument("--hidden", type=int, default=2048)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    p.add_argument("--train-seq", type=int, default=512)
+    p.add_argument("--train-seq", type=int, default=256)
     p.add_argument("--repeats", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/bench/attention")

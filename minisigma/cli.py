@@ -165,7 +165,7 @@ def bench_attention_cmd(
     layers: int = typer.Option(2, "--layers", min=1, help="attention layers timed per decode step"),
     hidden: int = typer.Option(2048, "--hidden", min=512, help="hidden size, a multiple of 512 (head width 64, n_q = hidden/64)"),
     dtype: str = typer.Option("float32", "--dtype", help="float32 | bfloat16"),
-    train_seq: int = typer.Option(512, "--train-seq", min=16, help="sequence length of the prefill/training timing"),
+    train_seq: int = typer.Option(256, "--train-seq", min=16, help="sequence length of the prefill/training timing"),
     repeats: int = typer.Option(0, "--repeats", min=0, help="timed rounds per point (0 = auto)"),
     threads: int = typer.Option(1, "--threads", min=1, help="CPU threads (1 is steadiest on a shared machine)"),
     out: Path = typer.Option(Path("runs/bench/attention"), "--out", help="folder for the PNG and JSON results"),
