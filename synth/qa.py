@@ -83,7 +83,7 @@ def from_sections(doc: dict, max_sections: int = 10) -> list[dict]:
         heads = list(re.finditer(r"^(?P<t>[^\n]{3,80})\n(?:=+|-+)\s*$", text, re.M))
     out = []
     for i, h in enumerate(heads[:max_sections]):
-        heading = (h.group(2) if h.re is _MD_HEADING else h.group("t")).strip()
+        heading = (h.group(2) if h.re is _MD_HEADING else h.group("t")).strip().rstrip("\u00b6").strip()
         end = heads[i + 1].start() if i + 1 < len(heads) else len(text)
         body = text[h.end():end].strip()
         if len(body.split()) < 15:
