@@ -218,6 +218,7 @@ def plot(rows, out_png: Path, title: str):
         for key, name, style in (("gqa", "GQA kernel", "--o"), ("diffqkv", "DiffQKV kernel", "--s")):
             ax.plot(ctx, [r["kernel_ms"][key] for r in rs], style, alpha=0.6, label=name)
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ctx, [f"{c // 1024}k" if c >= 1024 else str(c) for c in ctx])
         ax.set_xlabel("context (tokens)")
         ax.set_ylabel("decode latency per token (ms)")
         ax.set_title(f"batch {b}")
