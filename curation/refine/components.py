@@ -29,18 +29,27 @@ import numpy as np
 from minisigma import manifest as mf
 from minisigma.errors import UserError
 
-from curation.refine.partitions import gather, node_part, save_npy, scatter
+from curation.refine.partitions import node_part, partition_files, save_npy, scatter
 
 LABEL = np.dtype([("node", "<u8"), ("label", "<u8")])
 MSG = np.dtype([("node", "<u8"), ("label", "<u8")])
 EDGE = np.dtype([("src", "<u8"), ("dst", "<u8")])
 
 
+def _load(files: list[Path], dtype) -> np.ndarray:
+    arrs = [np.load(p, allow_pickle=False) for p in files]
+    return np.concatenate(arrs) if arrs else np.zeros(0, dtype=dtype)
+
+
 def cc_step(work: str, part: int, it: int, n_parts: int) -> dict:
     t0 = time.time()
-    tracemalloc.start()
     work_p = Path(work)
-    edges = gather(work_p / "edges", part, EDGE)
+    # List the input files before tracing: glob/fnmatch compile and cache patterns once per process,
+    # which would show up as a one-off spike unrelated to the data.
+    edge_files = partition_files(work_p / "edges", part)
+    msg_files = partition_files(work_p / "msgs" / f"{it - 1:04d}", part) if it else []
+    tracemalloc.start()
+    edges = _load(edge_files, EDGE)
     edges = edges[np.argsort(edges["src"], kind="stable")]
     if it == 0:
         nodes = np.unique(edges["src"])
@@ -49,7 +58,7 @@ def cc_step(work: str, part: int, it: int, n_parts: int) -> dict:
     else:
         state = np.load(work_p / "labels" / f"{it - 1:04d}" / f"{part:05d}.npy")
         nodes, labels = state["node"], state["label"].copy()
-        msgs = gather(work_p / "msgs" / f"{it - 1:04d}", part, MSG)
+        msgs = _load(msg_files, MSG)
         changed = np.zeros(len(nodes), dtype=bool)
         if len(msgs):
             msgs = msgs[np.lexsort((msgs["label"], msgs["node"]))]
