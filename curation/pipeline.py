@@ -82,4 +82,9 @@ def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None
                               if k in sites[int(w.name[:5])]} | {"site": sites[int(w.name[:5])]["name"]}
                      for w in warcs}
         ctx.run(Extract(recipe.extract, site_meta), warcs, run_dir / "extract")
+    if recipe.refine is not None:
+        from curation.refine.pipeline import refine
+
+        refine(run_dir, recipe.refine, ray_address=ctx.ray_address, progress=progress,
+               executor=recipe.refine.executor if recipe.ray.executor == "ray" else "local")
     return run_dir

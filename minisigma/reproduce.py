@@ -140,11 +140,6 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
         path = rerooted_copy(r.curation, prefix, out, "curation")
         pipeline.curate(curation_recipe.load(path), out, ray_address=ray_address, progress=progress)
-        from curation.refine.pipeline import refine
-
-        rec = curation_recipe.load(path)
-        if rec.refine is not None and not (out / "curated" / "manifest.json").exists():
-            refine(out, rec.refine, ray_address=ray_address, progress=progress)
         if not (out / "curated" / "manifest.json").exists():
             raise UserError(f"{path}: the curation recipe has no refine section, so there is no curated/ output")
         return {"curated_docs": json.loads((out / "curated" / "manifest.json").read_text())["counts"]["out"]}

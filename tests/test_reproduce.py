@@ -1,0 +1,83 @@
+"""`minisigma reproduce`: recipe resolution (fast) and the tiny reproduction end to end (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from minisigma import manifest
+from minisigma.errors import UserError
+from minisigma.recipes import load_recipe
+from minisigma.reproduce import ReproduceRecipe, _reroot, deep_merge, rerooted_copy, resolve_recipe_path
+
+
+def test_shipped_reproduce_recipes_validate():
+    for name in ["tiny", "mini"]:
+        r = load_recipe(resolve_recipe_path(name), ReproduceRecipe)
+        assert r.models and r.runs_prefix.startswith("runs/")
+
+
+def test_unknown_recipe_is_one_line():
+    with pytest.raises(UserError, match="unknown reproduce recipe 'nope'.*tiny"):
+        resolve_recipe_path("nope")
+
+
+def test_reroot_and_overrides(tmp_path):
+    data = {"out_dir": "runs/mini/pretrain", "data": {"tokens_dir": "runs/mini/tokens"},
+            "pairs": ["runs/mini/synth", "elsewhere/x"], "name": "runs/minimal"}
+    r = _reroot(data, "runs/mini", "/o")
+    assert r == {"out_dir": "/o/pretrain", "data": {"tokens_dir": "/o/tokens"}, "pairs": ["/o/synth", "elsewhere/x"],
+                 "name": "runs/minimal"}
+    assert deep_merge({"a": {"b": 1, "c": 2}}, {"a": {"c": 3}, "d": 4}) == {"a": {"b": 1, "c": 3}, "d": 4}
+    p = rerooted_copy(Path("recipes/train/tiny.yaml"), "runs/tiny", tmp_path, "x", {"train": {"max_steps": 7}})
+    text = p.read_text()
+    assert f"{tmp_path}/pretrain" in text and "max_steps: 7" in text
+
+
+def _reproduce(out: Path, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "minisigma.cli", "reproduce", "--recipe", "tiny", "--out", str(out),
+                             "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _results(out: Path) -> dict:
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    return {name: {"bpb": m["perplexity"]["bpb"], "acc": m["cmdgen"]["accuracy"]} for name, m in ev["models"].items()}
+
+
+@pytest.mark.slow
+def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
+    a = tmp_path / "a"
+    p = _reproduce(a)
+    log, _ = p.communicate(timeout=1800)
+    assert p.returncode == 0, log[-3000:]
+    state = json.loads((a / "reproduce.json").read_text())
+    assert all(s["status"] == "done" for s in state["stages"].values())
+    assert (a / "report" / "index.html").is_file()
+    assert manifest.verify(a) == []
+    assert "Report:" in log
+
+    # Kill the same reproduction in the middle of pretraining, then run it again.
+    b = tmp_path / "b"
+    p = _reproduce(b, start_new_session=True)
+    deadline = time.time() + 1500
+    while time.time() < deadline and not list((b / "pretrain" / "ckpt").glob("*.ckpt")):
+        time.sleep(0.5)
+    assert list((b / "pretrain" / "ckpt").glob("*.ckpt")), "pretraining never checkpointed"
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    p = _reproduce(b)
+    log, _ = p.communicate(timeout=1800)
+    assert p.returncode == 0, log[-3000:]
+    ra, rb = _results(a), _results(b)
+    assert ra.keys() == rb.keys()
+    for name in ra:
+        assert rb[name]["acc"] == ra[name]["acc"]
+        assert abs(rb[name]["bpb"] - ra[name]["bpb"]) < 1e-3, (name, ra[name], rb[name])
+    assert manifest.verify(b) == []
