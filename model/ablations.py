@@ -143,7 +143,7 @@ def run(ab: AblationRecipe, quick: bool = False, out_dir: str | Path | None = No
                for v in ab.variants for s in budget.seeds}
     from model.train import load_train_recipe
 
-    eval_dir = ab.eval.tokens_dir or tokens_dir or load_train_recipe(ab.base).data.tokens_dir
+    eval_dir = str(ab.eval.tokens_dir or tokens_dir or load_train_recipe(ab.base).data.tokens_dir)
     shas = {_tokenizer_sha(r.data.tokens_dir) for r in recipes.values()} | {_tokenizer_sha(eval_dir)}
     if len(shas) != 1:
         raise UserError(f"{ab.name}: variants and the eval set must share one tokenizer (found {len(shas)})")

@@ -43,7 +43,7 @@ def test_ablation_runs_table_plot_and_resumes(tmp_path_factory, tmp_path):
                                   "key": "gqa16"},
                                  {"name": "K1/V4", "overrides": {"n_k": 1, "n_v": 4, "d_aug": 0}}])
     ab = load_ablation(rec)
-    res = run(ab, quick=True, log=lambda *_: None)
+    res = run(ab, quick=True, tokens_dir=corpus / "tokens", log=lambda *_: None)  # a Path, as from the CLI
     out = Path(res["out_dir"])
     assert out == tmp_path / "out" / "quick"
     results = json.loads((out / "results.json").read_text())["results"]
