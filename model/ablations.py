@@ -186,16 +186,21 @@ def run(ab: AblationRecipe, quick: bool = False, out_dir: str | Path | None = No
 
 
 def summarize(ab: AblationRecipe, results: list[dict]) -> list[dict]:
+    """Mean, std and range over seeds per variant, and the PAIRED difference to the first variant
+    (same seed = same initialisation stream and data order, so pairing removes most seed noise)."""
+    by = {(r["variant"], r["seed"]): r["eval_loss"] for r in results}
+    first = ab.variants[0].name
     rows = []
-    first_mean = None
     for v in ab.variants:
-        losses = [r["eval_loss"] for r in results if r["variant"] == v.name]
+        seeds = sorted(s for (name, s) in by if name == v.name)
+        losses = [by[(v.name, s)] for s in seeds]
+        diffs = [by[(v.name, s)] - by[(first, s)] for s in seeds if (first, s) in by]
         any_r = next(r for r in results if r["variant"] == v.name)
-        mean = statistics.fmean(losses)
-        std = statistics.stdev(losses) if len(losses) > 1 else 0.0
-        first_mean = mean if first_mean is None else first_mean
-        rows.append({"variant": v.name, "n": len(losses), "mean": mean, "std": std,
-                     "min": min(losses), "max": max(losses), "delta": mean - first_mean,
+        rows.append({"variant": v.name, "n": len(losses), "mean": statistics.fmean(losses),
+                     "std": statistics.stdev(losses) if len(losses) > 1 else 0.0,
+                     "min": min(losses), "max": max(losses),
+                     "delta": statistics.fmean(diffs) if diffs else float("nan"),
+                     "delta_std": statistics.stdev(diffs) if len(diffs) > 1 else 0.0,
                      "params": any_r["params"], "kv": any_r["kv_values_per_token_layer"], "paper": v.paper})
     return rows
 
@@ -205,16 +210,15 @@ def to_markdown(ab: AblationRecipe, table: list[dict], budget: Budget, results: 
     lines = [f"### {ab.name}: held-out loss (nats/token, lower is better)", "",
              f"{budget.max_steps} steps x {len(budget.seeds)} seeds, {tokens:,} training tokens per run."
              + (f" Paper column: {ab.paper_metric} (higher is better)." if ab.paper_metric else ""), "",
-             "| variant | params | KV values/token/layer | loss mean ± std | min..max | Δ vs first | paper |",
+             "| variant | params | KV values/token/layer | loss mean ± std | min..max | Δ vs first (paired) | paper |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in table:
         paper = "" if r["paper"] is None else f"{r['paper']:.2f}"
         lines.append(f"| {r['variant']} | {r['params']:,} | {r['kv']} | {r['mean']:.4f} ± {r['std']:.4f} | "
-                     f"{r['min']:.4f}..{r['max']:.4f} | {r['delta']:+.4f} | {paper} |")
-    gap = max(r["mean"] for r in table) - min(r["mean"] for r in table)
-    noise = max(r["std"] for r in table)
-    lines += ["", f"Largest gap between variant means {gap:.4f} vs largest seed std {noise:.4f}: "
-              + ("the ranking is outside seed noise." if gap > 2 * noise else "differences are within seed noise.")]
+                     f"{r['min']:.4f}..{r['max']:.4f} | {r['delta']:+.4f} ± {r['delta_std']:.4f} | {paper} |")
+    clear = [r["variant"] for r in table[1:] if r["n"] > 1 and abs(r["delta"]) > 2 * r["delta_std"]]
+    lines += ["", f"Paired differences to {table[0]['variant']} larger than 2 std over seeds: "
+              + (", ".join(clear) if clear else "none (all within seed noise at this budget).")]
     return "\n".join(lines) + "\n"
 
 
