@@ -580,11 +580,77 @@ def _mean_std(r: dict) -> str:
     return s
 
 
+def section_questions(run: Path) -> str:
+    """The paper's two questions in miniature, from `minisigma reproduce`'s eval/answers.json."""
+    found = walk(run, "answers.json")
+    if not found:
+        raise NotRun("no answers.json (written by `minisigma reproduce` after evaluation)")
+    parts = []
+    for q in read_json(found[0])["questions"]:
+        a, b = q["sigma_results"], q["baseline_results"]
+        rows = [[label, r.get("params"), r.get("kv_bytes_per_token_bf16"), r.get("val_bpb"), r.get("cmdgen_accuracy"),
+                 r.get("cmdgen_cmd_score")] for label, r in ((q["sigma"], a), (q["baseline"], b))]
+        verdict = []
+        if q.get("kv_cache_reduction") is not None:
+            verdict.append(f"KV cache per token {q['kv_cache_reduction']:.1%} smaller")
+        if q.get("bpb_delta") is not None:
+            verdict.append(f"held-out system-text bits/byte {q['bpb_delta']:+.4f} "
+                           f"({'better' if q['bpb_delta'] < 0 else 'worse' if q['bpb_delta'] > 0 else 'equal'})")
+        if q.get("accuracy_delta") is not None:
+            verdict.append(f"CMDGen-mini accuracy {q['accuracy_delta']:+.3f}")
+        parts.append(f"<h3>{esc(q['title'])}</h3>"
+                     + table(["model", "params", "KV bytes/token (bf16)", "val bits/byte", "CMDGen accuracy",
+                              "CMD score"], rows)
+                     + f"<p>{esc('; '.join(verdict))}.</p>"
+                     + (f'<p class="meta">paper: {esc(q["paper"])}</p>' if q.get("paper") else ""))
+    return "".join(parts)
+
+
+def section_stages(run: Path) -> str:
+    """Stage status and times of `minisigma reproduce` (reproduce.json)."""
+    p = run / "reproduce.json"
+    if not p.is_file():
+        raise NotRun("no reproduce.json (this run was not made by `minisigma reproduce`)")
+    state = read_json(p)
+    stages = state.get("stages", {})
+    rows = [[name, s.get("status"), s.get("seconds")] for name, s in stages.items()]
+    total = sum(s.get("seconds") or 0 for s in stages.values())
+    rows.append(["total", "", round(total, 1)])
+    fig, ax = figure(10, 0.3 * len(stages) + 1.2)
+    names = list(stages)
+    ax.barh(names[::-1], [(stages[n].get("seconds") or 0) / 60 for n in names[::-1]], color="#4c72b0")
+    ax.set_xlabel("minutes")
+    ax.set_title(f"stage times: recipe {state.get('recipe')}, {state.get('cpus')} CPUs, {total / 60:.1f} min in all")
+    return png(fig) + table(["stage", "status", "seconds"], rows)
+
+
+def section_synth(run: Path) -> str:
+    """A sample of the screened instruction pairs synth made (and its counts)."""
+    pairs = [p for p in walk(run, "manifest.json") if read_json(p).get("stage") in ("pairs", "synth.pairs")]
+    if not pairs:
+        raise NotRun("no synth pairs stage (manifest.json of `minisigma synth`) under the run")
+    d = pairs[0].parent
+    m = read_json(pairs[0])
+    docs = read_stage_docs(d, limit=20_000)
+    tools = Counter(r.get("tool") for r in docs)
+    step = max(1, len(docs) // 15)
+    sample = [[r.get("tool"), r.get("task"), Raw(f"<code>{esc(r.get('command'))}</code>"),
+               (r.get("metadata") or {}).get("rule"), (r.get("metadata") or {}).get("package")]
+              for r in docs[::step][:15]]
+    c = m["counts"]
+    head = (f"<p>{c['out']:,} screened command pairs over {len(tools):,} tools from {c['in']:,} mined "
+            f"(dropped: {', '.join(f'{k} {v:,}' for k, v in sorted(c['dropped'].items(), key=lambda kv: -kv[1]))}).</p>")
+    return head + table(["tool", "task", "command", "rule", "package"], sample, left=5)
+
+
 SECTIONS: list[tuple[str, str, Callable[[Path], str]]] = [
+    ("questions", "The paper's questions in miniature", section_questions),
+    ("stages", "Reproduction stages and times", section_stages),
     ("funnel", "Data funnel", section_funnel),
     ("mix", "Category and source mix", section_mix),
     ("quality", "Quality scores", section_quality),
     ("loss", "Training and validation loss", section_loss),
+    ("synth", "Synthetic instruction pairs (sample)", section_synth),
     ("cmdgen", "CMDGen-mini (command generation)", section_cmdgen),
     ("perplexity", "Perplexity per source", section_perplexity),
     ("attention", "Attention efficiency", section_attention),

@@ -52,6 +52,15 @@ class AttentionBench(Section):
     train_seq: int = 256
 
 
+class Question(Section):
+    """A comparison the report answers: `sigma` vs `baseline`, two checkpoint names of the eval recipe."""
+
+    title: str
+    sigma: str
+    baseline: str
+    paper: str = ""
+
+
 class ReproduceRecipe(Section):
     name: str
     description: str = ""
@@ -65,6 +74,7 @@ class ReproduceRecipe(Section):
     attention: AttentionBench = AttentionBench()
     # corpora curated beside the main one, each into <out>/<name> (e.g. general text for a baseline)
     corpora: dict[str, Path] = {}
+    questions: list[Question] = []
 
 
 def resolve_recipe_path(recipe: str) -> Path:
@@ -228,6 +238,39 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
             stages.append((f"sft:{m.name}", train(m.sft, f"sft-{m.name}", m.sft_overrides)))
     stages += [("attention", attention), ("eval", evaluate)]
     return stages
+
+
+def _model_costs(checkpoint: str) -> dict:
+    from model.gpt import ModelConfig
+
+    cfg = ModelConfig.from_dict(json.loads((Path(checkpoint) / "config.json").read_text()))
+    return {"params": cfg.num_params(), "kv_bytes_per_token_bf16": cfg.kv_bytes_per_token(2),
+            "flops_per_token": cfg.flops_per_token(cfg.max_seq_len)}
+
+
+def answer(questions: list[Question], summary: dict) -> dict:
+    """Put the evaluated numbers of each question's two models side by side, with the verdicts."""
+    out = []
+    for q in questions:
+        models = summary["models"]
+        missing = [m for m in (q.sigma, q.baseline) if m not in models]
+        if missing:
+            raise UserError(f"question {q.title!r}: no evaluated model named {', '.join(missing)}")
+        row = {"title": q.title, "paper": q.paper, "sigma": q.sigma, "baseline": q.baseline}
+        for role, name in (("sigma", q.sigma), ("baseline", q.baseline)):
+            m = models[name]
+            row[role + "_results"] = {"val_bpb": m.get("perplexity", {}).get("bpb"),
+                                      "cmdgen_accuracy": m.get("cmdgen", {}).get("accuracy"),
+                                      "cmdgen_cmd_score": m.get("cmdgen", {}).get("cmd_score"),
+                                      **_model_costs(m["checkpoint"])}
+        a, b = row["sigma_results"], row["baseline_results"]
+        row["kv_cache_reduction"] = round(1 - a["kv_bytes_per_token_bf16"] / b["kv_bytes_per_token_bf16"], 4)
+        if a["val_bpb"] is not None and b["val_bpb"] is not None:
+            row["bpb_delta"] = round(a["val_bpb"] - b["val_bpb"], 4)  # negative: sigma better
+        if a["cmdgen_accuracy"] is not None and b["cmdgen_accuracy"] is not None:
+            row["accuracy_delta"] = round(a["cmdgen_accuracy"] - b["cmdgen_accuracy"], 4)
+        out.append(row)
+    return {"questions": out}
 
 
 def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | None = None,
