@@ -220,10 +220,15 @@ def _doc_shards(stage_dir: Path) -> list[Path]:
 
 
 def last_doc_stage(run: Path) -> Path | None:
-    """The last stage (by manifest time) whose outputs are document shards with text."""
+    """The curated corpus: train_corpus/ or curated/ when present, else the last curation stage (by
+    manifest time) whose outputs are document shards; synth's pair stages are not a corpus."""
+    for name in ("train_corpus", "curated"):
+        if _doc_shards(run / name):
+            return run / name
     for d, _m in reversed(stage_manifests(run)):
-        shards = _doc_shards(d)
-        if shards:
+        if "synth" in d.relative_to(run).parts:
+            continue
+        if _doc_shards(d):
             return d
     return None
 

@@ -97,6 +97,32 @@ def make_run(run: Path) -> Path:
         {"variant": "k_heads_half", "mean": 3.92, "std": 0.01, "n": 3, "metric": "val loss"},
         {"variant": "v_heads_half", "mean": 3.95, "std": 0.02, "n": 3, "metric": "val loss"},
         {"variant": "diffqkv_mini", "mean": 3.90, "std": 0.03, "n": 3, "metric": "val loss"}]}))
+    # synth's screened pairs (a real runner stage), reproduce's stage times and answers
+    from minisigma.runner import Stage, Task, run_stage
+
+    class Pairs(Stage):
+        name = "pairs"
+
+        def tasks(self, inputs):
+            return [Task(0, ())]
+
+        def process(self, task, sink):
+            for i in range(40):
+                sink.take()
+                rec = {"id": f"p{i}", "task": f"List the files of directory d{i}", "command": f"ls -l d{i}",
+                       "tool": ["ls", "tar", "grep"][i % 3], "source": "synthetic", "text": f"ls d{i}",
+                       "metadata": {"rule": "example", "package": "coreutils"}}
+                sink.drop(rec, "near_duplicate") if i % 10 == 9 else sink.write(rec)
+
+    run_stage(Pairs(), [], run / "synth" / "pairs", executor="local", progress=False)
+    (run / "reproduce.json").write_text(json.dumps({"recipe": "mini", "cpus": 2, "stages": {
+        "curate": {"status": "done", "seconds": 420.5}, "pretrain:mini-sigma": {"status": "done", "seconds": 611.0}}}))
+    res = {"params": 100, "kv_bytes_per_token_bf16": 240, "flops_per_token": 1}
+    (run / "eval" / "answers.json").write_text(json.dumps({"questions": [{
+        "title": "Does system-domain pre-training help?", "paper": "50.7 -> 57.1", "sigma": "mini-sigma",
+        "baseline": "no-system", "kv_cache_reduction": 0.0, "bpb_delta": -0.25, "accuracy_delta": 0.125,
+        "sigma_results": {**res, "val_bpb": 1.5, "cmdgen_accuracy": 0.25, "cmdgen_cmd_score": 0.6},
+        "baseline_results": {**res, "val_bpb": 1.75, "cmdgen_accuracy": 0.125, "cmdgen_cmd_score": 0.5}}]}))
     return run
 
 
@@ -126,6 +152,10 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "<td class=\"l\">eval/mini-sigma</td>" in secs["cmdgen"] and "0.750" in secs["cmdgen"]
     assert "52.83" in secs["ablation"] and "3.9200 ± 0.0100 (n=3)" in secs["ablation"]
     assert "diffqkv_mini" in secs["ablation"]
+    assert "36 screened command pairs over 3 tools from 40 mined (dropped: near_duplicate 4)" in secs["synth"]
+    assert "<code>ls -l d0</code>" in secs["synth"]
+    assert "17.2 min in all" not in secs["stages"] and "1031.5" in secs["stages"]
+    assert "CMDGen-mini accuracy +0.125" in secs["questions"] and "-0.2500 (better)" in secs["questions"]
     # KV bytes at 32k context: 16 K + 16 V heads x 64 x 2 bytes x 2 layers (gqa) vs 4 K + 16 V
     assert f"{(16 + 16) * 64 * 2 * 2 * 32768:,}" in secs["attention"]
     assert f"{(4 + 16) * 64 * 2 * 2 * 32768:,}" in secs["attention"]
