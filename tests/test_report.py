@@ -154,7 +154,7 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "diffqkv_mini" in secs["ablation"]
     assert "36 screened command pairs over 3 tools from 40 mined (dropped: near_duplicate 4)" in secs["synth"]
     assert "<code>ls -l d0</code>" in secs["synth"]
-    assert "17.2 min in all" not in secs["stages"] and "1031.5" in secs["stages"]
+    assert "1,031.500" in secs["stages"] and "pretrain:mini-sigma" in secs["stages"]
     assert "CMDGen-mini accuracy +0.125" in secs["questions"] and "-0.2500 (better)" in secs["questions"]
     # KV bytes at 32k context: 16 K + 16 V heads x 64 x 2 bytes x 2 layers (gqa) vs 4 K + 16 V
     assert f"{(16 + 16) * 64 * 2 * 2 * 32768:,}" in secs["attention"]
