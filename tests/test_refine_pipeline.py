@@ -7,8 +7,8 @@ from collections import Counter
 
 import pytest
 
-from curation.refine.classifiers import (CategoryTrainConfig, QualityTrainConfig, make_negatives, predict,
-                                         train_category, train_quality)
+from curation.refine.classifiers import (CategoryTrainConfig, FastTextParams, QualityTrainConfig, make_negatives,
+                                         predict, train_category, train_quality)
 from curation.refine.pipeline import RefineConfig, load_refine_config, refine
 from curation.refine.realtext import stdlib_docs, stdlib_sources
 from minisigma import manifest
@@ -42,6 +42,26 @@ def test_category_classifier_beats_majority_on_weak_labels(docs, tmp_path):
     assert info["heldout"]["accuracy"] > majority + 0.1
     assert info["heldout"]["macro"]["f1"] > 0.25
     assert "gpu_accelerators" in info["left_out_labels"]  # no weak labels for it in this corpus
+
+
+def test_fasttext_training_is_isolated_and_reproducible(docs, tmp_path):
+    # A heap that already holds other data (torch and datasketch imported, numpy arrays freed): the state in
+    # which fasttext-numpy2 trained in-process with word_ngrams=1 reads uninitialised memory and stops with
+    # "Encountered NaN" from the second run on. Trained in a fresh interpreter, every run gives the same model.
+    import hashlib
+
+    import datasketch  # noqa: F401
+    import numpy as np
+    import torch  # noqa: F401
+
+    junk = [np.random.default_rng(i).random((500, 100)) for i in range(40)]
+    del junk
+    c = QualityTrainConfig(fasttext=FastTextParams(word_ngrams=1))
+    infos = [train_quality(docs, c, tmp_path / f"q{i}") for i in range(3)]
+    digests = {hashlib.sha256((tmp_path / f"q{i}" / "model.bin").read_bytes()).hexdigest() for i in range(3)}
+    assert len(digests) == 1
+    assert infos[0]["heldout"] == infos[1]["heldout"] == infos[2]["heldout"]
+    assert infos[0]["heldout"]["macro"]["f1"] >= 0.75
 
 
 def test_refine_pipeline_end_to_end(docs, tmp_path):

@@ -19,13 +19,24 @@ Both hold out a deterministic fraction (by a hash of the document id, so a docum
 corruptions land on the same side), train fastText (single thread, fixed seed: reproducible), and
 write model.bin plus classifier.json with per-label and macro precision/recall/F1 on the held-out
 part and a description of the training data.
+
+Training runs in a fresh interpreter (`train_fasttext`): fasttext-numpy2's trainer reads heap memory
+it has not initialised when its input matrix is small (word_ngrams 1 without character n-grams sets
+fastText's hash buckets to 0), so in a process whose heap already holds other data (torch,
+datasketch, numpy arrays freed earlier) it stops with "Encountered NaN". In a fresh interpreter that
+has imported only fasttext the result is the same on every run. Measured on a 120-line training file
+with word_ngrams 1: 20 of 20 fresh processes gave identical model bytes; in one process, every second
+run failed, and after importing torch and datasketch 12 of 12 runs failed.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -177,19 +188,38 @@ def prf(y_true: list[str], y_pred: list[str], labels: Iterable[str]) -> dict:
     return {"per_label": per, "macro": macro, "accuracy": round(acc, 4), "heldout_examples": len(y_true)}
 
 
-def train_fasttext(examples: list[tuple[str, str]], params: FastTextParams):
+# The child program: reads the training arguments (JSON) and writes the model; imports nothing else.
+_TRAIN_CHILD = """import json, sys
+import fasttext
+args = json.load(open(sys.argv[1], encoding="utf-8"))
+fasttext.train_supervised(**args).save_model(sys.argv[2])
+"""
+
+
+def train_fasttext(examples: list[tuple[str, str]], params: FastTextParams, model_path: str | Path):
+    """Train a supervised fastText model on (label, text) examples in a fresh interpreter (see the
+    module docstring), write it to `model_path` and return it loaded."""
     import fasttext
 
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False, encoding="utf-8") as f:
-        for label, text in examples:
-            f.write(f"__label__{label} {ft_text(text, params.max_words)}\n")
-        path = f.name
-    try:
-        return fasttext.train_supervised(input=path, epoch=params.epoch, lr=params.lr, wordNgrams=params.word_ngrams,
-                                         dim=params.dim, minCount=params.min_count, thread=1, seed=params.seed,
-                                         verbose=0)
-    finally:
-        Path(path).unlink(missing_ok=True)
+    model_path = Path(model_path)
+    model_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="fasttext-") as tmp:
+        data = os.path.join(tmp, "train.txt")
+        with open(data, "w", encoding="utf-8") as f:
+            for label, text in examples:
+                f.write(f"__label__{label} {ft_text(text, params.max_words)}\n")
+        args = {"input": data, "epoch": params.epoch, "lr": params.lr, "wordNgrams": params.word_ngrams,
+                "dim": params.dim, "minCount": params.min_count, "thread": 1, "seed": params.seed, "verbose": 0}
+        with open(os.path.join(tmp, "args.json"), "w", encoding="utf-8") as f:
+            json.dump(args, f)
+        out = os.path.join(tmp, "model.bin")
+        r = subprocess.run([sys.executable, "-c", _TRAIN_CHILD, "args.json", "model.bin"], cwd=tmp,
+                           capture_output=True, text=True)
+        if r.returncode != 0 or not os.path.isfile(out):
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            raise RuntimeError(f"fastText training failed (exit {r.returncode}): {tail}")
+        os.replace(out, model_path)
+    return fasttext.load_model(str(model_path))
 
 
 def predict(model, text: str, max_words: int, k: int = 1) -> tuple[list[str], list[float]]:
@@ -217,15 +247,14 @@ def train_quality(docs: list[dict], c: QualityTrainConfig, out_dir: str | Path) 
                                                                           for n in negs]
     train = [(lab, t) for lab, t, i, _ in rows if not _heldout(i, c.heldout_fraction)]
     test = [(lab, t, kind) for lab, t, i, kind in rows if _heldout(i, c.heldout_fraction)]
-    model = train_fasttext(train, c.fasttext)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = train_fasttext(train, c.fasttext, out_dir / "model.bin")
     preds = [predict(model, t, c.fasttext.max_words)[0][0] for _, t, _ in test]
     metrics = prf([lab for lab, _, _ in test], preds, ["hq", "lq"])
     by_kind = {}
     for kind in sorted({k for _, _, k in test}):
         sel = [(lab, p) for (lab, _, k), p in zip(test, preds) if k == kind]
         by_kind[kind] = {"heldout": len(sel), "correct": round(sum(a == b for a, b in sel) / len(sel), 4)}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_model(str(out_dir / "model.bin"))
     info = {"classifier": "quality", "labels": {"hq": "positive: real curated documentation",
                                                 "lq": "negative: corrupted real documentation"},
             "training_data": {"positives": len(pos), "negatives": dict(sorted(Counter(n["kind"] for n in negs).items())),
@@ -256,11 +285,10 @@ def train_category(docs: list[dict], c: CategoryTrainConfig, out_dir: str | Path
             rows.append((lab, d["text"], str(d["id"])))
     train = [(lab, t) for lab, t, i in rows if not _heldout(i, c.heldout_fraction)]
     test = [(lab, t) for lab, t, i in rows if _heldout(i, c.heldout_fraction)]
-    model = train_fasttext(train, c.fasttext)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = train_fasttext(train, c.fasttext, out_dir / "model.bin")
     preds = [predict(model, t, c.fasttext.max_words)[0][0] for _, t in test]
     metrics = prf([lab for lab, _ in test], preds, keep_labels)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.save_model(str(out_dir / "model.bin"))
     info = {"classifier": "category", "labels": keep_labels,
             "left_out_labels": {lab: counts.get(lab, 0) for lab in CATEGORIES if lab not in keep_labels},
             "training_data": {"weak_labels": "metadata.category from the source adapters",
