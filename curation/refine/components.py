@@ -9,8 +9,12 @@ with its own id as label. In iteration i, the task of partition p
      every neighbour, scattered by the neighbour's partition (`msgs/<i>/<q>/<p>.npy`);
 
 and the driver stops when an iteration sends nothing. Each component ends with the smallest node id
-in it as label (after at most diameter + 1 iterations). A task holds one partition's edges, labels
-and incoming messages, so memory per task is bounded by `nodes_per_partition`, not by the corpus.
+in it as label (after at most diameter + 1 iterations). In iteration 0 the task also merges the
+edge files of its partition into one sorted adjacency without repeated edges (`adj/p.npy`: bucket
+tasks of different bands send the same tree edges for a family of identical documents), read
+one file at a time; later iterations read only that file. A task holds one partition's
+adjacency, labels and incoming messages, so memory per task is bounded by `nodes_per_partition`
+(times the edges per node, at most about 2 x bands), not by the corpus or the number of partitions.
 The last step scatters (node, label) by the label's partition (`members/<q>/<p>.npy`) so that
 every cluster is whole in one partition for the keep decision.
 """
@@ -21,7 +25,6 @@ import os
 import shutil
 import socket
 import time
-import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -29,60 +32,90 @@ import numpy as np
 from minisigma import manifest as mf
 from minisigma.errors import UserError
 
-from curation.refine.partitions import node_part, partition_files, save_npy, scatter
+from curation.refine.memtrace import traced
+from curation.refine.partitions import load_concat, node_part, partition_files, save_npy, scatter, sorted_unique
 
 LABEL = np.dtype([("node", "<u8"), ("label", "<u8")])
 MSG = np.dtype([("node", "<u8"), ("label", "<u8")])
 EDGE = np.dtype([("src", "<u8"), ("dst", "<u8")])
 
 
-def _load(files: list[Path], dtype) -> np.ndarray:
-    arrs = [np.load(p, allow_pickle=False) for p in files]
-    return np.concatenate(arrs) if arrs else np.zeros(0, dtype=dtype)
+def unique_edges(files: list[str], batch: int = 65_536) -> np.ndarray:
+    """The edges of `files` sorted by (src, dst) without repeats, merged a few files at a time (peak:
+    about twice the unique edges plus one batch, whatever the number of repeats or of files)."""
+    acc = np.zeros(0, dtype=EDGE)
+    pending: list[str] = []
+    rows = 0
+
+    def merge(acc: np.ndarray, more: list[str]) -> np.ndarray:
+        both = np.concatenate([acc, load_concat(more, EDGE)])
+        both = both[np.lexsort((both["dst"], both["src"]))]
+        keep = np.ones(len(both), dtype=bool)
+        keep[1:] = (both["src"][1:] != both["src"][:-1]) | (both["dst"][1:] != both["dst"][:-1])
+        return both[keep]
+
+    for p in files:
+        pending.append(p)
+        rows += os.path.getsize(p) // EDGE.itemsize
+        if rows >= max(batch, len(acc)):
+            acc, pending, rows = merge(acc, pending), [], 0
+    return merge(acc, pending) if pending else acc
 
 
 def cc_step(work: str, part: int, it: int, n_parts: int) -> dict:
     t0 = time.time()
-    work_p = Path(work)
-    # List the input files before tracing: glob/fnmatch compile and cache patterns once per process,
-    # which would show up as a one-off spike unrelated to the data.
-    edge_files = partition_files(work_p / "edges", part)
-    msg_files = partition_files(work_p / "msgs" / f"{it - 1:04d}", part) if it else []
-    tracemalloc.start()
-    edges = _load(edge_files, EDGE)
-    edges = edges[np.argsort(edges["src"], kind="stable")]
-    if it == 0:
-        nodes = np.unique(edges["src"])
-        labels = nodes.copy()
-        changed = np.ones(len(nodes), dtype=bool)
-    else:
-        state = np.load(work_p / "labels" / f"{it - 1:04d}" / f"{part:05d}.npy")
-        nodes, labels = state["node"], state["label"].copy()
-        msgs = _load(msg_files, MSG)
-        changed = np.zeros(len(nodes), dtype=bool)
-        if len(msgs):
-            msgs = msgs[np.lexsort((msgs["label"], msgs["node"]))]
-            first = np.concatenate([[True], msgs["node"][1:] != msgs["node"][:-1]])
-            tgt, best = msgs["node"][first], msgs["label"][first]  # smallest label per target node
-            idx = np.searchsorted(nodes, tgt)
-            lower = best < labels[idx]
-            labels[idx[lower]] = best[lower]
-            changed[idx[lower]] = True
-    # Messages: every edge whose source changed carries the source's label to the destination.
-    src_idx = np.searchsorted(nodes, edges["src"])
-    send = changed[src_idx] if len(edges) else np.zeros(0, dtype=bool)
-    out = np.zeros(int(send.sum()), dtype=MSG)
-    out["node"] = edges["dst"][send]
-    out["label"] = labels[src_idx[send]]
-    scatter(work_p / "msgs" / f"{it:04d}", part, node_part(out["node"], n_parts), out, n_parts)
-    state = np.zeros(len(nodes), dtype=LABEL)
-    state["node"], state["label"] = nodes, labels
-    save_npy(work_p / "labels" / f"{it:04d}" / f"{part:05d}.npy", state)
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return {"part": part, "iteration": it, "nodes": int(len(nodes)), "edges": int(len(edges)),
-            "changed": int(changed.sum()), "messages": int(len(out)), "peak_traced_bytes": int(peak),
+    name = f"{part:05d}.npy"
+    adj_path = os.path.join(work, "adj", name)
+    # List the input files before tracing (a directory listing is not the partition's data).
+    edge_files = partition_files(os.path.join(work, "edges"), part) if it == 0 else []
+    msg_files = partition_files(os.path.join(work, "msgs", f"{it - 1:04d}"), part) if it else []
+    with traced() as peak:
+        if it == 0:
+            edges = unique_edges(edge_files)
+            save_npy(adj_path, edges)
+            nodes = sorted_unique(edges["src"])
+            labels = nodes.copy()
+            changed = np.ones(len(nodes), dtype=bool)
+        else:
+            edges = np.load(adj_path)
+            state = np.load(os.path.join(work, "labels", f"{it - 1:04d}", name))
+            nodes, labels = state["node"], state["label"].copy()
+            del state
+            msgs = load_concat(msg_files, MSG)
+            changed = np.zeros(len(nodes), dtype=bool)
+            if len(msgs):
+                msgs = msgs[np.lexsort((msgs["label"], msgs["node"]))]
+                first = np.concatenate([[True], msgs["node"][1:] != msgs["node"][:-1]])
+                tgt, best = msgs["node"][first], msgs["label"][first]  # smallest label per target node
+                del msgs, first
+                idx = np.searchsorted(nodes, tgt)
+                lower = best < labels[idx]
+                labels[idx[lower]] = best[lower]
+                changed[idx[lower]] = True
+                del tgt, best, idx, lower
+        # Messages: every edge whose source changed carries the source's label to the destination.
+        src_idx = np.searchsorted(nodes, edges["src"])
+        send = changed[src_idx] if len(edges) else np.zeros(0, dtype=bool)
+        out = np.zeros(int(send.sum()), dtype=MSG)
+        out["node"] = edges["dst"][send]
+        out["label"] = labels[src_idx[send]]
+        n_edges = len(edges)
+        del edges, src_idx, send
+        scatter(os.path.join(work, "msgs", f"{it:04d}"), part, node_part(out["node"], n_parts), out, n_parts)
+        state = np.zeros(len(nodes), dtype=LABEL)
+        state["node"], state["label"] = nodes, labels
+        save_npy(os.path.join(work, "labels", f"{it:04d}", name), state)
+    return {"part": part, "iteration": it, "nodes": int(len(nodes)), "edges": int(n_edges),
+            "changed": int(changed.sum()), "messages": int(len(out)), "peak_traced_bytes": int(peak.bytes),
             "seconds": round(time.time() - t0, 3), "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def peak_summary(peaks: list[int]) -> dict:
+    """Median, p95 and max of per-task peaks (bytes), and how many tasks."""
+    a = np.asarray(peaks, dtype=np.float64)
+    if not len(a):
+        return {"tasks": 0, "median": 0, "p95": 0, "max": 0}
+    return {"tasks": int(len(a)), "median": int(np.median(a)), "p95": int(np.percentile(a, 95)), "max": int(a.max())}
 
 
 def cc_finish(work: str, part: int, it: int, n_parts: int) -> dict:
@@ -108,18 +141,19 @@ def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *,
     """Run the propagation to convergence; write `out_dir/manifest.json`; return it."""
     work, out_dir = Path(work), Path(out_dir)
     started = time.time()
-    for sub in ("msgs", "labels", "members", "final"):
+    for sub in ("adj", "msgs", "labels", "members", "final"):
         shutil.rmtree(work / sub, ignore_errors=True)
-    history, peak = [], 0
+    history, peaks = [], []
     it = 0
     while True:
         if it >= max_iterations:
             raise UserError(f"connected components did not converge in {max_iterations} iterations "
                             f"(raise minhash.max_iterations)")
         results = _run_all(cc_step, [(str(work), p, it, n_parts) for p in range(n_parts)], executor)
-        peak = max([peak] + [r["peak_traced_bytes"] for r in results])
+        peaks += [r["peak_traced_bytes"] for r in results]
         history.append({"iteration": it, "changed": sum(r["changed"] for r in results),
                         "messages": sum(r["messages"] for r in results),
+                        "edges": sum(r["edges"] for r in results),
                         "max_task_peak_traced_bytes": max((r["peak_traced_bytes"] for r in results), default=0)})
         if it >= 1:
             shutil.rmtree(work / "msgs" / f"{it - 1:04d}", ignore_errors=True)
@@ -143,7 +177,8 @@ def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *,
                           cluster={"executor": executor, "partitions": n_parts},
                           extra={"components": {"partitions": n_parts, "iterations": len(history),
                                                 "nodes": nodes, "components": comps,
-                                                "max_task_peak_traced_bytes": peak, "history": history,
+                                                "max_task_peak_traced_bytes": max(peaks, default=0),
+                                                "task_peak_traced_bytes": peak_summary(peaks), "history": history,
                                                 "unit": "graph nodes (documents with at least one verified pair)"}})
     m["stats"] = {"nodes": nodes, "components": comps, "iterations": len(history)}
     mf.write_manifest(out_dir, m)

@@ -8,14 +8,24 @@
    with numpy (`np.minimum.reduceat`) instead of one `update` per shingle. The result equals
    `MinHash(...).update_batch(shingles)` exactly (tests check it). For every band the task hashes
    the band's `rows` values to a 64-bit key and scatters (band, key, node) to
-   `bands/<bucket>/<shard>.npy` by key; it also writes its node table (id, quality, length) and,
-   for exact verification, the sorted 64-bit shingle set of every document.
+   `bands/<bucket>/<shard>.npy`, bucket = band * per_band + key % per_band (band-major: a bucket
+   holds one band's slice of the key space); it also writes its node table (id, quality, length)
+   and, for exact verification, the sorted 64-bit shingle set of every document.
 2. `MinHashBuckets` (one task per bucket): sort the bucket's records by (band, key); documents sharing
-   a key in some band are candidates (all pairs of a group up to `max_group_pairs` members, a star
-   around the first member beyond). Candidates are verified (`verify`): "exact" computes the true
-   Jaccard of the two shingle sets (memory-mapped, read per pair), "signature" the MinHash estimate,
-   "none" keeps every candidate. Pairs at or above `threshold` become edges, scattered by a hash of
-   the node to the connected-components partitions.
+   a key are candidates (all pairs of a group up to `max_group_pairs` members, a star around the
+   first member beyond), streamed group by group into a union-find over the bucket's nodes: a pair
+   whose documents are already connected in this bucket is skipped (it cannot change the
+   components), the others are verified (`verify`): "exact" computes the true Jaccard of the two
+   shingle sets (memory-mapped, read per pair), "signature" the MinHash estimate, "none" accepts
+   every candidate. The bucket's components become tree edges (`spanning_forest`), scattered by a
+   hash of the node to the connected-components partitions.
+
+Memory per task depends on the partition sizes, not on the corpus: a bucket task holds its records
+(`band_records_per_bucket` at most) and one int per node; the number of buckets per band and of
+components partitions both grow with the corpus (`sizes_for`). Buckets are band-major so that the
+number of distinct buckets a duplicate family's band groups fall into (and so the number of tree
+edges per node the components step receives) is the number of bands it collides in, whatever the
+number of buckets; with key-only hashing it grew with the bucket count up to the number of bands.
 3. `components.connected_components`: partitioned min-label propagation (see there).
 4. `MinHashClusters` (one task per label partition): per cluster, keep one document: highest
    quality score (metadata.scores.quality), then longest text, then smallest id; decisions go to
@@ -32,8 +42,9 @@ The default weights favour recall (0.02 / 0.98) because verification removes fal
 from __future__ import annotations
 
 import math
-import tracemalloc
-from itertools import combinations
+import os
+from array import array
+from collections import OrderedDict
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -45,7 +56,9 @@ from minisigma.shards import read_docs
 
 from curation.refine.decisions import DECISION, NODE, DecisionFilter, doc_quality, id_bytes
 from curation.refine.dedup_exact import tasks_by_partition
-from curation.refine.partitions import make_node, node_part, node_row, node_shard, save_npy, scatter
+from curation.refine.memtrace import traced
+from curation.refine.partitions import (load_concat, make_node, node_part, node_row, node_shard, save_npy, scatter,
+                                        sorted_unique)
 from curation.refine.textutil import _NGRAM_MULTS, fmix64, ngram_hashes, words
 
 BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("node", "<u8")])
@@ -66,7 +79,7 @@ class MinHashConfig(Section):
     fn_weight: float = 0.98
     verify: Literal["exact", "signature", "none"] = "exact"
     max_group_pairs: int = 64
-    band_records_per_bucket: int = 1_000_000  # sets the number of band buckets from the corpus size
+    band_records_per_bucket: int = 1_000_000  # records (documents) of one band per bucket: sets buckets per band
     nodes_per_partition: int = 200_000  # sets the number of connected-components partitions
     max_iterations: int = 100
     batch_shingles: int = 65_536  # shingles per vectorised signature batch (bounds task memory)
@@ -155,6 +168,9 @@ class MinHashSignatures(Stage):
         self.work = str(work)
         self.n_buckets = n_buckets
         self.bands, self.rows = lsh_params(config)
+        if n_buckets % self.bands:
+            raise ValueError(f"{n_buckets} buckets is not a multiple of {self.bands} bands")
+        self.per_band = n_buckets // self.bands
 
     def process(self, task: Task, sink) -> None:
         c = self.config
@@ -179,8 +195,8 @@ class MinHashSignatures(Stage):
         recs["band"] = np.tile(np.arange(self.bands, dtype=np.uint16), keys.shape[0])
         recs["key"] = keys.reshape(-1)
         recs["node"] = np.repeat(nodes["node"][has], self.bands)
-        scatter(work / "bands", task.index, (recs["key"] % np.uint64(self.n_buckets)).astype(np.int64), recs,
-                self.n_buckets)
+        bucket = recs["band"].astype(np.int64) * self.per_band + (recs["key"] % np.uint64(self.per_band)).astype(np.int64)
+        scatter(work / "bands", task.index, bucket, recs, self.n_buckets)
         if c.verify == "exact":
             sets = [np.unique(s) for s in shingles]
             offsets = np.cumsum([0] + [len(s) for s in sets]).astype(np.int64)
@@ -195,21 +211,33 @@ class MinHashSignatures(Stage):
 
 # --------------------------------------------------------------------------- 2. buckets -> verified edges
 class _Store:
-    """Memory-mapped per-shard arrays (shingle sets or signatures), opened on first use."""
+    """Memory-mapped per-shard arrays (shingle sets or signatures), opened on first use; at most
+    `max_open` shards stay open (least recently used closed first), so a bucket task's open files do
+    not grow with the number of input shards."""
 
-    def __init__(self, root: Path, kind: str):
-        self.root, self.kind, self.open = root, kind, {}
+    def __init__(self, root: Path, kind: str, max_open: int = 32):
+        self.root, self.kind, self.max_open = str(root), kind, max_open
+        self.open: OrderedDict[int, tuple] = OrderedDict()
+
+    def _shard(self, shard: int) -> tuple:
+        if shard in self.open:
+            self.open.move_to_end(shard)
+            return self.open[shard]
+        if len(self.open) >= self.max_open:
+            self.open.popitem(last=False)
+        if self.kind == "exact":
+            d = os.path.join(self.root, "shingles")
+            entry = (np.load(os.path.join(d, f"{shard:05d}.npy"), mmap_mode="r"),
+                     np.load(os.path.join(d, f"{shard:05d}.off.npy"), mmap_mode="r"))
+        else:
+            entry = (np.load(os.path.join(self.root, "sigs", f"{shard:05d}.npy"), mmap_mode="r"), None)
+        self.open[shard] = entry
+        return entry
 
     def get(self, node: int) -> np.ndarray:
         shard, row = int(node) >> 32, int(node) & 0xFFFFFFFF
-        if shard not in self.open:
-            if self.kind == "exact":
-                self.open[shard] = (np.load(self.root / "shingles" / f"{shard:05d}.npy", mmap_mode="r"),
-                                    np.load(self.root / "shingles" / f"{shard:05d}.off.npy", mmap_mode="r"))
-            else:
-                self.open[shard] = (np.load(self.root / "sigs" / f"{shard:05d}.npy", mmap_mode="r"), None)
-        data, off = self.open[shard]
-        return np.asarray(data[off[row]:off[row + 1]]) if off is not None else np.asarray(data[row])
+        data, off = self._shard(shard)
+        return np.array(data[off[row]:off[row + 1]]) if off is not None else np.array(data[row])
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -219,40 +247,72 @@ def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
     return inter / (len(a) + len(b) - inter)
 
 
-def group_pairs(nodes: np.ndarray, max_all: int) -> list[tuple[int, int]]:
-    nodes = np.unique(nodes)
-    if len(nodes) <= max_all:
-        return [(int(u), int(v)) for u, v in combinations(nodes.tolist(), 2)]
-    first = int(nodes[0])
-    return [(first, int(v)) for v in nodes[1:].tolist()]
+def group_pairs(members: list[int], max_all: int):
+    """Candidate pairs of one colliding group (sorted, distinct members): every pair up to `max_all`
+    members, a star around the first member beyond."""
+    if len(members) <= max_all:
+        for i in range(len(members)):
+            for j in range(i + 1, len(members)):
+                yield members[i], members[j]
+    else:
+        first = members[0]
+        for v in members[1:]:
+            yield first, v
 
 
-def spanning_forest(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Tree edges connecting the nodes of each connected component of the pairs (same components,
-    at most size - 1 edges per component)."""
-    parent: dict[int, int] = {}
+class UnionFind:
+    """Union-find over 0..n-1 in a compact int array (8 bytes a node, no Python object per node);
+    the root of a set is its smallest member."""
 
-    def find(x: int) -> int:
-        root = x
-        while parent.get(root, root) != root:
-            root = parent[root]
-        while parent.get(x, x) != root:
-            parent[x], x = root, parent[x]
-        return root
+    def __init__(self, n: int):
+        self.parent = array("q", range(n))
 
-    for a, b in zip(u.tolist(), v.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    comps: dict[int, list[int]] = {}
-    for n in sorted(set(parent) | set(parent.values())):
-        comps.setdefault(find(n), []).append(n)
-    out = []
-    for members in comps.values():
-        # A 16-ary tree over the sorted members: degree <= 17 and depth log16(size), so neither a hub
-        # partition nor the number of propagation iterations grows with a large duplicate family.
-        out.extend((members[i], members[(i - 1) // FOREST_ARITY]) for i in range(1, len(members)))
-    return np.array(out, dtype=np.uint64).reshape(-1, 2)
+    def find(self, x: int) -> int:
+        p = self.parent
+        while p[x] != x:
+            p[x] = p[p[x]]
+            x = p[x]
+        return x
+
+    def union(self, a: int, b: int) -> bool:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return False
+        if ra < rb:
+            self.parent[rb] = ra
+        else:
+            self.parent[ra] = rb
+        return True
+
+    def roots(self) -> np.ndarray:
+        """The root of every element (vectorised pointer jumping)."""
+        r = np.frombuffer(self.parent, dtype=np.int64).copy()
+        while True:
+            nxt = r[r]
+            if np.array_equal(nxt, r):
+                return r
+            r = nxt
+
+
+def spanning_forest(roots: np.ndarray) -> np.ndarray:
+    """[n_edges, 2] (child, parent) local indices: for every set of more than one element (given the
+    root of each element, the root being the set's smallest member), a 16-ary tree over its sorted
+    members: degree <= 17 and depth log16(size), so neither a hub partition nor the number of
+    propagation iterations grows with a large duplicate family."""
+    idx = np.arange(len(roots))
+    has_members = np.zeros(len(roots), dtype=bool)
+    has_members[roots[roots != idx]] = True
+    members = idx[(roots != idx) | has_members]
+    members = members[np.lexsort((members, roots[members]))]  # by set (its smallest member), then member
+    if not len(members):
+        return np.zeros((0, 2), dtype=np.int64)
+    r = roots[members]
+    start = np.concatenate([[True], r[1:] != r[:-1]])
+    first = np.flatnonzero(start)[np.cumsum(start) - 1]  # position of each member's set start
+    pos = np.arange(len(members)) - first
+    child = pos > 0
+    parent = members[first[child] + (pos[child] - 1) // FOREST_ARITY]
+    return np.stack([members[child], parent], axis=1)
 
 
 class MinHashBuckets(Stage):
@@ -269,51 +329,72 @@ class MinHashBuckets(Stage):
 
     def process(self, task: Task, sink) -> None:
         c = self.config
-        tracemalloc.start()
-        arrs = [np.load(p) for p in task.inputs]
-        recs = np.concatenate(arrs) if arrs else np.zeros(0, BAND)
-        del arrs
-        sink.take(n=len(recs))
-        sink.count_out(len(recs))
-        recs = recs[np.lexsort((recs["node"], recs["key"], recs["band"]))]
-        cands: set[tuple[int, int]] = set()
-        if len(recs) > 1:
-            same = (recs["band"][1:] == recs["band"][:-1]) & (recs["key"][1:] == recs["key"][:-1])
-            starts = np.flatnonzero(np.concatenate([[True], ~same]))
-            ends = np.append(starts[1:], len(recs))
-            for s, e in zip(starts[ends - starts > 1], ends[ends - starts > 1]):
-                sink.stat("colliding_groups")
-                cands.update(group_pairs(recs["node"][s:e], c.max_group_pairs))
-        del recs
-        cands_sorted = sorted(cands)
-        sink.stat("candidate_pairs", len(cands_sorted))
-        store = _Store(Path(self.work), c.verify) if c.verify != "none" else None
-        pairs = []
-        for u, v in cands_sorted:
-            if c.verify == "exact":
-                j = exact_jaccard(store.get(u), store.get(v))
-            elif c.verify == "signature":
-                j = float(np.count_nonzero(store.get(u) == store.get(v))) / c.num_perm
+        files = [str(p) for p in task.inputs]
+        with traced() as peak:
+            recs = load_concat(files, BAND)
+            sink.take(n=len(recs))
+            sink.count_out(len(recs))
+            recs = recs[np.lexsort((recs["node"], recs["key"], recs["band"]))]
+            nodes = sorted_unique(recs["node"])  # local index i <-> node id nodes[i] (ascending)
+            local = np.searchsorted(nodes, recs["node"])
+            if len(recs) > 1:
+                same = (recs["band"][1:] == recs["band"][:-1]) & (recs["key"][1:] == recs["key"][:-1])
+                starts = np.flatnonzero(np.concatenate([[True], ~same]))
             else:
-                j = float("nan")
-            if c.verify == "none" or j >= c.threshold:
-                pairs.append((u, v, j))
-        out = np.array(pairs, dtype=PAIR)
-        sink.stat("verified_pairs", len(out))
-        # Only connectivity matters downstream: a spanning forest of this bucket's verified pairs has the same
-        # components with fewer than one edge per node, so large duplicate families do not make the graph
-        # quadratic (see spanning_forest for the bounded degree).
-        tree = spanning_forest(out["u"], out["v"])
-        sink.stat("forest_edges", len(tree))
-        edges = np.zeros(2 * len(tree), dtype=EDGE)
-        edges["src"] = np.concatenate([tree[:, 0], tree[:, 1]]) if len(tree) else np.zeros(0, np.uint64)
-        edges["dst"] = np.concatenate([tree[:, 1], tree[:, 0]]) if len(tree) else np.zeros(0, np.uint64)
-        scatter(Path(self.work) / "edges", task.index, node_part(edges["src"], self.n_parts), edges, self.n_parts)
-        with open(sink.path, "wb") as f:
-            np.save(f, out)
-        # Peak Python+numpy memory of this task (per-task value in .parts/NNNNN.json; benchmarks take the max).
-        sink.stat("peak_traced_kib", tracemalloc.get_traced_memory()[1] // 1024)
-        tracemalloc.stop()
+                starts = np.zeros(min(1, len(recs)), dtype=np.int64)
+            ends = np.append(starts[1:], len(recs))
+            big = ends - starts > 1
+            starts, ends = starts[big], ends[big]
+            del recs
+            sink.stat("colliding_groups", len(starts))
+            store = _Store(Path(self.work), c.verify) if c.verify != "none" else None
+            uf = UnionFind(len(nodes))
+            us, vs, js = array("q"), array("q"), array("f")
+            n_cand = n_skip = 0
+            for s, e in zip(starts.tolist(), ends.tolist()):
+                # Streamed group by group: no set of candidate pairs is built. A pair already connected in
+                # this bucket is skipped: it cannot change the components, so the edges are the same as
+                # when every candidate is verified.
+                for a, b in group_pairs(local[s:e].tolist(), c.max_group_pairs):
+                    n_cand += 1
+                    if uf.find(a) == uf.find(b):
+                        n_skip += 1
+                        continue
+                    if c.verify == "exact":
+                        j = exact_jaccard(store.get(nodes[a]), store.get(nodes[b]))
+                    elif c.verify == "signature":
+                        j = float(np.count_nonzero(store.get(nodes[a]) == store.get(nodes[b]))) / c.num_perm
+                    else:
+                        j = float("nan")
+                    if c.verify == "none" or j >= c.threshold:
+                        uf.union(a, b)
+                        us.append(a)
+                        vs.append(b)
+                        js.append(j)
+            del starts, ends, local, store
+            sink.stat("candidate_pairs", n_cand)
+            sink.stat("skipped_already_connected", n_skip)
+            sink.stat("verified_pairs", len(us))
+            out = np.zeros(len(us), dtype=PAIR)
+            out["u"] = nodes[np.frombuffer(us, dtype=np.int64)] if len(us) else 0
+            out["v"] = nodes[np.frombuffer(vs, dtype=np.int64)] if len(vs) else 0
+            out["jaccard"] = np.frombuffer(js, dtype=np.float32) if len(js) else 0
+            out = out[np.lexsort((out["v"], out["u"]))]
+            # Only connectivity matters downstream: a spanning forest of the bucket's components, fewer
+            # than one edge per node, so large duplicate families do not make the graph quadratic.
+            tree = nodes[spanning_forest(uf.roots())]
+            del uf
+            sink.stat("forest_edges", len(tree))
+            edges = np.zeros(2 * len(tree), dtype=EDGE)
+            edges["src"] = np.concatenate([tree[:, 0], tree[:, 1]])
+            edges["dst"] = np.concatenate([tree[:, 1], tree[:, 0]])
+            scatter(os.path.join(self.work, "edges"), task.index, node_part(edges["src"], self.n_parts), edges,
+                    self.n_parts)
+            with open(sink.path, "wb") as f:
+                np.save(f, out)
+        # Peak Python+numpy memory of this task above what the worker held before (per-task value in
+        # buckets/.parts/NNNNN.json; the benchmark reports median, p95 and max over tasks).
+        sink.stat("peak_traced_bytes", peak.bytes)
 
 
 # --------------------------------------------------------------------------- 4. clusters -> decisions
@@ -331,19 +412,21 @@ class MinHashClusters(Stage):
         return tasks_by_partition(inputs)
 
     def process(self, task: Task, sink) -> None:
-        arrs = [np.load(p) for p in task.inputs]
-        mem = np.concatenate(arrs) if arrs else np.zeros(0, MEMBER)
+        files = [str(p) for p in task.inputs]
+        with traced() as peak:
+            self._resolve(files, task.index, sink)
+        sink.stat("peak_traced_bytes", peak.bytes)
+
+    def _resolve(self, files: list[str], index: int, sink) -> None:
+        mem = load_concat(files, MEMBER)
         sink.take(n=len(mem))
         sink.count_out(len(mem))
         # Attributes of each member, read from the node tables of the signature stage (memory-mapped).
         table = np.zeros(len(mem), dtype=NODE)
-        tables: dict[int, np.ndarray] = {}
         shards, rows = node_shard(mem["node"]), node_row(mem["node"])
-        for s in np.unique(shards):
-            if s not in tables:
-                tables[int(s)] = np.load(Path(self.signatures_dir) / f"{int(s):05d}.npy", mmap_mode="r")
+        for s in sorted_unique(shards).tolist():  # one node table open at a time
             sel = shards == s
-            table[sel] = tables[int(s)][rows[sel]]
+            table[sel] = np.load(os.path.join(self.signatures_dir, f"{s:05d}.npy"), mmap_mode="r")[rows[sel]]
         order = np.lexsort((mem["node"], table["id"], -table["length"], -table["quality"].astype(np.float64),
                             mem["label"]))
         mem, table = mem[order], table[order]
@@ -364,7 +447,7 @@ class MinHashClusters(Stage):
             sink.stat("removed", int(len(mem) - len(starts)))
             for lo, hi, name in [(2, 2, "2"), (3, 5, "3-5"), (6, 20, "6-20"), (21, 1 << 62, "21+")]:
                 sink.stat(f"clusters_of_size_{name}", int(((sizes >= lo) & (sizes <= hi)).sum()))
-        scatter(Path(self.work) / "decisions", task.index, node_shard(dec["node"]), dec, self.n_shards)
+        scatter(os.path.join(self.work, "decisions"), index, node_shard(dec["node"]), dec, self.n_shards)
         with open(sink.path, "wb") as f:
             np.save(f, dec)
 
@@ -374,10 +457,11 @@ def minhash_filter(work: str | Path) -> DecisionFilter:
 
 
 def sizes_for(c: MinHashConfig, n_docs: int) -> tuple[int, int]:
-    """(band buckets, components partitions) for a corpus of n_docs: both grow with the corpus so that
-    per-task memory stays bounded."""
+    """(band buckets, components partitions) for a corpus of n_docs: buckets = bands x buckets per band,
+    so that a bucket holds at most `band_records_per_bucket` records, and partitions of at most
+    `nodes_per_partition` documents; both counts grow with the corpus so that per-task memory does not."""
     bands, _ = lsh_params(c)
-    return (max(1, math.ceil(n_docs * bands / c.band_records_per_bucket)),
+    return (bands * max(1, math.ceil(n_docs / c.band_records_per_bucket)),
             max(1, math.ceil(n_docs / c.nodes_per_partition)))
 
 
