@@ -216,9 +216,12 @@ def to_markdown(ab: AblationRecipe, table: list[dict], budget: Budget, results: 
         paper = "" if r["paper"] is None else f"{r['paper']:.2f}"
         lines.append(f"| {r['variant']} | {r['params']:,} | {r['kv']} | {r['mean']:.4f} ± {r['std']:.4f} | "
                      f"{r['min']:.4f}..{r['max']:.4f} | {r['delta']:+.4f} ± {r['delta_std']:.4f} | {paper} |")
-    clear = [r["variant"] for r in table[1:] if r["n"] > 1 and abs(r["delta"]) > 2 * r["delta_std"]]
-    lines += ["", f"Paired differences to {table[0]['variant']} larger than 2 std over seeds: "
-              + (", ".join(clear) if clear else "none (all within seed noise at this budget).")]
+    if min(r["n"] for r in table) < 3:
+        lines += ["", "Fewer than 3 seeds: the spread is only indicative; no difference is called."]
+    else:
+        clear = [r["variant"] for r in table[1:] if abs(r["delta"]) > 2 * r["delta_std"]]
+        lines += ["", f"Paired differences to {table[0]['variant']} larger than 2 std over seeds: "
+                  + (", ".join(clear) if clear else "none (all within seed noise at this budget).")]
     return "\n".join(lines) + "\n"
 
 
