@@ -32,7 +32,7 @@ def test_ablation_runs_table_plot_and_resumes(tmp_path_factory, tmp_path):
     from model.ablations import load_ablation, run
 
     corpus = tiny_tokens(tmp_path_factory)
-    base = write_recipe(tmp_path / "base.yaml", name="b", out_dir=str(tmp_path / "unused"),
+    write_recipe(tmp_path / "base.yaml", name="b", out_dir=str(tmp_path / "unused"),  # found next to ab.yaml
                         data={"tokens_dir": str(corpus / "tokens")}, model={"preset": "tiny"},
                         optim={"lr": 3e-3, "warmup_steps": 1},
                         train={"micro_batch": 4, "seq_len": 32, "eval_batches": 2, "threads": 1})
