@@ -33,9 +33,9 @@ def test_ablation_runs_table_plot_and_resumes(tmp_path_factory, tmp_path):
 
     corpus = tiny_tokens(tmp_path_factory)
     write_recipe(tmp_path / "base.yaml", name="b", out_dir=str(tmp_path / "unused"),  # found next to ab.yaml
-                        data={"tokens_dir": str(corpus / "tokens")}, model={"preset": "tiny"},
-                        optim={"lr": 3e-3, "warmup_steps": 1},
-                        train={"micro_batch": 4, "seq_len": 32, "eval_batches": 2, "threads": 1})
+                 data={"tokens_dir": str(corpus / "tokens")}, model={"preset": "tiny"},
+                 optim={"lr": 3e-3, "warmup_steps": 1},
+                 train={"micro_batch": 4, "seq_len": 32, "eval_batches": 2, "threads": 1})
     rec = write_recipe(tmp_path / "ab.yaml", name="mini-ablation", base="base.yaml", out_dir=str(tmp_path / "out"),
                        model={"n_layer": 1}, budget={"max_steps": 40, "seeds": [0, 1]},
                        quick={"max_steps": 3, "seeds": [0, 1]}, eval={"batches": 3},
