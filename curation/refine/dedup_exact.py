@@ -24,7 +24,7 @@ from minisigma.runner import Stage, Task
 from minisigma.shards import read_docs
 
 from curation.refine.decisions import DECISION, DecisionFilter, id_bytes
-from curation.refine.partitions import make_node, node_shard, save_npy, scatter, gather
+from curation.refine.partitions import gather, load_concat, make_node, node_shard, save_npy, scatter
 from curation.refine.textutil import nfc
 
 EXACT = np.dtype([("h1", "<u8"), ("h2", "<u8"), ("node", "<u8"), ("id", "S64")])
@@ -84,8 +84,7 @@ class ExactResolve(Stage):
         return tasks_by_partition(inputs)
 
     def process(self, task: Task, sink) -> None:
-        arrs = [np.load(p) for p in task.inputs]
-        recs = np.concatenate(arrs) if arrs else np.zeros(0, EXACT)
+        recs = load_concat([str(p) for p in task.inputs], EXACT)
         sink.take(n=len(recs))
         sink.count_out(len(recs))
         order = np.lexsort((recs["node"], recs["id"], recs["h2"], recs["h1"]))

@@ -57,8 +57,8 @@ from minisigma.shards import read_docs
 from curation.refine.decisions import DECISION, NODE, DecisionFilter, doc_quality, id_bytes
 from curation.refine.dedup_exact import tasks_by_partition
 from curation.refine.memtrace import traced
-from curation.refine.partitions import (load_concat, make_node, node_part, node_row, node_shard, save_npy, scatter,
-                                        sorted_unique)
+from curation.refine.partitions import (load_concat, make_node, node_part, node_row, node_shard, npy_header, save_npy,
+                                        scatter, sorted_unique)
 from curation.refine.textutil import _NGRAM_MULTS, fmix64, ngram_hashes, words
 
 BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("node", "<u8")])
@@ -211,33 +211,52 @@ class MinHashSignatures(Stage):
 
 # --------------------------------------------------------------------------- 2. buckets -> verified edges
 class _Store:
-    """Memory-mapped per-shard arrays (shingle sets or signatures), opened on first use; at most
-    `max_open` shards stay open (least recently used closed first), so a bucket task's open files do
-    not grow with the number of input shards."""
+    """Per-document arrays of the signature stage (shingle sets or signatures), read per document with
+    `os.pread`: no array per shard is kept, and at most `max_open` shard files stay open (least recently
+    used closed first), so a bucket task's memory does not grow with the number of input shards."""
 
-    def __init__(self, root: Path, kind: str, max_open: int = 32):
-        self.root, self.kind, self.max_open = str(root), kind, max_open
+    def __init__(self, root: Path, kind: str, num_perm: int, max_open: int = 64):
+        self.root, self.kind, self.num_perm, self.max_open = str(root), kind, num_perm, max_open
         self.open: OrderedDict[int, tuple] = OrderedDict()
+
+    def _fd(self, path: str) -> tuple[int, int]:
+        with open(path, "rb") as f:
+            npy_header(f)
+            offset = f.tell()
+        return os.open(path, os.O_RDONLY), offset
 
     def _shard(self, shard: int) -> tuple:
         if shard in self.open:
             self.open.move_to_end(shard)
             return self.open[shard]
         if len(self.open) >= self.max_open:
-            self.open.popitem(last=False)
+            self.close_one()
         if self.kind == "exact":
             d = os.path.join(self.root, "shingles")
-            entry = (np.load(os.path.join(d, f"{shard:05d}.npy"), mmap_mode="r"),
-                     np.load(os.path.join(d, f"{shard:05d}.off.npy"), mmap_mode="r"))
+            entry = (*self._fd(os.path.join(d, f"{shard:05d}.npy")), *self._fd(os.path.join(d, f"{shard:05d}.off.npy")))
         else:
-            entry = (np.load(os.path.join(self.root, "sigs", f"{shard:05d}.npy"), mmap_mode="r"), None)
+            entry = (*self._fd(os.path.join(self.root, "sigs", f"{shard:05d}.npy")), -1, 0)
         self.open[shard] = entry
         return entry
 
+    def close_one(self) -> None:
+        _, (fd, _, ofd, _) = self.open.popitem(last=False)
+        os.close(fd)
+        if ofd >= 0:
+            os.close(ofd)
+
+    def close(self) -> None:
+        while self.open:
+            self.close_one()
+
     def get(self, node: int) -> np.ndarray:
         shard, row = int(node) >> 32, int(node) & 0xFFFFFFFF
-        data, off = self._shard(shard)
-        return np.array(data[off[row]:off[row + 1]]) if off is not None else np.array(data[row])
+        fd, off, ofd, ooff = self._shard(shard)
+        if ofd < 0:
+            size = 4 * self.num_perm
+            return np.frombuffer(os.pread(fd, size, off + row * size), dtype="<u4")
+        lo, hi = np.frombuffer(os.pread(ofd, 16, ooff + 8 * row), dtype="<i8").tolist()
+        return np.frombuffer(os.pread(fd, 8 * (hi - lo), off + 8 * lo), dtype="<u8")
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray) -> float:
@@ -347,7 +366,7 @@ class MinHashBuckets(Stage):
             starts, ends = starts[big], ends[big]
             del recs
             sink.stat("colliding_groups", len(starts))
-            store = _Store(Path(self.work), c.verify) if c.verify != "none" else None
+            store = _Store(Path(self.work), c.verify, c.num_perm) if c.verify != "none" else None
             uf = UnionFind(len(nodes))
             us, vs, js = array("q"), array("q"), array("f")
             n_cand = n_skip = 0
@@ -371,6 +390,8 @@ class MinHashBuckets(Stage):
                         us.append(a)
                         vs.append(b)
                         js.append(j)
+            if store is not None:
+                store.close()
             del starts, ends, local, store
             sink.stat("candidate_pairs", n_cand)
             sink.stat("skipped_already_connected", n_skip)
