@@ -135,7 +135,9 @@ def stage_dirs(run_dir: str | Path) -> list[Path]:
         raise UserError(f"{run_dir}: no such directory")
     if (run_dir / MANIFEST).exists():
         return [run_dir]
-    dirs = [p.parent for p in run_dir.rglob(MANIFEST)]
+    # Stage manifests carry `counts`; other manifest.json files (tokenizer, training) are not stages.
+    dirs = [p.parent for p in run_dir.rglob(MANIFEST)
+            if "rejects" not in p.parts and "counts" in read_json(p)]
     if not dirs:
         raise UserError(f"{run_dir}: no stage manifests (manifest.json) found")
     return sorted(dirs, key=lambda d: (read_json(d / MANIFEST).get("started_at", ""), str(d)))
