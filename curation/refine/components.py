@@ -15,8 +15,8 @@ tasks of different bands send the same tree edges for a family of identical docu
 one file at a time; later iterations read only that file. A task holds one partition's
 adjacency, labels and incoming messages, so memory per task is bounded by `nodes_per_partition`
 (times the edges per node, at most about 2 x bands), not by the corpus or the number of partitions.
-The last step scatters (node, label) by the label's partition (`members/<q>/<p>.npy`) so that
-every cluster is whole in one partition for the keep decision.
+The last step writes each partition's (node, label) to `final/p.npy` for the keep decision
+(`clusters.py`).
 """
 
 from __future__ import annotations
@@ -119,11 +119,10 @@ def peak_summary(peaks: list[int]) -> dict:
 
 
 def cc_finish(work: str, part: int, it: int, n_parts: int) -> dict:
-    """Scatter the final (node, label) of partition `part` to the partition of each label."""
+    """Write the final (node, label) of partition `part` to final/."""
     work_p = Path(work)
     state = np.load(work_p / "labels" / f"{it:04d}" / f"{part:05d}.npy")
     save_npy(work_p / "final" / f"{part:05d}.npy", state)
-    scatter(work_p / "members", part, node_part(state["label"], n_parts), state, n_parts)
     return {"part": part, "nodes": int(len(state)), "components": int((state["node"] == state["label"]).sum())}
 
 

@@ -12,8 +12,9 @@ from minisigma.shards import read_docs
 
 from curation.refine.components import connected_components
 from curation.refine.dedup_exact import DedupExactConfig, ExactHash, ExactResolve, exact_filter, n_buckets_for
-from curation.refine.minhash import (MinHashBuckets, MinHashClusters, MinHashConfig, MinHashSignatures,
-                                     lsh_params, minhash_filter, sizes_for)
+from curation.refine.clusters import ClusterBest, ClusterDecisions, ClusterKeepers
+from curation.refine.minhash import (MinHashBuckets, MinHashConfig, MinHashSignatures, lsh_params, minhash_filter,
+                                     sizes_for)
 
 
 def count_docs(inputs: list[Path]) -> int:
@@ -62,7 +63,7 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     bands, rows = lsh_params(config)
     kw = dict(executor=executor, ray_address=ray_address, progress=progress)
     shutil.rmtree(work, ignore_errors=True)
-    for sub in ("signatures", "buckets", "components", "clusters"):
+    for sub in ("signatures", "buckets", "components", "cluster_best", "cluster_keepers", "clusters"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     if executor == "ray":
         from minisigma.runner import ensure_ray
@@ -72,8 +73,10 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     buckets = run_stage(MinHashBuckets(config, work, n_parts), _files(work / "bands"), out_dir / "buckets", **kw)
     comp = connected_components(work, n_parts, out_dir / "components", executor=executor,
                                 max_iterations=config.max_iterations, recipe=config.model_dump(mode="json"))
-    clusters = run_stage(MinHashClusters(config, work, out_dir / "signatures", len(inputs)), _files(work / "members"),
-                         out_dir / "clusters", **kw)
+    finals = sorted((work / "final").glob("[0-9]*.npy"))
+    run_stage(ClusterBest(config, work, out_dir / "signatures", n_parts), finals, out_dir / "cluster_best", **kw)
+    keepers = run_stage(ClusterKeepers(config, work, n_parts), _files(work / "best"), out_dir / "cluster_keepers", **kw)
+    run_stage(ClusterDecisions(config, work, len(inputs)), finals, out_dir / "clusters", **kw)
     shutil.rmtree(out_dir / ".parts", ignore_errors=True)
     info = {"lsh": {"bands": bands, "rows": rows, "num_perm": config.num_perm, "threshold": config.threshold,
                     "ngram": config.ngram, "rule": f"datasketch _optimal_param(fp_weight={config.fp_weight}, "
@@ -83,7 +86,9 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
             "candidate_pairs": buckets["stats"].get("candidate_pairs", 0),
             "verified_pairs": buckets["stats"].get("verified_pairs", 0),
             "components": comp["components"],
-            "clusters": {k: v for k, v in clusters["stats"].items()},
+            "clusters": {**{k: v for k, v in keepers["stats"].items() if k not in ("peak_traced_bytes", "largest_cluster")},
+                         "largest": max((read_json(p).get("stats", {}).get("largest_cluster", 0)
+                                         for p in (out_dir / "cluster_keepers" / ".parts").glob("*.json")), default=0)},
             "keep_rule": "highest metadata.scores.quality, then longest text, then smallest id",
             "signature_shingles": sig["stats"].get("shingles", 0)}
     return run_stage(minhash_filter(work), inputs, out_dir, recipe_section=config.model_dump(mode="json"),

@@ -27,9 +27,9 @@ number of distinct buckets a duplicate family's band groups fall into (and so th
 edges per node the components step receives) is the number of bands it collides in, whatever the
 number of buckets; with key-only hashing it grew with the bucket count up to the number of bands.
 3. `components.connected_components`: partitioned min-label propagation (see there).
-4. `MinHashClusters` (one task per label partition): per cluster, keep one document: highest
-   quality score (metadata.scores.quality), then longest text, then smallest id; decisions go to
-   the input shard of each member.
+4. `clusters`: per cluster, keep one document: highest quality score (metadata.scores.quality),
+   then longest text, then smallest id; a partitioned reduction (no task holds a whole cluster);
+   decisions go to the input shard of each member.
 5. `DecisionFilter` "minhash" (one task per input shard): drop the others with reason
    "minhash_duplicate"; every member gets metadata.minhash {cluster, size, kept, kept_id}.
 
@@ -64,7 +64,6 @@ from curation.refine.textutil import _NGRAM_MULTS, fmix64, ngram_hashes, words
 BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("node", "<u8")])
 PAIR = np.dtype([("u", "<u8"), ("v", "<u8"), ("jaccard", "<f4")])
 EDGE = np.dtype([("src", "<u8"), ("dst", "<u8")])
-MEMBER = np.dtype([("node", "<u8"), ("label", "<u8")])
 FOREST_ARITY = 16
 
 
@@ -418,61 +417,6 @@ class MinHashBuckets(Stage):
         sink.stat("peak_traced_bytes", peak.bytes)
 
 
-# --------------------------------------------------------------------------- 4. clusters -> decisions
-class MinHashClusters(Stage):
-    name = "minhash_clusters"
-    output_suffix = ".npy"
-
-    def __init__(self, config: MinHashConfig, work: str | Path, signatures_dir: str | Path, n_shards: int):
-        super().__init__(config)
-        self.work = str(work)
-        self.signatures_dir = str(signatures_dir)
-        self.n_shards = n_shards
-
-    def tasks(self, inputs: list[Path]) -> list[Task]:
-        return tasks_by_partition(inputs)
-
-    def process(self, task: Task, sink) -> None:
-        files = [str(p) for p in task.inputs]
-        with traced() as peak:
-            self._resolve(files, task.index, sink)
-        sink.stat("peak_traced_bytes", peak.bytes)
-
-    def _resolve(self, files: list[str], index: int, sink) -> None:
-        mem = load_concat(files, MEMBER)
-        sink.take(n=len(mem))
-        sink.count_out(len(mem))
-        # Attributes of each member, read from the node tables of the signature stage (memory-mapped).
-        table = np.zeros(len(mem), dtype=NODE)
-        shards, rows = node_shard(mem["node"]), node_row(mem["node"])
-        for s in sorted_unique(shards).tolist():  # one node table open at a time
-            sel = shards == s
-            table[sel] = np.load(os.path.join(self.signatures_dir, f"{s:05d}.npy"), mmap_mode="r")[rows[sel]]
-        order = np.lexsort((mem["node"], table["id"], -table["length"], -table["quality"].astype(np.float64),
-                            mem["label"]))
-        mem, table = mem[order], table[order]
-        dec = np.zeros(len(mem), dtype=DECISION)
-        if len(mem):
-            start = np.concatenate([[True], mem["label"][1:] != mem["label"][:-1]])
-            starts = np.flatnonzero(start)
-            sizes = np.diff(np.append(starts, len(mem)))
-            group = np.cumsum(start) - 1
-            first = starts[group]
-            dec["node"] = mem["node"]
-            dec["keeper"] = table["id"][first]
-            dec["cluster"] = mem["label"]
-            dec["size"] = sizes[group]
-            dec["keep"] = np.arange(len(mem)) == first
-            dec["similarity"] = np.nan
-            sink.stat("clusters", len(starts))
-            sink.stat("removed", int(len(mem) - len(starts)))
-            for lo, hi, name in [(2, 2, "2"), (3, 5, "3-5"), (6, 20, "6-20"), (21, 1 << 62, "21+")]:
-                sink.stat(f"clusters_of_size_{name}", int(((sizes >= lo) & (sizes <= hi)).sum()))
-        scatter(os.path.join(self.work, "decisions"), index, node_shard(dec["node"]), dec, self.n_shards)
-        with open(sink.path, "wb") as f:
-            np.save(f, dec)
-
-
 def minhash_filter(work: str | Path) -> DecisionFilter:
     return DecisionFilter("minhash", Path(work) / "decisions", "minhash_duplicate", "minhash")
 
@@ -486,6 +430,6 @@ def sizes_for(c: MinHashConfig, n_docs: int) -> tuple[int, int]:
             max(1, math.ceil(n_docs / c.nodes_per_partition)))
 
 
-__all__ = ["MinHashConfig", "SignatureComputer", "MinHashSignatures", "MinHashBuckets", "MinHashClusters",
-           "minhash_filter", "lsh_params", "sizes_for", "band_keys", "exact_jaccard", "PAIR", "EDGE", "MEMBER",
+__all__ = ["MinHashConfig", "SignatureComputer", "MinHashSignatures", "MinHashBuckets",
+           "minhash_filter", "lsh_params", "sizes_for", "band_keys", "exact_jaccard", "PAIR", "EDGE",
            "candidate_probability"]
