@@ -273,6 +273,15 @@ def answer(questions: list[Question], summary: dict) -> dict:
     return {"questions": out}
 
 
+def _stop_ray() -> None:
+    try:
+        import ray
+    except ImportError:
+        return
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | None = None,
               progress: bool = True) -> Path:
     source = resolve_recipe_path(recipe)
@@ -295,6 +304,8 @@ def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | 
             state.record(name, "interrupted", time.time() - t0)
             raise
         state.record(name, "done", time.time() - t0, **info)
+        if name == "decontaminate":
+            _stop_ray()  # the data stages are over: idle Ray workers would only take CPU from training
         log(f"[green]  {name} done in {time.time() - t0:,.1f}s[/green] {json.dumps(info, default=str)[:300]}")
     from minisigma import report
 
