@@ -54,11 +54,10 @@ from minisigma.recipes import Section
 from minisigma.runner import Stage, Task
 from minisigma.shards import read_docs
 
-from curation.refine.decisions import DECISION, NODE, DecisionFilter, doc_quality, id_bytes
+from curation.refine.decisions import NODE, DecisionFilter, doc_quality, id_bytes
 from curation.refine.dedup_exact import tasks_by_partition
 from curation.refine.memtrace import traced
-from curation.refine.partitions import (load_concat, make_node, node_part, node_row, node_shard, npy_header, save_npy,
-                                        scatter, sorted_unique)
+from curation.refine.partitions import load_concat, make_node, node_part, npy_header, save_npy, scatter, sorted_unique
 from curation.refine.textutil import _NGRAM_MULTS, fmix64, ngram_hashes, words
 
 BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("node", "<u8")])
