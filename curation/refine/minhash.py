@@ -16,9 +16,16 @@
    first member beyond), streamed group by group into a union-find over the bucket's nodes: a pair
    whose documents are already connected in this bucket is skipped (it cannot change the
    components), the others are verified (`verify`): "exact" computes the true Jaccard of the two
-   shingle sets (memory-mapped, read per pair), "signature" the MinHash estimate, "none" accepts
-   every candidate. The bucket's components become tree edges (`spanning_forest`), scattered by a
-   hash of the node to the connected-components partitions.
+   shingle sets (read per pair with pread), "signature" the MinHash estimate, "none" accepts every
+   candidate. The task's output lists the accepted pairs (those that joined two components). The
+   bucket's components become tree edges (`spanning_forest`), scattered by a hash of the node to
+   the connected-components partitions.
+3. `components.connected_components`: partitioned min-label propagation (see there).
+4. `clusters`: per cluster, keep one document: highest quality score (metadata.scores.quality),
+   then longest text, then smallest id; a partitioned reduction (no task holds a whole cluster);
+   decisions go to the input shard of each member.
+5. `DecisionFilter` "minhash" (one task per input shard): drop the others with reason
+   "minhash_duplicate"; every member gets metadata.minhash {cluster, size, kept, kept_id}.
 
 Memory per task depends on the partition sizes, not on the corpus: a bucket task holds its records
 (`band_records_per_bucket` at most) and one int per node; the number of buckets per band and of
@@ -26,12 +33,9 @@ components partitions both grow with the corpus (`sizes_for`). Buckets are band-
 number of distinct buckets a duplicate family's band groups fall into (and so the number of tree
 edges per node the components step receives) is the number of bands it collides in, whatever the
 number of buckets; with key-only hashing it grew with the bucket count up to the number of bands.
-3. `components.connected_components`: partitioned min-label propagation (see there).
-4. `clusters`: per cluster, keep one document: highest quality score (metadata.scores.quality),
-   then longest text, then smallest id; a partitioned reduction (no task holds a whole cluster);
-   decisions go to the input shard of each member.
-5. `DecisionFilter` "minhash" (one task per input shard): drop the others with reason
-   "minhash_duplicate"; every member gets metadata.minhash {cluster, size, kept, kept_id}.
+What still depends on the data: the documents sharing one band key all land in one bucket (exact
+duplicates are removed before, by dedup_exact), and the graph nodes and edges per partition follow
+the corpus's share of near-duplicates.
 
 LSH bands and rows: unless set in the recipe, (bands, rows) minimise
 fp_weight * P(false positive) + fn_weight * P(false negative) around `threshold` over
