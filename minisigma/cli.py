@@ -74,6 +74,18 @@ def manifest_verify(run_dir: Path = typer.Argument(..., help="a run directory (o
         raise typer.Exit(1)
 
 
+@manifest_app.command("snapshot")
+def manifest_snapshot(
+    run_dir: Path = typer.Argument(..., help="a finished run directory"),
+    dest: Path = typer.Argument(..., help="where to keep its record, e.g. manifests/reference/mini"),
+):
+    """Keep the small record of a run (stage manifests, stage times, evaluation summaries) for `manifest diff`."""
+    from minisigma import manifest
+
+    files = manifest.snapshot(run_dir, dest)
+    print(f"{len(files)} files -> {dest}")
+
+
 @manifest_app.command("diff")
 def manifest_diff(
     run_dir: Path = typer.Argument(..., help="your run directory"),

@@ -257,3 +257,24 @@ def diff(run_dir: str | Path, reference_dir: str | Path, rel_tol: float = 0.10,
     for f in findings:
         console.print(f"[yellow]{f}[/yellow]")
     return findings
+
+
+REFERENCE_FILES = ("reproduce.json", "eval/eval.json", "eval/answers.json", "bench/attention/results.json")
+
+
+def snapshot(run_dir: str | Path, dest: str | Path) -> list[Path]:
+    """Copy the small record of a run (every stage manifest, reproduce.json, the evaluation summaries
+    and the attention bench results) into `dest`, keeping relative paths, for `manifest diff`."""
+    import shutil
+
+    run_dir, dest = Path(run_dir), Path(dest)
+    copied = []
+    files = [d / MANIFEST for d in stage_dirs(run_dir)] + [run_dir / f for f in REFERENCE_FILES]
+    files += sorted(run_dir.glob("eval/*/cmdgen/summary.json")) + sorted(run_dir.glob("eval/*/perplexity.json"))
+    for f in files:
+        if f.is_file():
+            target = dest / f.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(f, target)
+            copied.append(target)
+    return copied

@@ -95,3 +95,17 @@ def test_ray_run_matches_local_run(tmp_path, ray_local):
     m = run_stage(MinWords(3), inputs, tmp_path / "ray", progress=False)
     assert m["cluster"]["executor"] == "ray" and m["cluster"]["cpus"] >= 1
     assert hashes(tmp_path / "local") == hashes(tmp_path / "ray")
+
+
+def test_snapshot_and_diff_against_a_reference(tmp_path):
+    inputs = make_inputs(tmp_path / "in")
+    run = tmp_path / "run"
+    run_stage(MinWords(3), inputs, run / "minwords", executor="local", progress=False)
+    ref = tmp_path / "ref"
+    files = manifest.snapshot(run, ref)
+    assert [f.relative_to(ref).as_posix() for f in files] == ["minwords/manifest.json"]
+    assert manifest.diff(run, ref) == []
+    other = tmp_path / "other"
+    run_stage(MinWords(8), inputs, other / "minwords", executor="local", progress=False)
+    findings = manifest.diff(other, ref)
+    assert any(f.startswith("minwords: out") for f in findings)
