@@ -23,9 +23,7 @@ Every URL admitted to the frontier ends in exactly one counter, so nothing is lo
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import math
-import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +35,7 @@ from protego import Protego
 from pydantic import Field, field_validator
 
 from curation.addresses import AddressRefused, PolicyResolver, check_host
-from curation.crawl_http import Exchange, FetchError, fetch_once, gunzip_capped
+from curation.crawl_http import Exchange, FetchError, fetch_once, gunzip_capped, retry_after_seconds
 from curation.links import FEED_TYPES, HTML_TYPES, SITEMAP_TYPES, decodes, html_links, parse_discovery, sniff_charset
 from curation.urls import BadURL, Scope, canonicalize, host_key
 from curation.warclog import WarcLog
@@ -177,17 +175,7 @@ class _Host:
 
 
 def _retry_after(ex: Exchange) -> float | None:
-    value = ex.header("Retry-After")
-    if value is None:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - time.time())
+    return retry_after_seconds(ex.header("Retry-After"))
 
 
 class _Crawler:

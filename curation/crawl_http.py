@@ -10,6 +10,9 @@ costs at most `max_bytes` of memory), and a content-type check before the body i
 
 from __future__ import annotations
 
+import email.utils
+import time
+
 import asyncio
 import zlib
 from dataclasses import dataclass, field
@@ -182,3 +185,17 @@ async def fetch_once(
         raise FetchError("bad_url", str(e)) from None
     except aiohttp.ClientError as e:
         raise FetchError("connection", str(e) or type(e).__name__) from None
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """Parse a Retry-After header: delta-seconds or an HTTP date. None when absent or unparsable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - (now if now is not None else time.time()))

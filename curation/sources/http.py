@@ -16,7 +16,6 @@ page names the next), so a blocking client is the simpler tool.
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import fcntl
 import hashlib
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+
+from curation.crawl_http import retry_after_seconds  # noqa: F401  (re-exported for the adapters)
 from pydantic import Field, field_validator
 
 from minisigma import __version__
@@ -69,20 +70,6 @@ class Fetched:
     body: bytes
     fetched_at: float
     content_type: str
-
-
-def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
-    """Parse a Retry-After header: delta-seconds or an HTTP date. None when absent or unparsable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - (now if now is not None else time.time()))
 
 
 class Spacing:
