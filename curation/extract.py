@@ -12,6 +12,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from html import unescape
+from typing import Iterator
 from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
@@ -96,6 +97,18 @@ def extract_html(html: str, url: str, cfg: ExtractConfig) -> tuple[str, dict]:
     return d.get("text") or "", meta
 
 
+def records_by_url(f) -> Iterator:
+    """The response records of an open WARC in URL order, not in the order the crawl finished them
+    (which depends on timing), so the same pages always give the same shard. Two passes: offsets
+    first, then one seek per record, so no more than one body is held at a time."""
+    it = ArchiveIterator(f)
+    index = sorted((rec.rec_headers.get_header("WARC-Target-URI") or "", it.get_record_offset())
+                   for rec in it if rec.rec_type == "response")
+    for _url, offset in index:
+        f.seek(offset)
+        yield next(iter(ArchiveIterator(f)))
+
+
 def stable_locator(url: str, prefix: str | None) -> str:
     """Sites served on an ephemeral loopback port get a port-free locator (e.g. localdocs://pkg/path),
     so document ids stay the same from one run to the next."""
@@ -119,9 +132,7 @@ class Extract(Stage):
         meta = self.site_meta.get(path.rsplit("/", 1)[-1], {})
         source = meta.get("source", "web")
         with open(path, "rb") as f:
-            for rec in ArchiveIterator(f):
-                if rec.rec_type != "response":
-                    continue
+            for rec in records_by_url(f):
                 url = rec.rec_headers.get_header("WARC-Target-URI") or ""
                 purpose = rec.rec_headers.get_header("X-Crawl-Purpose")
                 if (purpose and purpose != "page") or (not purpose and url.endswith("/robots.txt")):

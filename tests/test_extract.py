@@ -69,3 +69,23 @@ def test_stable_locator_drops_ephemeral_port():
     assert stable_locator("http://127.0.0.1:4711/html/x.html?a=1", "localdocs://git-doc") == \
         "localdocs://git-doc/html/x.html?a=1"
     assert stable_locator("https://example.org/x", None) == "https://example.org/x"
+
+
+def test_output_does_not_depend_on_crawl_completion_order(tmp_path):
+    pages = [(f"http://docs.test/{n}.html", 200, "text/html", ARTICLE.format(PARA * (2 + i % 3)).encode())
+             for i, n in enumerate("qwertyuiop")]
+    write_warc(tmp_path / "a.warc.gz", pages)
+    write_warc(tmp_path / "b.warc.gz", pages[::-1])
+    outs = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        warc = tmp_path / name / "00000.warc.gz"
+        (tmp_path / f"{name}.warc.gz").rename(warc)
+        run_stage(Extract(ExtractConfig(min_chars=100)), [warc], tmp_path / f"out-{name}", executor="local",
+                  progress=False)
+        # two crawls differ in record ids and dates only; order and everything else must match
+        outs.append([{**d, "metadata": {k: v for k, v in d["metadata"].items()
+                                        if k not in ("warc_record_id", "fetched_at")}}
+                     for d in iter_docs(tmp_path / f"out-{name}")])
+    assert [d["url"] for d in outs[0]] == sorted(d["url"] for d in outs[0])
+    assert outs[0] == outs[1]
