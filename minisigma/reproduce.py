@@ -218,8 +218,10 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
     def evaluate():
         from model.evaluation import recipe as eval_recipe
 
-        path = rerooted_copy(r.eval, prefix, out, "eval")
+        path = rerooted_copy(r.eval, prefix, out, "eval", r.eval_overrides)
         s = eval_recipe.run(path, show_progress=progress)
+        if r.questions:
+            atomic_write_json(Path(s["recipe"]["out"]) / "answers.json", answer(r.questions, s))
         return {name: {"val_bpb": e.get("perplexity", {}).get("bpb"),
                        "cmdgen_accuracy": e.get("cmdgen", {}).get("accuracy")} for name, e in s["models"].items()}
 
@@ -241,9 +243,9 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
 
 def _model_costs(checkpoint: str) -> dict:
-    from model.gpt import ModelConfig
+    from model.io import load_config
 
-    cfg = ModelConfig.from_dict(json.loads((Path(checkpoint) / "config.json").read_text()))
+    cfg = load_config(checkpoint)
     return {"params": cfg.num_params(), "kv_bytes_per_token_bf16": cfg.kv_bytes_per_token(2),
             "flops_per_token": cfg.flops_per_token(cfg.max_seq_len)}
 

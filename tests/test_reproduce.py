@@ -81,3 +81,27 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
         assert rb[name]["acc"] == ra[name]["acc"]
         assert abs(rb[name]["bpb"] - ra[name]["bpb"]) < 1e-3, (name, ra[name], rb[name])
     assert manifest.verify(b) == []
+
+
+def test_eval_overrides_and_answers(tmp_path):
+    """The eval stage gets the recipe's overrides, and the questions are answered from its summary."""
+    from minisigma.reproduce import Question, answer
+    from model.gpt import GPT, ModelConfig
+    from model.io import save_pretrained
+
+    r = load_recipe(resolve_recipe_path("mini"), ReproduceRecipe)
+    p = rerooted_copy(r.eval, r.runs_prefix, tmp_path, "eval", r.eval_overrides)
+    text = p.read_text()
+    assert f"gqa-pretrain: {tmp_path}/pretrain-gqa/final" in text and f"{tmp_path}/train_corpus" in text
+    ckpts = {}
+    for name, preset in [("s", "tiny"), ("g", "tiny")]:
+        cfg = ModelConfig.preset(preset, **({"n_k": 4, "d_aug": 0} if name == "g" else {}))
+        save_pretrained(GPT(cfg), tmp_path / name)
+        ckpts[name] = str(tmp_path / name)
+    summary = {"models": {"s": {"checkpoint": ckpts["s"], "perplexity": {"bpb": 1.5}, "cmdgen": {"accuracy": 0.5}},
+                          "g": {"checkpoint": ckpts["g"], "perplexity": {"bpb": 1.75}, "cmdgen": {"accuracy": 0.25}}}}
+    (q,) = answer([Question(title="t", sigma="s", baseline="g")], summary)["questions"]
+    assert q["bpb_delta"] == -0.25 and q["accuracy_delta"] == 0.25
+    assert q["kv_cache_reduction"] == round(1 - (1 + 4) / (4 + 4), 4)
+    with pytest.raises(UserError, match="no evaluated model named x"):
+        answer([Question(title="t", sigma="x", baseline="g")], summary)
