@@ -150,6 +150,19 @@ class Sink:
         self.path.unlink(missing_ok=True)
 
 
+def text_docs(path: str | Path, sink: Sink):
+    """The documents of an input shard, each counted in; those without a text string are quarantined
+    as "no_text" and not yielded. The common head of every document-to-document stage."""
+    from minisigma.shards import read_docs
+
+    for doc in read_docs(path):
+        sink.take(doc)
+        if isinstance(doc.get("text"), str):
+            yield doc
+        else:
+            sink.quarantine(doc, "no_text")
+
+
 def _index_of(path: Path) -> int:
     return int(path.name[:5])
 
@@ -289,4 +302,4 @@ def run_stage(
     return m
 
 
-__all__ = ["Stage", "Task", "Sink", "run_stage", "run_task", "ensure_ray", "count_tokens", "TOKEN_UNIT", "dumps"]
+__all__ = ["Stage", "Task", "Sink", "run_stage", "text_docs", "run_task", "ensure_ray", "count_tokens", "TOKEN_UNIT", "dumps"]

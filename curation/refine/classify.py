@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
+from minisigma.runner import Stage, Task, text_docs
 from minisigma.shards import read_docs
 
 from curation.refine.classifiers import load_info, predict
@@ -63,11 +63,7 @@ class Classify(Stage):
     def process(self, task: Task, sink) -> None:
         q_words = load_info(self.quality_dir)["config"]["fasttext"]["max_words"]
         c_words = load_info(self.category_dir)["config"]["fasttext"]["max_words"] if self.category_dir else 0
-        for doc in read_docs(task.inputs[0]):
-            sink.take(doc)
-            if not isinstance(doc.get("text"), str):
-                sink.quarantine(doc, "no_text")
-                continue
+        for doc in text_docs(task.inputs[0], sink):
             labels, probs = predict(_model(self.quality_dir), doc["text"], q_words, k=2)
             q = dict(zip(labels, probs)).get("hq", 0.0)
             scores(doc)["quality"] = round(q, 5)

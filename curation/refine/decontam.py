@@ -17,7 +17,7 @@ import numpy as np
 
 from minisigma.errors import UserError
 from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
+from minisigma.runner import Stage, Task, text_docs
 from minisigma.shards import read_docs
 
 from curation.refine.textutil import ngram_hashes, tokens
@@ -100,11 +100,7 @@ class Decontam(Stage):
 
     def process(self, task: Task, sink) -> None:
         c = self.config
-        for doc in read_docs(task.inputs[0]):
-            sink.take(doc)
-            if not isinstance(doc.get("text"), str):
-                sink.quarantine(doc, "no_text")
-                continue
+        for doc in text_docs(task.inputs[0], sink):
             found = self.hits(doc["text"])
             if len(found) >= c.min_overlap:
                 names = sorted({f[0] for f in found})

@@ -23,8 +23,7 @@ import re
 from collections import Counter
 
 from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.runner import Stage, Task, text_docs
 
 from curation.refine.codedetect import split_code
 from curation.refine.textutil import meta
@@ -210,11 +209,7 @@ class Heuristics(Stage):
         super().__init__(config or HeuristicsConfig())
 
     def process(self, task: Task, sink) -> None:
-        for doc in read_docs(task.inputs[0]):
-            sink.take(doc)
-            if not isinstance(doc.get("text"), str):
-                sink.quarantine(doc, "no_text")
-                continue
+        for doc in text_docs(task.inputs[0], sink):
             reason, facts = check(doc["text"], self.config)
             meta(doc)["code_fraction"] = facts["code_fraction"]
             sink.stat(f"prose_rules_{facts.get('prose_rules', 'none')}")

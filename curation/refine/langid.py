@@ -10,8 +10,7 @@ is dropped with reason "lang_<code>", one below `min_score` with "lang_low_score
 from __future__ import annotations
 
 from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.runner import Stage, Task, text_docs
 
 from curation.refine.codedetect import split_code
 from curation.refine.textutil import meta, scores
@@ -58,11 +57,7 @@ class LangId(Stage):
 
     def process(self, task: Task, sink) -> None:
         c = self.config
-        for doc in read_docs(task.inputs[0]):
-            sink.take(doc)
-            if not isinstance(doc.get("text"), str):
-                sink.quarantine(doc, "no_text")
-                continue
+        for doc in text_docs(task.inputs[0], sink):
             lang, p, on_prose = identify(doc["text"], c)
             meta(doc)["lang"] = lang
             scores(doc)["lang"] = round(p, 4)

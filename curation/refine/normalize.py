@@ -12,8 +12,7 @@ import re
 import unicodedata
 
 from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.runner import Stage, Task, text_docs
 
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
 _SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
@@ -47,12 +46,8 @@ class Normalize(Stage):
         super().__init__(config or NormalizeConfig())
 
     def process(self, task: Task, sink) -> None:
-        for doc in read_docs(task.inputs[0]):
-            sink.take(doc)
-            text = doc.get("text")
-            if not isinstance(text, str):
-                sink.quarantine(doc, "no_text")
-                continue
+        for doc in text_docs(task.inputs[0], sink):
+            text = doc["text"]
             new, n_ctrl = normalize_text(text, self.config.form)
             if n_ctrl:
                 sink.stat("control_chars_removed", n_ctrl)

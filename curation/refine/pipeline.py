@@ -12,7 +12,7 @@ Every dropped document is in its stage's rejects/ with the reason; every stage h
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 from minisigma.errors import UserError
 from minisigma.recipes import Section, load_yaml, parse_recipe
@@ -48,14 +48,11 @@ class RefineConfig(Section):
 
 def load_refine_config(path: str | Path) -> RefineConfig:
     """The `refine` section of a curation recipe (or of a refine-only YAML); defaults when absent."""
-    data = load_yaml(path)
-    try:
-        from curation.recipe import CurationRecipe
+    from curation.recipe import CurationRecipe  # here: curation.recipe imports this module
 
-        if "refine" in CurationRecipe.model_fields and "sources" in data:
-            return parse_recipe(data, CurationRecipe, str(path)).refine or RefineConfig()
-    except ImportError:
-        pass
+    data = load_yaml(path)
+    if "sources" in data:
+        return parse_recipe(data, CurationRecipe, str(path)).refine or RefineConfig()
     section = data.get("refine") or {}
     try:
         return parse_recipe(section, RefineConfig, f"{path}: refine")
