@@ -117,6 +117,17 @@ def test_eval_recipe_rejects_unknown_keys(tmp_path):
     assert str(e.value) == f"{p}: cmdgen.treshold: unknown key"
 
 
+def test_eval_recipe_cmdgen_models_must_be_checkpoints(tmp_path):
+    from model.evaluation.recipe import run
+
+    (tmp_path / "a").mkdir()
+    p = tmp_path / "r.yaml"
+    p.write_text(f"checkpoints: {{a: {tmp_path / 'a'}}}\ncmdgen:\n  tasks: t.jsonl\n  models: [a, b]\n")
+    with pytest.raises(UserError) as e:
+        run(p, show_progress=False)
+    assert str(e.value) == f"{p}: cmdgen.models: b not in checkpoints"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 def test_eval_recipe_end_to_end(tmp_path, tok):
@@ -137,12 +148,14 @@ def test_eval_recipe_end_to_end(tmp_path, tok):
 out: {tmp_path / 'eval'}
 checkpoints:
   random: {ckpt}
+  base: {ckpt}
 perplexity:
   docs: {shards}
   split: all
 cmdgen:
   tasks: {tasks}
   max_new_tokens: 8
+  models: [random]
 """)
     r = subprocess.run([sys.executable, "-c", "from minisigma.cli import main; main()", "eval", str(recipe)],
                        capture_output=True, text=True)
@@ -155,6 +168,9 @@ cmdgen:
     assert summary["overall"]["tasks"] == 1 and summary["reference_status"] == {"ok": 1}
     index = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert index["models"]["random"]["perplexity"]["bpb"] == ppl["overall"]["bpb"]
+    # cmdgen.models: the base checkpoint gets perplexity only
+    assert "cmdgen" not in index["models"]["base"] and not (tmp_path / "eval" / "base" / "cmdgen").exists()
+    assert index["models"]["base"]["perplexity"]["bpb"] == ppl["overall"]["bpb"]
     assert f"bpb={ppl['overall']['bpb']}" in r.stdout
 
 

@@ -222,9 +222,13 @@ def test_param_count_and_costs():
 
 
 def test_config_presets_round_trip_and_validate():
-    for name in ("tiny", "mini", "sigma-1.5b", "sigma-10b", "mha", "gqa"):
+    for name in ("tiny", "mini", "small", "small-gqa", "sigma-1.5b", "sigma-10b", "mha", "gqa"):
         cfg = ModelConfig.preset(name)
         assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    # the reproduction's Q1 pair: equal parameters, DiffQKV's KV cache 37.5% smaller
+    small, small_gqa = ModelConfig.preset("small"), ModelConfig.preset("small-gqa")
+    assert small.num_params() == small_gqa.num_params()
+    assert small.kv_bytes_per_token() / small_gqa.kv_bytes_per_token() == 0.625
     s = ModelConfig.preset("sigma-10b")
     assert (s.n_layer, s.n_embd, s.ffn_hidden, s.d_aug, s.n_q, s.n_k, s.n_v, s.rope_theta) == \
         (32, 4096, 14336, 6144, 32, 4, 16, 500000.0)

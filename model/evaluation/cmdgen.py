@@ -71,6 +71,9 @@ class CmdgenSection(Section):
     """`cmdgen:` section of an eval recipe."""
 
     tasks: str | None = None  # the task file (JSONL, format above)
+    # which of the recipe's checkpoints to run it on (default: all). Base models that were never
+    # instruction-tuned cannot follow a task, so their CMDGen scores mean nothing.
+    models: list[str] | None = None
     # Calibration threshold. The paper does not state its value; 0.8 cosine similarity between
     # MiniLM embeddings is where two commands/outputs are near-paraphrases in our hand checks.
     threshold: float = Field(0.8, ge=-1.0, le=1.0)

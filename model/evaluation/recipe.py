@@ -12,6 +12,7 @@ Recipe (YAML, recipes/eval/*.yaml)::
     cmdgen:                              # omit (or null) to skip
       tasks: runs/mini/synth/cmdgen-mini.jsonl
       threshold: 0.8
+      models: [mini-sigma]               # default: every checkpoint
       sandbox: {wall_seconds: 10, cpu_seconds: 5}
 
 Outputs per model: ``<out>/<name>/perplexity.json`` and ``<out>/<name>/cmdgen/{results.jsonl,
@@ -53,6 +54,10 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
         raise UserError(f"{recipe_path}: nothing to evaluate (give a perplexity and/or a cmdgen section)")
     if recipe.cmdgen is not None and not recipe.cmdgen.tasks:
         raise UserError(f"{recipe_path}: cmdgen.tasks: no task file given")
+    if recipe.cmdgen is not None:
+        unknown = sorted(set(recipe.cmdgen.models or ()) - set(recipe.checkpoints))
+        if unknown:
+            raise UserError(f"{recipe_path}: cmdgen.models: {', '.join(unknown)} not in checkpoints")
     for name, ckpt in recipe.checkpoints.items():
         if not Path(ckpt).is_dir():
             raise UserError(f"{recipe_path}: checkpoints.{name}: {ckpt} is not a directory")
@@ -69,7 +74,7 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
 
                 res = perplexity.evaluate_checkpoint(ckpt, recipe.perplexity, out / name / "perplexity.json")
                 entry["perplexity"] = res["overall"]
-            if recipe.cmdgen is not None:
+            if recipe.cmdgen is not None and (recipe.cmdgen.models is None or name in recipe.cmdgen.models):
                 from model.evaluation import cmdgen
 
                 if evaluator is None:  # one embedder + reference cache for every checkpoint
