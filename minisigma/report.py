@@ -193,15 +193,27 @@ def section_funnel(run: Path) -> str:
     unit = next((k.get("token_unit") for k in c if k.get("token_unit")), "tokens")
     a2.set_title(f"tokens per stage ({unit.split()[0]})" if unit else "tokens per stage")
     a2.legend()
-    reasons = sorted({r for k in c for r in list(k.get("dropped", {})) + list(k.get("quarantined", {}))})
+    def lost(k: dict, r: str) -> int:
+        return k.get("dropped", {}).get(r, 0) + k.get("quarantined", {}).get(r, 0)
+
+    totals: dict[str, int] = {}
+    for k in c:
+        for r in list(k.get("dropped", {})) + list(k.get("quarantined", {})):
+            totals[r] = totals.get(r, 0) + lost(k, r)
+    # the 8 largest reasons by name, the rest as one bar segment (a legend of 30 hides the plot;
+    # the table below lists every reason)
+    top = sorted(totals, key=lambda r: (-totals[r], r))[:8]
+    rest = sorted(set(totals) - set(top))
+    series = [(r, [lost(k, r) for k in c]) for r in top]
+    if rest:
+        series.append((f"{len(rest)} other reasons", [sum(lost(k, r) for r in rest) for k in c]))
     bottom = [0] * len(names)
-    for r in reasons:
-        vals = [k.get("dropped", {}).get(r, 0) + k.get("quarantined", {}).get(r, 0) for k in c]
-        a3.bar(list(x), vals, 0.6, bottom=bottom, label=r)
+    for label, vals in series:
+        a3.bar(list(x), vals, 0.6, bottom=bottom, label=label)
         bottom = [b + v for b, v in zip(bottom, vals)]
     a3.set_title("dropped + quarantined, by reason")
-    if reasons:
-        a3.legend(fontsize=7)
+    if series:
+        a3.legend(fontsize=6, framealpha=0.8)
     for a in (a1, a2, a3):
         a.set_xticks(list(x))
         a.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
