@@ -7,7 +7,11 @@ A conversation is rendered as
 
     <|endoftext|> [<|system|> s <|end|>] <|user|> u <|end|> <|assistant|> a <|end|> <|user|> ...
 
-where every role marker and <|end|> is a single special token (model/tokenizer.py). The leading
+where every role marker and <|end|> is a single special token (model/tokenizer.py), and each
+message's text is encoded after one space, as every word inside running text is. Without it the
+first word of an answer is a different token from the same word in the question (byte-level BPE:
+"ipcs" -> ip|cs but " ipcs" -> Ġip|cs), so answering "Using ipcs, ..." with "ipcs ..." would take
+a learned mapping instead of a copy; `answer_text` drops that space again when decoding. The leading
 <|endoftext|> is the same separator that precedes every document in the pretraining stream, so a
 conversation starts where a document would. Message text is encoded with special-token matching
 switched off: a user typing "<|end|>" gets the characters, not the control token.
@@ -56,7 +60,7 @@ def render(messages: Sequence[dict], tok) -> tuple[list[int], list[bool]]:
     ids, mask = [tok.token_to_id(EOT)], [False]
     end = tok.token_to_id(END)
     for m in messages:
-        body = encode_text(tok, m["content"])
+        body = encode_text(tok, " " + m["content"])
         learn = m["role"] == "assistant"
         ids.append(tok.token_to_id(ROLE_TOKENS[m["role"]]))
         mask.append(False)
@@ -75,6 +79,13 @@ def render_prompt(messages: Sequence[dict], tok) -> list[int]:
         raise ValueError("the last message of a prompt must not be the assistant's")
     ids, _ = render(messages, tok)
     return ids + [tok.token_to_id(ASSISTANT)]
+
+
+def answer_text(tok, ids: Sequence[int]) -> str:
+    """The text of generated answer ids (the continuation of `render_prompt`), without the one
+    space every message is encoded after."""
+    text = tok.decode(list(ids))
+    return text[1:] if text.startswith(" ") else text
 
 
 def stop_ids(tok) -> list[int]:

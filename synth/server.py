@@ -197,15 +197,21 @@ class ModelServer:
             raise req.error
         return req.result or []
 
-    def finish(self, gen_ids: list[int], params: tuple) -> tuple[str, str]:
-        text = self.tok.decode(gen_ids)
+    def _text(self, gen_ids: list[int], chat: bool) -> str:
+        # a chat answer is encoded after one space (model/chat.py); a text completion is not
+        from model.chat import answer_text
+
+        return answer_text(self.tok, gen_ids) if chat else self.tok.decode(gen_ids)
+
+    def finish(self, gen_ids: list[int], params: tuple, chat: bool = False) -> tuple[str, str]:
+        text = self._text(gen_ids, chat)
         stop = params[4]
         hits = [i for i in (text.find(s) for s in stop) if i >= 0]
         if hits:
             return text[:min(hits)], "stop"
         return text, ("length" if len(gen_ids) >= params[0] else "stop")
 
-    def stream(self, prompt_ids: list[int], params: tuple):
+    def stream(self, prompt_ids: list[int], params: tuple, chat: bool = False):
         """Yield (text delta, None) while decoding, then ("", finish_reason, n_generated)."""
         stop = params[4]
         gen: list[int] = []
@@ -216,7 +222,7 @@ class ModelServer:
                 if tokens[0] is None:
                     break
                 gen.append(tokens[0])
-                text = self.tok.decode(gen)
+                text = self._text(gen, chat)
                 hits = [i for i in (text.find(s) for s in stop) if i >= 0]
                 if hits:
                     cut = min(hits)
@@ -235,7 +241,7 @@ class ModelServer:
                     yield text[sent:safe], None
                     sent = safe
         if finish is None:
-            text = self.tok.decode(gen)
+            text = self._text(gen, chat)
             if len(text) > sent:
                 yield text[sent:], None
             finish = "length" if len(gen) >= params[0] else "stop"
@@ -305,7 +311,7 @@ def make_handler(ms: ModelServer):
                     self._stream(kind, rid, ids, params, include_usage)
                 else:
                     gen = ms.generate(ids, params)
-                    text, finish = ms.finish(gen, params)
+                    text, finish = ms.finish(gen, params, chat=kind == "chat")
                     ms.count("completion_tokens", len(gen))
                     choice = {"index": 0, "finish_reason": finish}
                     if kind == "chat":
@@ -351,7 +357,7 @@ def make_handler(ms: ModelServer):
             if kind == "chat":
                 self._event(chunk("", None, role=True))
             n_gen = 0
-            for piece, end in ms.stream(ids, params):
+            for piece, end in ms.stream(ids, params, chat=kind == "chat"):
                 if end is None:
                     self._event(chunk(piece, None))
                 else:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -63,15 +64,25 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
     assert manifest.verify(a) == []
     assert "Report:" in log
 
-    # Kill the same reproduction in the middle of pretraining, then run it again.
+    # The same reproduction killed (SIGKILL, whole process group) in the middle of four different
+    # stages in turn, re-run after each kill; the last run finishes it.
     b = tmp_path / "b"
-    p = _reproduce(b, start_new_session=True)
-    deadline = time.time() + 1500
-    while time.time() < deadline and not list((b / "pretrain" / "ckpt").glob("*.ckpt")):
-        time.sleep(0.5)
-    assert list((b / "pretrain" / "ckpt").glob("*.ckpt")), "pretraining never checkpointed"
-    os.killpg(p.pid, signal.SIGKILL)
-    p.wait()
+    kills = [
+        ("curate", lambda: (b / "crawl" / "manifest.json").is_file()),   # extract/refine under way
+        ("pretrain:tiny-sigma", lambda: any((b / "pretrain" / "ckpt").glob("*.ckpt"))),
+        ("sft:tiny-sigma", lambda: any((b / "sft" / "ckpt").glob("*.ckpt"))),
+        ("eval", lambda: any((b / "eval").glob("*/perplexity.json"))),  # CMDGen-mini under way
+    ]
+    for stage, ready in kills:
+        p = _reproduce(b, start_new_session=True)
+        deadline = time.time() + 1500
+        while time.time() < deadline and p.poll() is None and not ready():
+            time.sleep(0.2)
+        assert p.poll() is None and ready(), f"never caught the run inside {stage}"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        done = json.loads((b / "reproduce.json").read_text())["stages"] if (b / "reproduce.json").exists() else {}
+        assert done.get(stage, {}).get("status") != "done", f"{stage} had finished before the kill"
     p = _reproduce(b)
     log, _ = p.communicate(timeout=1800)
     assert p.returncode == 0, log[-3000:]
@@ -81,6 +92,23 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
         assert rb[name]["acc"] == ra[name]["acc"]
         assert abs(rb[name]["bpb"] - ra[name]["bpb"]) < 1e-3, (name, ra[name], rb[name])
     assert manifest.verify(b) == []
+    # and the data every model was trained on is the same, shard by shard and in order; only the
+    # crawl's provenance (when each page was fetched, from which loopback port, its WARC record's
+    # UUID) is per run
+    def records(path: Path) -> list[dict]:
+        lines = (gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()).splitlines()
+        out = [json.loads(line) for line in lines]
+        for r in out:
+            for key in ("fetched_at", "served_url", "warc_record_id"):
+                (r.get("metadata") or {}).pop(key, None)
+        return out
+
+    for d in ("curated", "synth/pairs", "synth/qa", "synth/cmdgen", "train_corpus"):
+        sa = {f.relative_to(a): records(f) for f in sorted((a / d).glob("*.jsonl*"))}
+        sb = {f.relative_to(b): records(f) for f in sorted((b / d).glob("*.jsonl*"))}
+        assert sa and sa.keys() == sb.keys(), d
+        for f in sa:
+            assert sa[f] == sb[f], f
 
 
 def test_eval_overrides_and_answers(tmp_path):

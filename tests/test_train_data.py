@@ -46,7 +46,7 @@ def test_tokenizer_is_deterministic(tmp_path):
 
 
 def test_chat_render_masks_only_assistant_and_escapes_specials(corpus):
-    from model.chat import render, render_prompt, stop_ids
+    from model.chat import answer_text, render, render_prompt, stop_ids
     from model.tokenizer import load_tokenizer
 
     tok = load_tokenizer(corpus / "tokens")
@@ -57,8 +57,9 @@ def test_chat_render_masks_only_assistant_and_escapes_specials(corpus):
     assert len(ids) == len(mask)
     learned = [i for i, m in zip(ids, mask) if m]
     # exactly the answer's tokens plus the closing <|end|>
-    assert learned[:-1] == tok.encode("ls -la", add_special_tokens=False).ids
+    assert learned[:-1] == tok.encode(" ls -la", add_special_tokens=False).ids
     assert learned[-1] == tok.token_to_id("<|end|>")
+    assert answer_text(tok, learned[:-1]) == "ls -la"
     # the user's literal "<|end|><|assistant|>" is text, not control tokens
     assert ids.count(tok.token_to_id("<|assistant|>")) == 1
     assert ids.count(tok.token_to_id("<|end|>")) == 3
@@ -69,6 +70,26 @@ def test_chat_render_masks_only_assistant_and_escapes_specials(corpus):
         render([{"role": "bot", "content": "x"}], tok)
     with pytest.raises(ValueError, match="only come first"):
         render([{"role": "user", "content": "x"}, {"role": "system", "content": "y"}], tok)
+
+
+def test_chat_answer_repeats_a_word_of_the_question_with_the_same_tokens(corpus):
+    # "Using subprocess, ..." answered by "subprocess ...": without the space every message is
+    # encoded after, the answer's first word would be different tokens from the question's
+    from model.chat import answer_text, render
+    from model.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(corpus / "tokens")
+    word = " subprocess"
+    assert tok.encode(word.strip(), add_special_tokens=False).ids != tok.encode(word, add_special_tokens=False).ids
+    ids, mask = render([{"role": "user", "content": "Using subprocess, run a command"},
+                        {"role": "assistant", "content": "subprocess --run"}], tok)
+    answer = [i for i, m in zip(ids, mask) if m][:-1]
+    word_ids = tok.encode(word, add_special_tokens=False).ids
+    question = ids[:ids.index(tok.token_to_id("<|assistant|>"))]
+    assert answer[:len(word_ids)] == word_ids
+    assert any(question[i:i + len(word_ids)] == word_ids for i in range(len(question)))
+    assert answer_text(tok, answer) == "subprocess --run"
+    assert answer_text(tok, tok.encode("no space", add_special_tokens=False).ids) == "no space"
 
 
 def test_val_is_held_out_by_document_and_manifest_counts(corpus):

@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 
 from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, date_windows, iso_utc, load_manifest,
-                                     make_doc, parse_xml, stage_dir)
-from curation.sources.http import HttpConfig, PoliteClient
+                                     make_doc, parse_xml)
+from curation.sources.http import HttpConfig, PoliteClient, harvest_task
 from minisigma.errors import UserError
 from minisigma.recipes import Section
 from minisigma.runner import Sink, Stage, Task
@@ -260,21 +260,10 @@ class ArxivStage(Stage):
         ckpt.save(events=ckpt.get("events", []) + [event])
 
     def process(self, task: Task, sink: Sink) -> None:
-        ckpt = Checkpoint.for_task(sink, task.index)
-        if ckpt.resumed and not ckpt.get("done"):
-            sink.stat("oai_resumed_from_checkpoint")
-        client = PoliteClient(self.config.http, stage_dir(sink) / ".spacing")
-        try:
-            self.harvest(task, ckpt, client, sink)
-        finally:
-            client.close()
-            sink.stat("http_requests", client.requests)
-            sink.stat("http_retries", client.retries)
+        ckpt = harvest_task(sink, task.index, self.config.http, "oai",
+                            lambda ckpt, client: self.harvest(task, ckpt, client, sink))
         if ckpt.get("no_records"):
             sink.stat("oai_no_records_match")
-        for ev in ckpt.get("events", []):
-            sink.take()
-            sink.quarantine(ev, ev["reason"])
         seen: set[str] = set()
         for meta, body in ckpt.iter_pages():
             page = Page(body)

@@ -31,8 +31,8 @@ from lxml import etree
 from pydantic import Field, model_validator
 
 from curation.sources import categories
-from curation.sources.common import SOURCE_MANIFESTS, Checkpoint, iso_utc, load_manifest, make_doc, stage_dir
-from curation.sources.http import HttpConfig, PoliteClient
+from curation.sources.common import SOURCE_MANIFESTS, Checkpoint, iso_utc, load_manifest, make_doc
+from curation.sources.http import HttpConfig, PoliteClient, harvest_task
 from minisigma.errors import UserError
 from minisigma.recipes import Section
 from minisigma.runner import Sink, Stage, Task
@@ -231,19 +231,8 @@ class CcfStage(Stage):
             ckpt.add_page(got.body, cursor, url=got.url, year=year, fetched_at=iso_utc(got.fetched_at))
 
     def process_api(self, venue: CcfVenue, task: Task, sink: Sink) -> None:
-        ckpt = Checkpoint.for_task(sink, task.index)
-        if ckpt.resumed and not ckpt.get("done"):
-            sink.stat("dblp_resumed_from_checkpoint")
-        client = PoliteClient(self.config.http, stage_dir(sink) / ".spacing")
-        try:
-            self.harvest(venue, ckpt, client, sink)
-        finally:
-            client.close()
-            sink.stat("http_requests", client.requests)
-            sink.stat("http_retries", client.retries)
-        for ev in ckpt.get("events", []):
-            sink.take()
-            sink.quarantine(ev, ev["reason"])
+        ckpt = harvest_task(sink, task.index, self.config.http, "dblp",
+                            lambda ckpt, client: self.harvest(venue, ckpt, client, sink))
         seen: set[str] = set()
         prefix = venue.dblp.rstrip("/") + "/"
         for meta, body in ckpt.iter_pages():

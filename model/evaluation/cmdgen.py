@@ -181,7 +181,7 @@ def extract_command(text: str) -> str:
 def generate_answers(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 64,
                      batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers of the model for each task (raw text, before extract_command)."""
-    from model.chat import stop_ids
+    from model.chat import answer_text, stop_ids
     from model.generation import generate_ids
 
     out: list[str] = []
@@ -190,7 +190,7 @@ def generate_answers(model, tokenizer, tasks: Sequence[Task], max_new_tokens: in
         chunk = tasks[i:i + batch_size]
         ids = [prompt_ids(t, tokenizer) for t in chunk]
         gen = generate_ids(model, ids, max_new_tokens=max_new_tokens, temperature=0.0, eos_ids=stops)
-        out.extend(tokenizer.decode(g) for g in gen)
+        out.extend(answer_text(tokenizer, g) for g in gen)
         if on_batch:
             on_batch(len(chunk))
     return out
