@@ -31,13 +31,15 @@ def test_targets_are_exactly_the_assistant_tokens(tok):
     assert stats["train_pairs"] == 40 and stats["invalid"] == 0 and stats["truncated"] == 0
     assert stats["train_rows"] < 40  # packed: several conversations per row
     # decoding the targets of every row gives back exactly the answers, each closed by <|end|>
+    from model.chat import answer_text
+
     end = tok.token_to_id("<|end|>")
     got = []
     for y in train.Y:
         t = y[y != IGNORE].tolist()
         while t:
             k = t.index(end)
-            got.append(tok.decode(t[:k]))
+            got.append(answer_text(tok, t[:k]))
             t = t[k + 1:]
     assert sorted(got) == sorted(p["command"] for p in pairs)
     # no prompt text is a target: the user/system turns and role markers are all IGNORE
