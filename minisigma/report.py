@@ -196,10 +196,8 @@ def section_funnel(run: Path) -> str:
     def lost(k: dict, r: str) -> int:
         return k.get("dropped", {}).get(r, 0) + k.get("quarantined", {}).get(r, 0)
 
-    totals: dict[str, int] = {}
-    for k in c:
-        for r in list(k.get("dropped", {})) + list(k.get("quarantined", {})):
-            totals[r] = totals.get(r, 0) + lost(k, r)
+    reasons = {r for k in c for r in list(k.get("dropped", {})) + list(k.get("quarantined", {}))}
+    totals = {r: sum(lost(k, r) for k in c) for r in reasons}
     # the 8 largest reasons by name, the rest as one bar segment (a legend of 30 hides the plot;
     # the table below lists every reason)
     top = sorted(totals, key=lambda r: (-totals[r], r))[:8]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import os
 import signal
@@ -16,6 +15,7 @@ import pytest
 from minisigma import manifest
 from minisigma.errors import UserError
 from minisigma.recipes import load_recipe
+from minisigma.shards import read_docs
 from minisigma.reproduce import ReproduceRecipe, _reroot, deep_merge, rerooted_copy, resolve_recipe_path
 
 
@@ -96,8 +96,7 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
     # crawl's provenance (when each page was fetched, from which loopback port, its WARC record's
     # UUID) is per run
     def records(path: Path) -> list[dict]:
-        lines = (gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()).splitlines()
-        out = [json.loads(line) for line in lines]
+        out = list(read_docs(path))
         for r in out:
             for key in ("fetched_at", "served_url", "warc_record_id"):
                 (r.get("metadata") or {}).pop(key, None)

@@ -28,8 +28,8 @@ from pydantic import Field, model_validator
 
 from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, date_windows, iso_utc, load_manifest,
-                                     make_doc, parse_xml)
-from curation.sources.http import HttpConfig, PoliteClient, harvest_task
+                                     make_doc, parse_xml, harvest_task)
+from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.errors import UserError
 from minisigma.recipes import Section
 from minisigma.runner import Sink, Stage, Task

@@ -31,8 +31,9 @@ from lxml import etree
 from pydantic import Field, model_validator
 
 from curation.sources import categories
-from curation.sources.common import SOURCE_MANIFESTS, Checkpoint, iso_utc, load_manifest, make_doc
-from curation.sources.http import HttpConfig, PoliteClient, harvest_task
+from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, harvest_task, iso_utc, load_manifest,
+                                     make_doc)
+from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.errors import UserError
 from minisigma.recipes import Section
 from minisigma.runner import Sink, Stage, Task

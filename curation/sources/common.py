@@ -15,11 +15,12 @@ import json
 import shutil
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 from lxml import etree
 from pydantic import BaseModel
 
+from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.errors import UserError
 from minisigma.recipes import load_yaml, parse_recipe
 from minisigma.runner import Sink
@@ -127,3 +128,26 @@ class Checkpoint:
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def harvest_task(sink: Sink, index: int, config: HttpConfig, label: str,
+                 harvest: Callable[[Checkpoint, PoliteClient], None]) -> Checkpoint:
+    """Run one paged API harvest under its task checkpoint: `harvest(ckpt, client)` fetches and
+    keeps pages (resuming where an interrupted run stopped); then the HTTP counts go to the stage
+    stats and every event the harvest recorded (a rejected token, a bad page) is quarantined with
+    its reason. Returns the checkpoint, whose pages the caller parses into documents.
+    Shared by the arXiv (OAI-PMH) and DBLP adapters, which differ only in their paging."""
+    ckpt = Checkpoint.for_task(sink, index)
+    if ckpt.resumed and not ckpt.get("done"):
+        sink.stat(f"{label}_resumed_from_checkpoint")
+    client = PoliteClient(config, stage_dir(sink) / ".spacing")
+    try:
+        harvest(ckpt, client)
+    finally:
+        client.close()
+        sink.stat("http_requests", client.requests)
+        sink.stat("http_retries", client.retries)
+    for ev in ckpt.get("events", []):
+        sink.take()
+        sink.quarantine(ev, ev["reason"])
+    return ckpt

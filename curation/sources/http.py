@@ -21,7 +21,6 @@ import hashlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 import requests
@@ -31,10 +30,6 @@ from pydantic import Field, field_validator
 
 from minisigma import __version__
 from minisigma.recipes import Section
-from minisigma.runner import Sink
-
-if TYPE_CHECKING:
-    from curation.sources.common import Checkpoint
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 PROJECT_URL = "https://github.com/minisigma/minisigma"
@@ -163,27 +158,3 @@ class PoliteClient:
 
 __all__ = ["HttpConfig", "PoliteClient", "FetchFailed", "Fetched", "retry_after_seconds", "Spacing"]
 
-
-def harvest_task(sink: Sink, index: int, config: HttpConfig, label: str,
-                 harvest: Callable[["Checkpoint", PoliteClient], None]) -> "Checkpoint":
-    """Run one paged API harvest under its task checkpoint: `harvest(ckpt, client)` fetches and
-    keeps pages (resuming where an interrupted run stopped); then the HTTP counts go to the stage
-    stats and every event the harvest recorded (a rejected token, a bad page) is quarantined with
-    its reason. Returns the checkpoint, whose pages the caller parses into documents.
-    Shared by the arXiv (OAI-PMH) and DBLP adapters, which differ only in their paging."""
-    from curation.sources.common import Checkpoint, stage_dir
-
-    ckpt = Checkpoint.for_task(sink, index)
-    if ckpt.resumed and not ckpt.get("done"):
-        sink.stat(f"{label}_resumed_from_checkpoint")
-    client = PoliteClient(config, stage_dir(sink) / ".spacing")
-    try:
-        harvest(ckpt, client)
-    finally:
-        client.close()
-        sink.stat("http_requests", client.requests)
-        sink.stat("http_retries", client.retries)
-    for ev in ckpt.get("events", []):
-        sink.take()
-        sink.quarantine(ev, ev["reason"])
-    return ckpt
