@@ -204,9 +204,13 @@ class Rotary(nn.Module):
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos(), emb.sin()
 
-    def forward(self, pos: torch.Tensor, dtype: torch.dtype):
-        """pos: LongTensor [B, T] -> cos, sin of shape [B, 1, T, dim] (broadcast over heads)."""
-        need = int(pos.max()) + 1 if pos.numel() else 0
+    def forward(self, pos: torch.Tensor, dtype: torch.dtype, length: int | None = None):
+        """pos: LongTensor [B, T] -> cos, sin of shape [B, 1, T, dim] (broadcast over heads).
+
+        `length`: an upper bound of pos.max() + 1 the caller already knows (T in training), so the
+        tables are checked without reading a tensor value: that read would break a torch.compile graph.
+        """
+        need = length if length is not None else (int(pos.max()) + 1 if pos.numel() else 0)
         if need > self.cos.shape[0] or self.cos.device != pos.device:
             self._build(max(need, self.cos.shape[0]), pos.device)
         return self.cos[pos].unsqueeze(1).to(dtype), self.sin[pos].unsqueeze(1).to(dtype)
@@ -431,7 +435,7 @@ class GPT(nn.Module):
         else:
             valid = None
             pos = torch.arange(T, device=idx.device).expand(B, T)
-        cos, sin = self.rotary(pos, x.dtype)
+        cos, sin = self.rotary(pos, x.dtype, length=T if valid is None else None)
 
         attn_mask = None
         if valid is not None and not bool(valid.all()):

@@ -41,9 +41,10 @@ def run_synth(recipe_path: str | Path, in_dir: str | Path, out_dir: str | Path, 
         manifests["tools"] = run_stage(ToolIndex(recipe), inputs, tools, **kw)
         manifests["pairs_raw"] = run_stage(MineCommands(recipe), inputs, out / "pairs_raw", **kw)
         raw = list_shards(out / "pairs_raw")
-        held = heldout_families(tools, recipe)
-        split = {"split": {"level": "tool family", "heldout_fraction": recipe.split.heldout_fraction,
-                           "seed": recipe.split.seed, "heldout_families": held}}
+        split = {"split": {"level": recipe.split.level, "heldout_fraction": recipe.split.heldout_fraction,
+                           "seed": recipe.split.seed}}
+        if recipe.split.level == "family":
+            split["split"]["heldout_families"] = heldout_families(tools, recipe)
         if recipe.cmdgen.enabled:
             manifests["cmdgen"] = run_stage(CmdgenSet(recipe, str(tools)), raw, out / "cmdgen", extra=split, **kw)
             items = [d for s in list_shards(out / "cmdgen") for d in read_docs(s)]

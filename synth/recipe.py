@@ -24,7 +24,10 @@ class BackendConfig(Section):
 
 
 class SplitConfig(Section):
-    heldout_fraction: float = Field(0.1, ge=0, lt=1)  # share of tool families held out for CMDGen-mini
+    # item: CMDGen-mini asks new tasks of tools the instruction data teaches (their other pairs);
+    # family: whole tool families are held out (zero-shot tools). synth/cmdgen_set.py says more.
+    level: Literal["item", "family"] = "item"
+    heldout_fraction: float = Field(0.05, ge=0, lt=1)  # share of items (or families) held out for CMDGen-mini
     seed: str = "cmdgen-mini-v1"
 
 
@@ -51,6 +54,8 @@ class CmdgenConfig(Section):
     enabled: bool = True
     max_tasks: int = Field(300, ge=1)
     max_per_tool: int = Field(5, ge=1)
+    max_per_family: int = Field(5, ge=1)  # "tc-netem", "tc-u32" ... are one family: keep the set broad
+    answerable_only: bool = True  # drop items whose task cannot determine the command (eval_problem)
 
 
 class QAConfig(Section):

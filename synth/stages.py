@@ -17,11 +17,12 @@ manifest invariant in = out + dropped + quarantined holds per record; documents 
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 from minisigma.runner import Sink, Stage, Task
 from minisigma.shards import list_shards, read_docs
-from synth.cmdgen_set import eval_item, is_heldout, order_key, read_jsonl
+from synth.cmdgen_set import Split, eval_item, eval_problem, order_key, read_jsonl
 from synth.commands import family, mine_manpage, mine_snippets
 from synth.recipe import SynthRecipe
 
@@ -114,37 +115,48 @@ class CmdgenSet(Stage):
         from synth.screen import PairScreen, ngrams, normalize_command
 
         r = self.recipe
-        train_cmds, train_ngrams, candidates = set(), set(), []
+        split = Split.of(r)
+        train_cmds, train_ngrams, train_tools, candidates = set(), set(), set(), []
         for shard in task.inputs:
             for p in read_docs(shard):
-                if is_heldout(family(p["tool"]), r.split.heldout_fraction, r.split.seed):
+                if split.heldout(p):
                     candidates.append(p)
                 else:
                     train_cmds.add(normalize_command(p["command"]))
                     train_ngrams |= ngrams(f"{p['task']} {p['command']}", r.screen.ngram)
+                    train_tools.add(p["tool"])
         checker = PairScreen(load_option_index(self.config["tools_dir"]), ngram=r.screen.ngram,
                              minhash_threshold=r.screen.minhash_threshold, num_perm=r.screen.num_perm,
                              parse_check=r.screen.parse_check, option_check=r.screen.option_check,
                              require_documented_tool=r.screen.require_documented_tool)
         per_tool: dict[str, int] = {}
+        per_family: dict[str, int] = {}
         kept = 0
         for p in sorted(candidates, key=order_key):
             sink.take(p)
+            fam = family(p["tool"])
             if kept >= r.cmdgen.max_tasks:
                 sink.drop(p, "over_max_tasks")
                 continue
             if per_tool.get(p["tool"], 0) >= r.cmdgen.max_per_tool:
                 sink.drop(p, "over_max_per_tool")
                 continue
+            if per_family.get(fam, 0) >= r.cmdgen.max_per_family:
+                sink.drop(p, "over_max_per_family")
+                continue
+            if split.level == "item" and p["tool"] not in train_tools:
+                sink.drop(p, "tool_unseen_in_training")  # item level asks about tools the model was taught
+                continue
             if normalize_command(p["command"]) in train_cmds or ngrams(f"{p['task']} {p['command']}",
                                                                        r.screen.ngram) & train_ngrams:
                 sink.drop(p, "train_overlap")
                 continue
-            reason = checker.check(p)
+            reason = (eval_problem(p) if r.cmdgen.answerable_only else None) or checker.check(p)
             if reason:
                 sink.drop(p, reason)
                 continue
             per_tool[p["tool"]] = per_tool.get(p["tool"], 0) + 1
+            per_family[fam] = per_family.get(fam, 0) + 1
             kept += 1
             sink.write({**eval_item(p), "text": p["text"], "metadata": p.get("metadata", {})})
 
@@ -171,9 +183,8 @@ class ScreenPairs(Stage):
         s = r.screen
         index = load_option_index(self.config["tools_dir"])
         evals = read_jsonl(self.config["cmdgen"]) if self.config["cmdgen"] else []
-        fams = {family(t) for t in index}
-        heldout = {f for f in fams if is_heldout(f, r.split.heldout_fraction, r.split.seed)}
-        screen = PairScreen(index, heldout_families=heldout, eval_items=evals, ngram=s.ngram,
+        split = Split.of(r)
+        screen = PairScreen(index, eval_items=evals, ngram=s.ngram,
                             minhash_threshold=s.minhash_threshold, num_perm=s.num_perm, parse_check=s.parse_check,
                             option_check=s.option_check, require_documented_tool=s.require_documented_tool)
         part = task.params["partition"]
@@ -182,14 +193,19 @@ class ScreenPairs(Stage):
                 if self.partition_of(family(p["tool"]), s.partitions) != part:
                     continue
                 sink.take(p)
-                if is_heldout(family(p["tool"]), r.split.heldout_fraction, r.split.seed):
-                    sink.drop(p, "heldout_tool")
+                if split.heldout(p):  # an evaluation candidate (kept or not), never a training pair
+                    sink.drop(p, split.reason)
                     continue
                 reason = screen.check(p)
                 if reason:
                     sink.drop(p, reason)
                 else:
                     sink.write(p)
+
+
+def _options(text: str) -> set[str]:
+    """Option names in a command or an option term: "-p, --pid" -> {"-p", "--pid"}; "--max=N" -> {"--max"}."""
+    return {m.group(1) for m in re.finditer(r"(?<![\w-])(--?[A-Za-z0-9][\w.-]*)", text)}
 
 
 class QAPairs(Stage):
@@ -205,9 +221,11 @@ class QAPairs(Stage):
 
         c = self.recipe.qa
         n = self.recipe.screen.ngram
-        eval_ngrams = set()
+        split = Split.of(self.recipe)
+        eval_ngrams, eval_options = set(), set()
         for e in read_jsonl(self.config["cmdgen"]) if self.config["cmdgen"] else []:
             eval_ngrams |= ngrams(f"{e['task']} {e['command']}", n)
+            eval_options |= {(e["tool"], o) for o in _options(e["command"])}
         seen = set()
         for doc in read_docs(task.inputs[0]):
             sink.stat("docs_read")
@@ -216,11 +234,17 @@ class QAPairs(Stage):
             for q in qa_pairs(doc, c.max_option_questions_per_page):
                 sink.take(q)
                 key = (normalize_text(q["question"]), normalize_text(q["answer"]))
+                md = q.get("metadata") or {}
+                tool = md.get("tool")
                 if len(q["answer"].split()) < c.min_answer_words:
                     sink.drop(q, "short_answer")
                 elif key in seen:
                     sink.drop(q, "duplicate_exact")
-                elif eval_ngrams and ngrams(q["text"], n) & eval_ngrams:
+                elif tool and split.level == "family" and split.heldout({"tool": tool}):
+                    sink.drop(q, "heldout_tool")  # nothing about a held-out family reaches instruction tuning
+                elif (eval_ngrams and ngrams(q["text"], n) & eval_ngrams) or \
+                        (tool and {(tool, o) for o in _options(md.get("option_term", ""))} & eval_options):
+                    # the item's words, or the option an item asks for explained ("What does --pid of ipcs do?")
                     sink.drop(q, "eval_overlap")
                 else:
                     seen.add(key)

@@ -238,8 +238,7 @@ def test_qa_from_manpages(docs):
 
 def test_pipeline_default_recipe(corpus, tmp_path, ray_local):
     from minisigma.manifest import verify
-    from synth.cmdgen_set import EVAL_KEYS, is_heldout
-    from synth.commands import family
+    from synth.cmdgen_set import EVAL_KEYS, Split, eval_problem
     from synth.pipeline import run_synth
     from synth.screen import normalize_command
 
@@ -251,25 +250,95 @@ def test_pipeline_default_recipe(corpus, tmp_path, ray_local):
     assert verify(out) == []
     pairs = [p for s in list_shards(out / "pairs") for p in read_docs(s)]
     split = ms["pairs"]["split"]
-    held = set(split["heldout_families"])
-    assert held and split["level"] == "tool family" and split["seed"] == "cmdgen-mini-v1"
-    assert len(pairs) >= 800 and not any(family(p["tool"]) in held for p in pairs)
-    assert ms["pairs"]["counts"]["dropped"]["heldout_tool"] > 0
+    assert split == {"level": "item", "heldout_fraction": 0.08, "seed": "cmdgen-mini-v1"}
+    item_split = Split("item", 0.08, "cmdgen-mini-v1")
+    assert len(pairs) >= 800 and not any(item_split.heldout(p) for p in pairs)
+    assert ms["pairs"]["counts"]["dropped"]["heldout_item"] > 0
 
     lines = (out / "cmdgen" / "cmdgen.jsonl").read_text().splitlines()
     items = [json.loads(l) for l in lines]
     assert len(items) >= 10 and all(set(i) == set(EVAL_KEYS) for i in items)
-    assert all(is_heldout(family(i["tool"]), 0.1, "cmdgen-mini-v1") for i in items)
+    assert all(item_split.heldout(i) and eval_problem(i) is None for i in items)
     train_cmds = {normalize_command(p["command"]) for p in pairs}
     assert not any(normalize_command(i["command"]) in train_cmds for i in items)
+    # item level: every evaluated tool is one the instruction data teaches (through its other pairs)
+    train_tools = {p["tool"] for p in pairs}
+    assert all(i["tool"] in train_tools for i in items)
+    cm = ms["cmdgen"]["counts"]["dropped"]
+    assert cm.get("placeholder_argument", 0) > 0  # option pairs with metavars ("--block-size=SIZE")
     qa = [q for s in list_shards(out / "qa") for q in read_docs(s)]
     assert len(qa) > 500
+    # no Q&A pair explains an option an item asks for
+    asked = {(i["tool"], w.split("=")[0]) for i in items for w in i["command"].split() if w.startswith("-")}
+    for q in qa:
+        md = q["metadata"]
+        if md.get("tool") and md.get("option_term"):
+            term = {w.strip(",").split("=")[0] for w in md["option_term"].split() if w.startswith("-")}
+            assert not {(md["tool"], o) for o in term} & asked, q["question"]
 
     # rerun: every shard is skipped, and the outputs stay byte-identical
     before = {p: p.read_bytes() for p in out.rglob("*.jsonl.gz")}
     ms2 = run_synth(REPO / "recipes" / "synth" / "default.yaml", corpus, out, progress=False)
     assert all(m["resumed_shards"] == len(m["outputs"]) for m in ms2.values())
     assert {p: p.read_bytes() for p in out.rglob("*.jsonl.gz")} == before
+
+
+def test_pipeline_family_split_holds_out_whole_tools(corpus, tmp_path):
+    import yaml
+
+    from synth.cmdgen_set import is_heldout
+    from synth.commands import family
+    from synth.pipeline import run_synth
+
+    recipe = tmp_path / "family.yaml"
+    recipe.write_text(yaml.safe_dump({"executor": "local", "split": {"level": "family", "heldout_fraction": 0.1}}))
+    ms = run_synth(recipe, corpus, tmp_path / "run", progress=False)
+    held = set(ms["pairs"]["split"]["heldout_families"])
+    assert held and ms["pairs"]["counts"]["dropped"]["heldout_tool"] > 0
+    pairs = [p for s in list_shards(tmp_path / "run" / "pairs") for p in read_docs(s)]
+    assert pairs and not any(family(p["tool"]) in held for p in pairs)
+    items = [json.loads(l) for l in (tmp_path / "run" / "cmdgen" / "cmdgen.jsonl").read_text().splitlines()]
+    assert items and all(is_heldout(family(i["tool"]), 0.1, "cmdgen-mini-v1") for i in items)
+    qa = [q for s in list_shards(tmp_path / "run" / "qa") for q in read_docs(s)]
+    assert ms["qa"]["counts"]["dropped"]["heldout_tool"] > 0
+    assert not any(family(q["metadata"].get("tool") or "-") in held for q in qa)
+
+
+def test_eval_items_must_be_answerable_from_their_task():
+    from synth.cmdgen_set import Split, eval_problem
+
+    def item(task, command):
+        return {"task": task, "command": command, "tool": command.split()[0]}
+
+    ok = [item("Using ls, do not ignore entries starting with .", "ls --all"),
+          item("Shows classes as ASCII graph on eth0 interface", "tc -g class show dev eth0"),
+          item("Clean up the container named mywebserver", "podman container cleanup mywebserver"),
+          item("Find files named core in or below the directory /tmp and delete them",
+               "find /tmp -name core -type f -print | xargs rm -f")]
+    for it in ok:
+        assert eval_problem(it) is None, it
+    bad = {"placeholder_argument": [item("Using ls, scale sizes by a block size", "ls --block-size=SIZE"),
+                                    item("Using nproc, exclude some processing units", "nproc --ignore N")],
+           "ungrounded_argument": [item("Request profiling at 2kHz per CPU", "readprofile -M 20"),
+                                   item("Print only filesystem profile", "readprofile | grep _ext2"),
+                                   item("Attach a classifier to the device", "tc filter add dev em1 bpf obj bpf.o")],
+           "context_dependent_task": [item("Filters for certain subnets can be created like so", "tc filter show"),
+                                      item("For something more complicated, namely a hash table", "tc filter show"),
+                                      item("Using nsupdate, this option enables standard GSS-TSIG mode", "nsupdate -g"),
+                                      item("Attach an inner qdisc, for example sfq, issue", "tc qdisc show")]}
+    for reason, items in bad.items():
+        for it in items:
+            assert eval_problem(it) == reason, it
+
+    # the item split keys on the tool and the normalised command: both spellings of one item agree
+    s = Split("item", 0.5, "seed")
+    a, b = item("List all", "ls  --all"), item("Show every file", "ls --all ")
+    assert s.key(a) == s.key(b) and s.heldout(a) == s.heldout(b)
+    keys = [s.heldout(item("t", f"ls -{c}")) for c in "abcdefghijklmnopqrstuvwxyz"]
+    assert 0 < sum(keys) < len(keys)  # about half, deterministically
+    assert Split("family", 0.5, "seed").key(item("t", "git-log --all") | {"tool": "git-log"}) == "git"
+    with pytest.raises(ValueError, match="item or family"):
+        Split("tool", 0.1, "seed")
 
 
 def test_bad_recipe_is_a_one_line_error(tmp_path, corpus):
