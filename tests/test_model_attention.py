@@ -255,3 +255,14 @@ def test_training_reduces_loss_on_a_repeating_sequence():
         loss.backward()
         opt.step()
     assert loss.item() < 0.2 * first
+
+
+def test_training_forward_traces_as_one_graph():
+    """`train.compile: true` compiles the training forward whole: no graph break (a break, such as
+    reading a tensor value to size the RoPE tables, splits the graph and costs the fusion)."""
+    torch.manual_seed(0)
+    model = GPT(ModelConfig.preset("tiny"))
+    x = torch.randint(0, 512, (2, 32))
+    explanation = torch._dynamo.explain(model)(x, x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1

@@ -115,6 +115,20 @@ def test_cli_rejects_bad_recipes_with_one_line(tmp_path):
     assert p.returncode == 2 and "recipe file not found" in p.stderr
 
 
+def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
+    import torch
+
+    from model import train
+
+    if torch.cuda.is_available():
+        pytest.skip("auto picks the GPU's precision here")
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: True)
+    assert train.resolve_precision("auto") == "bf16-mixed"
+    monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
+    assert train.resolve_precision("auto") == "32-true"
+    assert train.resolve_precision("32-true") == "32-true"
+
+
 @pytest.mark.gpu
 def test_gpu_bf16_run_reports_mfu(corpus, tmp_path):
     import torch
