@@ -613,6 +613,10 @@ def section_questions(run: Path) -> str:
                            f"({'better' if q['bpb_delta'] < 0 else 'worse' if q['bpb_delta'] > 0 else 'equal'})")
         if q.get("accuracy_delta") is not None:
             verdict.append(f"CMDGen-mini accuracy {q['accuracy_delta']:+.3f}")
+        if q.get("accuracy_paired"):
+            pa = q["accuracy_paired"]
+            verdict.append(f"over {pa['tasks']} shared tasks {pa['sigma_only']} solved by {q['sigma']} only, "
+                           f"{pa['baseline_only']} by {q['baseline']} only (exact McNemar p = {pa['mcnemar_p']:.2g})")
         parts.append(f"<h3>{esc(q['title'])}</h3>"
                      + table(["model", "params", "KV bytes/token (bf16)", "val bits/byte", "CMDGen accuracy",
                               "CMD score"], rows)

@@ -271,6 +271,14 @@ def answer(questions: list[Question], summary: dict) -> dict:
             row["bpb_delta"] = round(a["val_bpb"] - b["val_bpb"], 4)  # negative: sigma better
         if a["cmdgen_accuracy"] is not None and b["cmdgen_accuracy"] is not None:
             row["accuracy_delta"] = round(a["cmdgen_accuracy"] - b["cmdgen_accuracy"], 4)
+            results = [Path(summary["recipe"]["out"]) / n / "cmdgen" / "results.jsonl" for n in (q.sigma, q.baseline)]
+            if all(p.is_file() for p in results):  # same tasks for both: a paired test of the difference
+                from model.evaluation.metrics import paired_accuracy
+
+                pa = paired_accuracy(*([json.loads(x) for x in p.read_text().splitlines() if x.strip()]
+                                       for p in results))
+                row["accuracy_paired"] = {"tasks": pa["tasks"], "both": pa["both"], "sigma_only": pa["only_a"],
+                                          "baseline_only": pa["only_b"], "mcnemar_p": pa["mcnemar_p"]}
         out.append(row)
     return {"questions": out}
 

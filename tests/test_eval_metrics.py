@@ -154,3 +154,21 @@ def test_summarize_by_hand():
     assert o["not_executable"] == 1
     assert s["per_tool"]["ls"]["cmd_score"] == 0.75 and s["per_tool"]["ls"]["output_score"] == 1.0
     assert s["per_tool"]["tar"]["success"] == 1.0 and s["per_tool"]["tar"]["tasks"] == 1
+
+
+def test_paired_accuracy_counts_discordant_tasks_and_mcnemar_p():
+    from model.evaluation.metrics import paired_accuracy
+
+    def rows(flags):
+        return [{"id": f"t{i}", "accuracy": f} for i, f in enumerate(flags)]
+
+    # A right on 8 tasks B misses, B right on 1 task A misses, both right on 2, both wrong on 9
+    a = rows([True] * 8 + [False] + [True] * 2 + [False] * 9)
+    b = rows([False] * 8 + [True] + [True] * 2 + [False] * 9)
+    r = paired_accuracy(a, b)
+    assert (r["tasks"], r["both"], r["only_a"], r["only_b"]) == (20, 2, 8, 1)
+    # exact binomial by hand: 2 * (C(9,0) + C(9,1)) / 2^9 = 20/512
+    assert r["mcnemar_p"] == pytest.approx(20 / 512, abs=1e-6)
+    assert paired_accuracy(a, a)["mcnemar_p"] == 1.0  # no discordant task: no evidence either way
+    assert paired_accuracy(b, a)["only_a"] == 1  # symmetric roles
+    assert paired_accuracy(a[:5], b)["tasks"] == 5  # matched by id, extra tasks of one side ignored

@@ -126,9 +126,17 @@ def test_eval_overrides_and_answers(tmp_path):
         save_pretrained(GPT(cfg), tmp_path / name)
         ckpts[name] = str(tmp_path / name)
     summary = {"models": {"s": {"checkpoint": ckpts["s"], "perplexity": {"bpb": 1.5}, "cmdgen": {"accuracy": 0.5}},
-                          "g": {"checkpoint": ckpts["g"], "perplexity": {"bpb": 1.75}, "cmdgen": {"accuracy": 0.25}}}}
+                          "g": {"checkpoint": ckpts["g"], "perplexity": {"bpb": 1.75}, "cmdgen": {"accuracy": 0.25}}},
+               "recipe": {"out": str(tmp_path / "eval")}}
     (q,) = answer([Question(title="t", sigma="s", baseline="g")], summary)["questions"]
     assert q["bpb_delta"] == -0.25 and q["accuracy_delta"] == 0.25
+    assert "accuracy_paired" not in q  # no per-task results to pair
+    for name, flags in (("s", [1, 1, 0, 0]), ("g", [1, 0, 0, 0])):
+        res = tmp_path / "eval" / name / "cmdgen" / "results.jsonl"
+        res.parent.mkdir(parents=True)
+        res.write_text("".join(json.dumps({"id": f"t{i}", "accuracy": bool(f)}) + "\n" for i, f in enumerate(flags)))
+    (q,) = answer([Question(title="t", sigma="s", baseline="g")], summary)["questions"]
+    assert q["accuracy_paired"] == {"tasks": 4, "both": 1, "sigma_only": 1, "baseline_only": 0, "mcnemar_p": 1.0}
     assert q["kv_cache_reduction"] == round(1 - (1 + 4) / (4 + 4), 4)
     with pytest.raises(UserError, match="no evaluated model named x"):
         answer([Question(title="t", sigma="x", baseline="g")], summary)

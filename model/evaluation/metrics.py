@@ -227,3 +227,26 @@ def summarize(rows: Sequence[dict]) -> dict:
     for r in rows:
         by_tool[r.get("tool") or "?"].append(r)
     return {"overall": block(rows), "per_tool": {t: block(rs) for t, rs in sorted(by_tool.items())}}
+
+
+# ------------------------------------------------------------------------------------ two models
+
+
+def paired_accuracy(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> dict:
+    """Two models' per-task accuracy on the same tasks (results.jsonl rows, matched by ``id``):
+    how many tasks only A got right, only B, and the exact two-sided McNemar p-value of that split.
+
+    The tasks are shared, so the comparison is paired: only the discordant tasks carry information,
+    and under "no difference" each is A's or B's with probability 1/2 (a binomial test).
+    """
+    from math import comb
+
+    b_by_id = {r["id"]: bool(r["accuracy"]) for r in rows_b}
+    pairs = [(bool(r["accuracy"]), b_by_id[r["id"]]) for r in rows_a if r["id"] in b_by_id]
+    only_a = sum(a and not b for a, b in pairs)
+    only_b = sum(b and not a for a, b in pairs)
+    n = only_a + only_b
+    p = min(1.0, 2 * sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n) if n else 1.0
+    return {"tasks": len(pairs), "both": sum(a and b for a, b in pairs), "only_a": only_a, "only_b": only_b,
+            "mcnemar_p": round(p, 6)}
+
