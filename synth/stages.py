@@ -114,8 +114,11 @@ class CmdgenSet(Stage):
     def process(self, task: Task, sink: Sink) -> None:
         from synth.screen import PairScreen, ngrams, normalize_command
 
+        from synth.screen import unknown_options
+
         r = self.recipe
         split = Split.of(r)
+        index = load_option_index(self.config["tools_dir"])
         train_cmds, train_ngrams, train_tools, candidates = set(), set(), set(), []
         for shard in task.inputs:
             for p in read_docs(shard):
@@ -124,8 +127,9 @@ class CmdgenSet(Stage):
                 else:
                     train_cmds.add(normalize_command(p["command"]))
                     train_ngrams |= ngrams(f"{p['task']} {p['command']}", r.screen.ngram)
-                    train_tools.add(p["tool"])
-        checker = PairScreen(load_option_index(self.config["tools_dir"]), ngram=r.screen.ngram,
+                    if unknown_options(p["command"], p["tool"], index) == []:  # will pass the screen's main test
+                        train_tools.add(p["tool"])
+        checker = PairScreen(index, ngram=r.screen.ngram,
                              minhash_threshold=r.screen.minhash_threshold, num_perm=r.screen.num_perm,
                              parse_check=r.screen.parse_check, option_check=r.screen.option_check,
                              require_documented_tool=r.screen.require_documented_tool)
