@@ -70,9 +70,10 @@ class Split:
 # --------------------------------------------------------------------------- answerability
 # Prose that points outside the task ("like so", "this option", "In that case ..."): the sentence was
 # written to sit next to other text, and without it the command cannot be inferred.
-_CONTEXT = re.compile(r"\b(this|these|that) (option|command|example|case|one|flag|mode|way)\b|^the following\b|"
-                      r"\blike so\b|\bas follows\b|\b(as|shown|described|listed|see) (above|below)\b|\bnamely\b|"
-                      r"^(in that case|for something|the next step|you can|it is|this is|then)\b", re.I)
+_CONTEXT = re.compile(r"\b(this|these|that|the following)( \w+){0,2} (options?|commands?|examples?|cases?|flags?|"
+                      r"modes?|ways?|one)\b|^the following\b|\blike so\b|\bas follows\b|"
+                      r"\b(as|shown|described|listed|see) (above|below)\b|\bnamely\b|\bis the default\b|"
+                      r"^(in that case|for something|the next step|you can|it is|this is|then|once)\b", re.I)
 _DANGLING = re.compile(r"\b(issue|use|like|with|to|by|using|as|of|for|and|or|the|a|an|is|are|via|from|into)\.?$", re.I)
 _PLACEHOLDER = re.compile(r"^(\[.*\]|<.*>|[A-Z][A-Z0-9_-]*(\.\.\.)?|\.\.\.|\u2026)$")
 _VALUE = re.compile(r"[0-9/.:@~*'\"$%,]")

@@ -325,7 +325,9 @@ def test_eval_items_must_be_answerable_from_their_task():
            "context_dependent_task": [item("Filters for certain subnets can be created like so", "tc filter show"),
                                       item("For something more complicated, namely a hash table", "tc filter show"),
                                       item("Using nsupdate, this option enables standard GSS-TSIG mode", "nsupdate -g"),
-                                      item("Attach an inner qdisc, for example sfq, issue", "tc qdisc show")]}
+                                      item("Attach an inner qdisc, for example sfq, issue", "tc qdisc show"),
+                                      item("Once a makefile exists, this simple shell command", "make"),
+                                      item("Show all is the default action", "ip tcp_metrics")]}
     for reason, items in bad.items():
         for it in items:
             assert eval_problem(it) == reason, it
