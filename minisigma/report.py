@@ -609,7 +609,8 @@ def section_questions(run: Path) -> str:
         if q.get("kv_cache_reduction") is not None:
             verdict.append(f"KV cache per token {q['kv_cache_reduction']:.1%} smaller")
         if q.get("bpb_delta") is not None:
-            verdict.append(f"held-out system-text bits/byte {q['bpb_delta']:+.4f} "
+            of = " of {} vs {}".format(*q["perplexity_models"]) if q.get("perplexity_models") else ""
+            verdict.append(f"held-out system-text bits/byte{of} {q['bpb_delta']:+.4f} "
                            f"({'better' if q['bpb_delta'] < 0 else 'worse' if q['bpb_delta'] > 0 else 'equal'})")
         if q.get("accuracy_delta") is not None:
             verdict.append(f"CMDGen-mini accuracy {q['accuracy_delta']:+.3f}")

@@ -17,7 +17,7 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import yaml
 from pydantic import Field
@@ -58,6 +58,10 @@ class Question(Section):
     title: str
     sigma: str
     baseline: str
+    # the two checkpoints whose held-out bits/byte answer the question, when they are not sigma and
+    # baseline themselves: perplexity is a pretraining measure, and SFT on short commands (the CMDGen
+    # models) trades it away, so Q2 compares the two pretrained models before SFT
+    perplexity: Optional[tuple[str, str]] = None
     paper: str = ""
 
 
@@ -258,10 +262,16 @@ def answer(questions: list[Question], summary: dict) -> dict:
         missing = [m for m in (q.sigma, q.baseline) if m not in models]
         if missing:
             raise UserError(f"question {q.title!r}: no evaluated model named {', '.join(missing)}")
+        ppl = q.perplexity or (q.sigma, q.baseline)
+        missing = [m for m in ppl if m not in models]
+        if missing:
+            raise UserError(f"question {q.title!r}: no evaluated model named {', '.join(missing)}")
         row = {"title": q.title, "paper": q.paper, "sigma": q.sigma, "baseline": q.baseline}
-        for role, name in (("sigma", q.sigma), ("baseline", q.baseline)):
+        if q.perplexity:
+            row["perplexity_models"] = list(q.perplexity)
+        for role, name, ppl_name in (("sigma", q.sigma, ppl[0]), ("baseline", q.baseline, ppl[1])):
             m = models[name]
-            row[role + "_results"] = {"val_bpb": m.get("perplexity", {}).get("bpb"),
+            row[role + "_results"] = {"val_bpb": models[ppl_name].get("perplexity", {}).get("bpb"),
                                       "cmdgen_accuracy": m.get("cmdgen", {}).get("accuracy"),
                                       "cmdgen_cmd_score": m.get("cmdgen", {}).get("cmd_score"),
                                       **_model_costs(m["checkpoint"])}

@@ -137,6 +137,13 @@ def test_eval_overrides_and_answers(tmp_path):
         res.write_text("".join(json.dumps({"id": f"t{i}", "accuracy": bool(f)}) + "\n" for i, f in enumerate(flags)))
     (q,) = answer([Question(title="t", sigma="s", baseline="g")], summary)["questions"]
     assert q["accuracy_paired"] == {"tasks": 4, "both": 1, "sigma_only": 1, "baseline_only": 0, "mcnemar_p": 1.0}
+    # bits/byte from other checkpoints (the pretrained models before SFT), accuracy still from s and g
+    summary["models"]["s-pre"] = {"checkpoint": ckpts["s"], "perplexity": {"bpb": 1.0}}
+    summary["models"]["g-pre"] = {"checkpoint": ckpts["g"], "perplexity": {"bpb": 1.5}}
+    (q,) = answer([Question(title="t", sigma="s", baseline="g", perplexity=("s-pre", "g-pre"))], summary)["questions"]
+    assert q["bpb_delta"] == -0.5 and q["accuracy_delta"] == 0.25 and q["perplexity_models"] == ["s-pre", "g-pre"]
+    with pytest.raises(UserError, match="no evaluated model named nope"):
+        answer([Question(title="t", sigma="s", baseline="g", perplexity=("s-pre", "nope"))], summary)
     assert q["kv_cache_reduction"] == round(1 - (1 + 4) / (4 + 4), 4)
     with pytest.raises(UserError, match="no evaluated model named x"):
         answer([Question(title="t", sigma="x", baseline="g")], summary)
