@@ -167,7 +167,7 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
     def decontaminate():
         """Remove from the pretraining corpus every document overlapping the CMDGen-mini set built by
-        synth (the held-out tools' pages among them): <out>/curated -> <out>/train_corpus."""
+        synth (any page quoting an item's task or command): <out>/curated -> <out>/train_corpus."""
         from curation.refine.decontam import Decontam, DecontamConfig, EvalSet, build_index, describe
         from minisigma.runner import run_stage
         from minisigma.shards import list_shards

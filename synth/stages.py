@@ -2,7 +2,7 @@
 
     tools      per input shard: the option index of every man page {tool, family, options}
     pairs_raw  per input shard: mined (task, command) pairs with provenance (synth.commands)
-    cmdgen     one task: the CMDGen-mini evaluation items from held-out tool families
+    cmdgen     one task: the CMDGen-mini evaluation items, held out of the mined pairs (item or family level)
     pairs      P tasks, partitioned by tool family: screened pairs (synth.screen.PairScreen);
                partitioning by family keeps exact and MinHash dedup exact within a family
     qa         per input shard: question-answer pairs, deduplicated and decontaminated
@@ -112,9 +112,7 @@ class CmdgenSet(Stage):
         return [Task(0, tuple(str(p) for p in inputs))]
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.screen import PairScreen, ngrams, normalize_command
-
-        from synth.screen import unknown_options
+        from synth.screen import PairScreen, ngrams, normalize_command, unknown_options
 
         r = self.recipe
         split = Split.of(r)
