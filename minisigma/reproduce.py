@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -146,6 +147,19 @@ class Progress:
         atomic_write_json(self.path, self.state)
 
 
+def resumable(run_dir: Path) -> bool:
+    """Whether the training run in run_dir resumes from a checkpoint. A run killed before its first
+    checkpoint holds nothing to resume from (only logs): it is removed, and the stage starts afresh."""
+    from model.train import latest_checkpoint
+
+    if latest_checkpoint(run_dir / "ckpt") is not None:
+        return True
+    if run_dir.exists():
+        log(f"  no checkpoint in {run_dir}: starting it afresh")
+        shutil.rmtree(run_dir)
+    return False
+
+
 def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bool) -> list[tuple[str, Callable]]:
     prefix = r.runs_prefix
 
@@ -206,8 +220,7 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
             path = rerooted_copy(recipe_path, prefix, out, name, overrides)
             tr = trainer.load_train_recipe(path)
-            resume = (Path(tr.out_dir) / "ckpt" / "last.ckpt").exists()
-            s = trainer.main(path, resume=resume) or {}
+            s = trainer.main(path, resume=resumable(Path(tr.out_dir))) or {}
             return {k: s.get(k) for k in ("global_step", "val_loss", "export") if k in s}
         return run
 

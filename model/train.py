@@ -367,6 +367,19 @@ def _is_launcher_rank() -> bool:
     return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
 
 
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint to resume from: last.ckpt, else the newest stepNNNNNN.ckpt.
+
+    Lightning writes each file atomically, but the step checkpoint before last.ckpt; a run killed
+    between the two has only the step file, and it is as good a place to resume from.
+    """
+    last = ckpt_dir / "last.ckpt"
+    if last.is_file():
+        return last
+    steps = sorted(ckpt_dir.glob("step*.ckpt"), key=lambda f: int(re.sub(r"\D", "", f.stem) or -1))
+    return steps[-1] if steps else None
+
+
 def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None, callbacks=()) -> dict:
     """Train per the recipe; returns a summary dict (also written to out_dir/summary.json)."""
     import lightning.pytorch as pl
@@ -379,10 +392,10 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
     ckpt_dir = out / "ckpt"
     ckpt_path = None
     if resume:
-        ckpt_path = ckpt_dir / "last.ckpt"
-        if not ckpt_path.is_file():
-            raise UserError(f"--resume: no checkpoint at {ckpt_path}")
-    elif _is_launcher_rank() and ((out / "steps.jsonl").exists() or (ckpt_dir / "last.ckpt").exists()):
+        ckpt_path = latest_checkpoint(ckpt_dir)
+        if ckpt_path is None:
+            raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+    elif _is_launcher_rank() and ((out / "steps.jsonl").exists() or latest_checkpoint(ckpt_dir)):
         raise UserError(f"{out} already holds a run; use --resume to continue it or choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)
     if t.threads and not torch.cuda.is_available():

@@ -42,6 +42,19 @@ def test_reroot_and_overrides(tmp_path):
     assert f"{tmp_path}/pretrain" in text and "max_steps: 7" in text
 
 
+def test_a_training_stage_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
+    from minisigma.reproduce import resumable
+
+    run_dir = tmp_path / "pretrain"
+    assert not resumable(run_dir)
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "steps.jsonl").write_text('{"step": 0}\n')
+    assert not resumable(run_dir) and not run_dir.exists()  # only logs: cleared
+    (run_dir / "ckpt").mkdir(parents=True)
+    (run_dir / "ckpt" / "step000040.ckpt").write_bytes(b"x")
+    assert resumable(run_dir) and run_dir.exists()
+
+
 def _reproduce(out: Path, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "minisigma.cli", "reproduce", "--recipe", "tiny", "--out", str(out),
                              "--quiet"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
@@ -78,7 +91,9 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
         deadline = time.time() + 1500
         while time.time() < deadline and p.poll() is None and not ready():
             time.sleep(0.2)
-        assert p.poll() is None and ready(), f"never caught the run inside {stage}"
+        if p.poll() is not None:  # it ended on its own: show why
+            pytest.fail(f"the run ended (exit {p.returncode}) before {stage} was caught:\n{p.stdout.read()[-3000:]}")
+        assert ready(), f"never caught the run inside {stage}"
         os.killpg(p.pid, signal.SIGKILL)
         p.wait()
         done = json.loads((b / "reproduce.json").read_text())["stages"] if (b / "reproduce.json").exists() else {}

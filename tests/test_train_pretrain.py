@@ -90,12 +90,18 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(corpus, reference, tmp
 
 
 def test_resume_refuses_other_data_and_missing_checkpoint(corpus, tmp_path):
-    from model.train import TrainRecipe, run
+    from model.train import TrainRecipe, latest_checkpoint, run
 
     with pytest.raises(UserError, match="no checkpoint"):
         run(TrainRecipe(**recipe_dict(corpus / "tokens", tmp_path / "none")), resume=True)
     r = recipe_dict(corpus / "tokens", tmp_path / "run", max_steps=4, ckpt_every=2, eval_at_start=False)
     run(TrainRecipe(**r), stop_after=2)
+    # killed between the step checkpoint and last.ckpt: resumes from the step checkpoint
+    (tmp_path / "run" / "ckpt" / "last.ckpt").unlink()
+    assert latest_checkpoint(tmp_path / "run" / "ckpt").name == "step000002.ckpt"
+    with pytest.raises(UserError, match="already holds a run"):
+        run(TrainRecipe(**r))
+    assert run(TrainRecipe(**r), resume=True)["global_step"] == 4
     r["train"]["seq_len"] = 32  # a different token stream: refuse rather than silently drift
     with pytest.raises(UserError, match="different token stream"):
         run(TrainRecipe(**r), resume=True)
