@@ -269,7 +269,7 @@ def tokenize_cmd(
 @app.command("train")
 def train_cmd(
     recipe: Path = typer.Argument(..., help="a training recipe (recipes/train/*.yaml): pretrain or sft"),
-    resume: bool = typer.Option(False, "--resume", help="continue from OUT_DIR/ckpt/last.ckpt (model, optimizer, schedule, data position)"),
+    resume: bool = typer.Option(False, "--resume", help="continue from the newest checkpoint in OUT_DIR/ckpt (model, optimizer, schedule, data position)"),
     stop_after: Optional[int] = typer.Option(None, "--stop-after", min=1, help="stop cleanly after this optimizer step (resume later with --resume)"),
 ):
     """Pretrain or fine-tune per the recipe (Lightning; CPU or GPU, single device, DDP or FSDP)."""
