@@ -30,11 +30,13 @@ def reproduce_cmd(
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="join this Ray cluster for the curation and synth stages"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+    seed: Optional[int] = typer.Option(None, "--seed", min=0,
+                                       help="train every model on this seed (default: the recipes' own, 0)"),
 ):
     """Curate -> synth -> tokenize -> pretrain -> SFT -> evaluate -> report, resuming where a previous run stopped."""
     from minisigma.reproduce import reproduce
 
-    reproduce(recipe, out, ray_address=ray_address, progress=not quiet)
+    reproduce(recipe, out, ray_address=ray_address, progress=not quiet, seed=seed)
 
 
 # --------------------------------------------------------------------------- curation

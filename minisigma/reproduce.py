@@ -130,10 +130,14 @@ def rerooted_copy(src: Path, prefix: str, out: Path, name: str, overrides: dict 
 class Progress:
     """<out>/reproduce.json: the status and time of every stage, written after each one."""
 
-    def __init__(self, out: Path, recipe: ReproduceRecipe, source: Path):
+    def __init__(self, out: Path, recipe: ReproduceRecipe, source: Path, seed: int | None = None):
         self.path = out / "reproduce.json"
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.state.setdefault("stages", {})
+        if self.state["stages"] and self.state.get("seed") != seed:
+            raise UserError(f"{out} was run with --seed {self.state.get('seed')}, not {seed}: "
+                            "re-run it with the same seed, or choose another --out")
+        self.state["seed"] = seed
         self.state.update(recipe=recipe.name, recipe_file=str(source), host=platform.node(),
                           cpus=__import__("os").cpu_count())
 
@@ -315,13 +319,24 @@ def _stop_ray() -> None:
         ray.shutdown()
 
 
+def seeded(r: ReproduceRecipe, seed: int) -> ReproduceRecipe:
+    """The recipe with every pretraining and SFT run on this seed (initialisation and data order);
+    the data stages are deterministic and do not depend on it."""
+    s = {"train": {"seed": seed}}
+    return r.model_copy(update={"models": [
+        m.model_copy(update={"pretrain_overrides": deep_merge(m.pretrain_overrides, s),
+                             "sft_overrides": deep_merge(m.sft_overrides, s)}) for m in r.models]})
+
+
 def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | None = None,
-              progress: bool = True) -> Path:
+              progress: bool = True, seed: int | None = None) -> Path:
     source = resolve_recipe_path(recipe)
     r = load_recipe(source, ReproduceRecipe)
+    if seed is not None:
+        r = seeded(r, seed)
     out = Path(out or r.runs_prefix).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    state = Progress(out, r, source)
+    state = Progress(out, r, source, seed)
     stages = _stages(r, out, ray_address, progress)
     names = [n for n, _ in stages] + ["report"]
     t_all = time.time()

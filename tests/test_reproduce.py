@@ -42,6 +42,27 @@ def test_reroot_and_overrides(tmp_path):
     assert f"{tmp_path}/pretrain" in text and "max_steps: 7" in text
 
 
+def test_seed_reaches_every_training_run_and_a_run_keeps_its_seed(tmp_path):
+    from minisigma.reproduce import Progress, seeded
+
+    r = load_recipe(resolve_recipe_path("mini"), ReproduceRecipe)
+    s = seeded(r, 3)
+    for m in s.models:
+        assert m.pretrain_overrides["train"]["seed"] == 3
+        assert m.pretrain_overrides["train"]["max_steps"] == 1400  # the recipe's own overrides kept
+        if m.sft is not None:
+            assert m.sft_overrides["train"]["seed"] == 3
+    assert "seed" not in r.models[0].pretrain_overrides["train"]  # the loaded recipe is untouched
+    m = s.models[0]
+    text = rerooted_copy(m.pretrain, s.runs_prefix, tmp_path, "p", m.pretrain_overrides).read_text()
+    assert "seed: 3" in text
+    state = Progress(tmp_path, s, Path("x"), 3)
+    state.record("curate", "done", 1.0)
+    Progress(tmp_path, s, Path("x"), 3)  # the same seed resumes
+    with pytest.raises(UserError, match="was run with --seed 3, not None"):
+        Progress(tmp_path, r, Path("x"), None)
+
+
 def test_a_training_stage_killed_before_its_first_checkpoint_starts_afresh(tmp_path):
     from minisigma.reproduce import resumable
 
