@@ -137,8 +137,7 @@ class Progress:
         if self.state["stages"] and self.state.get("seed") != seed:
             raise UserError(f"{out} was run with --seed {self.state.get('seed')}, not {seed}: "
                             "re-run it with the same seed, or choose another --out")
-        self.state["seed"] = seed
-        self.state.update(recipe=recipe.name, recipe_file=str(source), host=platform.node(),
+        self.state.update(recipe=recipe.name, recipe_file=str(source), seed=seed, host=platform.node(),
                           cpus=__import__("os").cpu_count())
 
     def done(self, name: str) -> bool:

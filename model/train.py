@@ -10,9 +10,9 @@ on GPUs (`precision: auto` = bf16-mixed on CUDA and on CPUs with native bf16, el
   the progress bar. Every micro-batch appends {step, micro, loss, lr, batch sha256} to
   `steps.jsonl` (rank 0; loss averaged and batch gathered over ranks), which is how the tests prove
   that a resumed or distributed run saw the same batches as the reference.
-- Checkpoints: Lightning `.ckpt` every `ckpt_every` optimizer steps in out_dir/ckpt (last.ckpt is
-  the newest; without it, the newest stepNNNNNN.ckpt); `--resume` restores model, optimizer, scheduler, loop counters AND the data position
-  (StreamDataModule.state_dict). At the end the weights are exported with model.io.save_pretrained
+- Checkpoints: Lightning `.ckpt` every `ckpt_every` optimizer steps in out_dir/ckpt; `--resume`
+  continues from last.ckpt (else the newest stepNNNNNN.ckpt) and restores model, optimizer,
+  scheduler, loop counters AND the data position (StreamDataModule.state_dict). At the end the weights are exported with model.io.save_pretrained
   to out_dir/final (model.safetensors + config.json + tokenizer.json).
 - Logs: CSV (out_dir/logs/csv) and TensorBoard (out_dir/logs/tb).
 """
