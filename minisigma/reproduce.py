@@ -275,11 +275,8 @@ def answer(questions: list[Question], summary: dict) -> dict:
     out = []
     for q in questions:
         models = summary["models"]
-        missing = [m for m in (q.sigma, q.baseline) if m not in models]
-        if missing:
-            raise UserError(f"question {q.title!r}: no evaluated model named {', '.join(missing)}")
         ppl = q.perplexity or (q.sigma, q.baseline)
-        missing = [m for m in ppl if m not in models]
+        missing = [m for m in dict.fromkeys((q.sigma, q.baseline, *ppl)) if m not in models]
         if missing:
             raise UserError(f"question {q.title!r}: no evaluated model named {', '.join(missing)}")
         row = {"title": q.title, "paper": q.paper, "sigma": q.sigma, "baseline": q.baseline}

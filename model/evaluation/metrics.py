@@ -249,4 +249,3 @@ def paired_accuracy(rows_a: Sequence[dict], rows_b: Sequence[dict]) -> dict:
     p = min(1.0, 2 * sum(comb(n, k) for k in range(min(only_a, only_b) + 1)) / 2 ** n) if n else 1.0
     return {"tasks": len(pairs), "both": sum(a and b for a, b in pairs), "only_a": only_a, "only_b": only_b,
             "mcnemar_p": round(p, 6)}
-
