@@ -15,7 +15,7 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.warcwriter import WARCWriter
 
 from curation.extract import Extract, ExtractConfig
-from minisigma.runner import run_stage
+from minisigma.core.runner import run_stage
 
 
 def reshard_warcs(warcs: list[Path], out_dir: Path, shards: int, limit: int | None = None) -> int:
@@ -85,7 +85,7 @@ def time_datatrove(warc_dir: Path, work: Path) -> tuple[float, int]:
 def time_ray_workers(warcs: list[Path], work: Path, workers: int) -> float:
     import ray
 
-    from minisigma.runner import ensure_ray
+    from minisigma.core.runner import ensure_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -39,7 +39,7 @@ from curation.crawl_http import Exchange, FetchError, fetch_once, gunzip_capped,
 from curation.links import FEED_TYPES, HTML_TYPES, SITEMAP_TYPES, decodes, html_links, parse_discovery, sniff_charset
 from curation.urls import BadURL, Scope, canonicalize, host_key
 from curation.warclog import WarcLog
-from minisigma.recipes import Section
+from minisigma.core.recipes import Section
 
 # Crawling the real web? Put your own contact here (recipes: crawl.user_agent).
 DEFAULT_USER_AGENT = "minisigma-crawler/0.1 (+https://minisigma.invalid/crawler; mailto:crawler@minisigma.invalid)"

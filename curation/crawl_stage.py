@@ -11,7 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from curation.crawl import CrawlConfig, crawl
-from minisigma.runner import Sink, Stage, Task
+from minisigma.core.runner import Sink, Stage, Task
 
 
 class Crawl(Stage):

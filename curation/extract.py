@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
 
-from minisigma.recipes import Section
-from minisigma.runner import Sink, Stage, Task
-from minisigma.shards import doc_id
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Sink, Stage, Task
+from minisigma.core.shards import doc_id
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 

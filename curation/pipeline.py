@@ -1,6 +1,6 @@
 """`minisigma curate`: sources -> crawl (WARC) -> extract -> refine, one stage directory each.
 
-Run layout (every directory holds shards + manifest.json, see minisigma.runner):
+Run layout (every directory holds shards + manifest.json, see minisigma.core.runner):
 
     <run>/fetch/              localdocs: one record per Debian package (version, sha256)
     <run>/sources/<name>/     documents made directly by a source (man pages, arXiv, Stack Exchange ...)
@@ -20,9 +20,9 @@ from curation.extract import Extract
 from curation.recipe import CurationRecipe
 from curation.sources import localdocs
 from curation.sources import runners as adapter_runners
-from minisigma.progress import log
-from minisigma.runner import run_stage
-from minisigma.shards import list_shards
+from minisigma.core.progress import log
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import list_shards
 
 
 @dataclass

@@ -18,7 +18,7 @@ from curation.sources.blogs import BlogsSource
 from curation.sources.ccf import CcfSource
 from curation.sources.localdocs import LocalDocsSource
 from curation.sources.stackexchange import StackExchangeSource
-from minisigma.recipes import Section, load_recipe
+from minisigma.core.recipes import Section, load_recipe
 
 
 class RayConfig(Section):

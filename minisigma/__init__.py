@@ -1,6 +1,6 @@
 """minisigma: system-domain data curation on Ray and a miniature Sigma (DiffQKV) model.
 
-The shared infrastructure lives here (recipes, shards, manifests, the Ray stage runner, the CLI);
+The base layer (recipes, shards, manifests, the Ray stage runner) is `minisigma.core`; the
 the three parts live in the top-level packages ``curation``, ``synth`` and ``model``.
 """
 

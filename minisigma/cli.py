@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 manifest_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and compare run manifests.")
@@ -50,7 +50,7 @@ def curate_cmd(
 ):
     """Run a curation recipe: sources -> crawl (WARC) -> extract -> refine, with a manifest per stage."""
     from curation import pipeline, recipe as curation_recipe
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     r = curation_recipe.load(recipe)
     run_dir = pipeline.curate(r, out, ray_address=ray_address, progress=not quiet)
@@ -61,7 +61,7 @@ def curate_cmd(
 @manifest_app.command("show")
 def manifest_show(run_dir: Path = typer.Argument(..., help="a run directory (or one stage's directory)")):
     """Print a table of every stage of a run: documents and bytes in/out, drops by reason."""
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     manifest.show(run_dir)
 
@@ -69,7 +69,7 @@ def manifest_show(run_dir: Path = typer.Argument(..., help="a run directory (or 
 @manifest_app.command("verify")
 def manifest_verify(run_dir: Path = typer.Argument(..., help="a run directory (or one stage's directory)")):
     """Re-hash every shard and check in = out + dropped + quarantined; exit 1 on any mismatch."""
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     problems = manifest.verify(run_dir)
     if problems:
@@ -82,7 +82,7 @@ def manifest_snapshot(
     dest: Path = typer.Argument(..., help="where to keep its record, e.g. manifests/reference/mini"),
 ):
     """Keep the small record of a run (stage manifests, stage times, evaluation summaries) for `manifest diff`."""
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     files = manifest.snapshot(run_dir, dest)
     print(f"{len(files)} files -> {dest}")
@@ -95,7 +95,7 @@ def manifest_diff(
     tolerance: float = typer.Option(0.10, help="relative difference reported as a finding"),
 ):
     """Compare the per-stage counts of a run with a reference run; exit 1 when they differ beyond the tolerance."""
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     if manifest.diff(run_dir, reference, rel_tol=tolerance):
         raise typer.Exit(1)
@@ -350,7 +350,7 @@ def refine_cmd(
 ):
     """Refine a run: normalize, heuristics, langid, exact dedup, classify, MinHash dedup, decontam -> <run>/curated."""
     from curation.refine.pipeline import load_refine_config, refine
-    from minisigma import manifest
+    from minisigma.core import manifest
 
     c = load_refine_config(recipe)
     refine(run, c, ray_address=ray_address, progress=not quiet)

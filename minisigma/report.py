@@ -37,7 +37,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Callable, Iterable
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 MAX_DOCS = 50_000  # documents read for the mix and score plots (a sample of bigger runs)
 SKIP_DIRS = {"rejects", ".parts", "report", "ckpt", "tb"}

@@ -23,10 +23,10 @@ from typing import Callable, Optional
 import yaml
 from pydantic import Field
 
-from minisigma.errors import UserError
-from minisigma.progress import console, log
-from minisigma.recipes import Section, load_recipe, project_path
-from minisigma.shards import atomic_write_json
+from minisigma.core.errors import UserError
+from minisigma.core.progress import console, log
+from minisigma.core.recipes import Section, load_recipe, project_path
+from minisigma.core.shards import atomic_write_json
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "reproduce"
 
@@ -186,8 +186,8 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
         """Remove from the pretraining corpus every document overlapping the CMDGen-mini set built by
         synth (any page quoting an item's task or command): <out>/curated -> <out>/train_corpus."""
         from curation.refine.decontam import Decontam, DecontamConfig, EvalSet, build_index, describe
-        from minisigma.runner import run_stage
-        from minisigma.shards import list_shards
+        from minisigma.core.runner import run_stage
+        from minisigma.core.shards import list_shards
 
         tasks = out / "synth" / "cmdgen" / "cmdgen.jsonl"
         cfg = DecontamConfig(eval_sets=[EvalSet(name="cmdgen", path=str(tasks))] if tasks.exists() else [])

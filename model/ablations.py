@@ -24,8 +24,8 @@ from typing import Any
 
 from pydantic import Field
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section, load_recipe, load_yaml
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section, load_recipe, load_yaml
 
 
 class Variant(Section):
@@ -121,7 +121,7 @@ def evaluate(model_dir: Path, tokens_dir: str, seq_len: int, n_windows: int, bat
 
 
 def _tokenizer_sha(tokens_dir: str) -> str:
-    from minisigma.shards import sha256_file
+    from minisigma.core.shards import sha256_file
 
     p = Path(tokens_dir) / "tokenizer.json"
     if not p.is_file():

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from model.gpt import GPT, ModelConfig
 
 FORMAT = "minisigma-diffqkv"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 IGNORE = -100
 

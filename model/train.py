@@ -30,8 +30,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section, load_recipe
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section, load_recipe
 from model.data import DataSection
 from model.tokenizer import TokenizerSection
 

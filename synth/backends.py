@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from synth.cache import ResponseCache, cache_key
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}

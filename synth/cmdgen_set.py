@@ -122,7 +122,7 @@ def eval_item(pair: dict) -> dict:
 
 
 def write_jsonl(items: list[dict], path: str | Path) -> None:
-    from minisigma.shards import atomic_write_bytes
+    from minisigma.core.shards import atomic_write_bytes
 
     data = "".join(json.dumps({k: it[k] for k in EVAL_KEYS if k in it} | ({"setup": it["setup"]} if "setup" in it else {}),
                               sort_keys=True, ensure_ascii=False) + "\n" for it in items)

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minisigma.errors import UserError
-from minisigma.recipes import load_recipe
-from minisigma.runner import run_stage
-from minisigma.shards import list_shards, read_docs
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import load_recipe
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import list_shards, read_docs
 from synth.cmdgen_set import is_heldout, write_jsonl
 from synth.commands import family
 from synth.recipe import SynthRecipe

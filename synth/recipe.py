@@ -6,7 +6,7 @@ from typing import Literal, Optional
 
 from pydantic import Field
 
-from minisigma.recipes import Section
+from minisigma.core.recipes import Section
 
 
 class BackendConfig(Section):

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 DEFAULT_MAX_TOKENS = 64
 

@@ -1,4 +1,4 @@
-"""The synth steps as minisigma.runner Stages (Ray-parallel, resumable, with manifests).
+"""The synth steps as minisigma.core.runner Stages (Ray-parallel, resumable, with manifests).
 
     tools      per input shard: the option index of every man page {tool, family, options}
     pairs_raw  per input shard: mined (task, command) pairs with provenance (synth.commands)
@@ -20,8 +20,8 @@ import hashlib
 import re
 from pathlib import Path
 
-from minisigma.runner import Sink, Stage, Task
-from minisigma.shards import list_shards, read_docs
+from minisigma.core.runner import Sink, Stage, Task
+from minisigma.core.shards import list_shards, read_docs
 from synth.cmdgen_set import Split, eval_item, eval_problem, order_key, read_jsonl
 from synth.commands import family, mine_manpage, mine_snippets
 from synth.recipe import SynthRecipe

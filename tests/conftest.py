@@ -12,7 +12,7 @@ def ray_local():
     """One local Ray for the whole test session (starting Ray costs seconds)."""
     import ray
 
-    from minisigma.runner import ensure_ray
+    from minisigma.core.runner import ensure_ray
 
     if ray.is_initialized():
         ray.shutdown()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import time
 
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.core.runner import Stage, Task
+from minisigma.core.shards import read_docs
 
 
 class MinWords(Stage):

@@ -20,7 +20,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from minisigma.shards import ShardWriter, doc_id
+from minisigma.core.shards import ShardWriter, doc_id
 
 CACHE = Path(os.environ.get("MINISIGMA_TEST_CACHE", Path.home() / ".cache" / "minisigma-tests"))
 

@@ -9,8 +9,8 @@ from curation.crawl import CrawlConfig
 from curation.crawl_http import CappedInflater, FetchError, gunzip_capped
 from curation.links import html_links, parse_discovery, sniff_charset
 from curation.urls import BadURL, Scope, canonicalize, remove_dot_segments
-from minisigma.errors import UserError
-from minisigma.recipes import parse_recipe
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import parse_recipe
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from model.evaluation.cmdgen import (
     CmdgenSection,
     Evaluator,

@@ -12,8 +12,8 @@ import sys
 import pytest
 import torch
 
-from minisigma.errors import UserError
-from minisigma.shards import ShardWriter, shard_name
+from minisigma.core.errors import UserError
+from minisigma.core.shards import ShardWriter, shard_name
 from model.evaluation.perplexity import doc_nll, evaluate, select_docs
 
 
@@ -108,7 +108,7 @@ def test_no_documents_is_a_user_error(tok):
 # ----------------------------------------------------------------------------- eval recipe
 def test_eval_recipe_rejects_unknown_keys(tmp_path):
     from model.evaluation.recipe import EvalRecipe
-    from minisigma.recipes import load_recipe
+    from minisigma.core.recipes import load_recipe
 
     p = tmp_path / "r.yaml"
     p.write_text("checkpoints: {a: x}\ncmdgen:\n  treshold: 0.5\n")
@@ -177,7 +177,7 @@ cmdgen:
 def test_shipped_eval_recipes_validate():
     from pathlib import Path
 
-    from minisigma.recipes import load_recipe
+    from minisigma.core.recipes import load_recipe
     from model.evaluation.recipe import EvalRecipe
 
     files = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))

@@ -7,9 +7,9 @@ from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
 from curation.extract import Extract, ExtractConfig
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import iter_docs
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import iter_docs
 
 ARTICLE = """<html><head><title>Page cache</title></head><body><nav><a href=/>Home</a></nav>
 <article><h1>The page cache</h1>{}</article><footer>(c) docs</footer></body></html>"""

@@ -10,9 +10,9 @@ import yaml
 
 from curation import pipeline
 from curation.recipe import CurationRecipe
-from minisigma import manifest
-from minisigma.recipes import parse_recipe
-from minisigma.shards import iter_docs, list_shards, sha256_file
+from minisigma.core import manifest
+from minisigma.core.recipes import parse_recipe
+from minisigma.core.shards import iter_docs, list_shards, sha256_file
 
 pytestmark = pytest.mark.skipif(shutil.which("apt-get") is None or shutil.which("groff") is None,
                                 reason="needs apt-get (Debian registry) and groff")

@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from minisigma.cli import app
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 
 def test_bench_attention_quick_run(tmp_path):

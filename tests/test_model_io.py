@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from model.gpt import GPT, ModelConfig
 from model.io import load_pretrained, save_pretrained
 from tests.conftest_model import make_tokenizer, one_thread

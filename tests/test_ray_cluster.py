@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import list_shards, sha256_file
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import list_shards, sha256_file
 from tests.stages_fixture import MinWords
 from tests.test_runner import make_inputs
 

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from curation import recipe as curation_recipe
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 
 def test_default_recipes_load():

@@ -15,8 +15,8 @@ from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
 from curation.refine.dedup_run import run_minhash
 from curation.refine.minhash import EDGE, FOREST_ARITY, MinHashConfig, SignatureComputer, UnionFind, lsh_params, spanning_forest
 from curation.refine.partitions import load_concat, node_part, save_npy, scatter
-from minisigma import manifest
-from minisigma.shards import list_shards, read_docs, sha256_file
+from minisigma.core import manifest
+from minisigma.core.shards import list_shards, read_docs, sha256_file
 
 
 def test_signatures_equal_datasketch_update_batch():
@@ -136,7 +136,7 @@ def test_minhash_on_two_node_ray_cluster(tmp_path):
         ray.shutdown()
         cluster.shutdown()
         if was:
-            from minisigma.runner import ensure_ray
+            from minisigma.core.runner import ensure_ray
 
             ensure_ray(None, num_cpus=2)
 

@@ -11,8 +11,8 @@ from curation.refine.classifiers import (CategoryTrainConfig, FastTextParams, Qu
                                          predict, train_category, train_quality)
 from curation.refine.pipeline import RefineConfig, load_refine_config, refine
 from curation.refine.realtext import stdlib_docs, stdlib_sources
-from minisigma import manifest
-from minisigma.shards import ShardWriter, list_shards, read_docs
+from minisigma.core import manifest
+from minisigma.core.shards import ShardWriter, list_shards, read_docs
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ refine:
 
 
 def test_unknown_refine_key_is_one_line_error(tmp_path):
-    from minisigma.errors import UserError
+    from minisigma.core.errors import UserError
 
     (tmp_path / "r.yaml").write_text("refine:\n  minhash: {thresold: 0.7}\n")
     with pytest.raises(UserError, match=r"refine.minhash.thresold: unknown key"):

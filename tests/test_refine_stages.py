@@ -16,9 +16,9 @@ from curation.refine.heuristics import Heuristics, HeuristicsConfig, check
 from curation.refine.langid import LangId, LangIdConfig
 from curation.refine.normalize import Normalize, normalize_text
 from curation.refine.realtext import stdlib_docs, stdlib_sources
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import ShardWriter, list_shards, read_docs
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import ShardWriter, list_shards, read_docs
 
 
 def shard(path: Path, docs: list[dict]) -> Path:
@@ -131,7 +131,7 @@ def test_decontam_drops_docs_with_eval_items_and_records_ngrams(tmp_path):
 
 
 def test_decontam_missing_eval_set_is_a_user_error(tmp_path):
-    from minisigma.errors import UserError
+    from minisigma.core.errors import UserError
 
     with pytest.raises(UserError, match="no such file"):
         Decontam(DecontamConfig(eval_sets=[EvalSet(name="x", path=str(tmp_path / "nope.jsonl"))]))

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from minisigma import report
-from minisigma.manifest import build_manifest, write_manifest
-from minisigma.shards import ShardWriter, shard_name
+from minisigma.core.manifest import build_manifest, write_manifest
+from minisigma.core.shards import ShardWriter, shard_name
 
 CATS = ["os", "networking", "storage", "gpu"]
 
@@ -98,7 +98,7 @@ def make_run(run: Path) -> Path:
         {"variant": "v_heads_half", "mean": 3.95, "std": 0.02, "n": 3, "metric": "val loss"},
         {"variant": "diffqkv_mini", "mean": 3.90, "std": 0.03, "n": 3, "metric": "val loss"}]}))
     # synth's screened pairs (a real runner stage), reproduce's stage times and answers
-    from minisigma.runner import Stage, Task, run_stage
+    from minisigma.core.runner import Stage, Task, run_stage
 
     class Pairs(Stage):
         name = "pairs"

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from minisigma import manifest
-from minisigma.errors import UserError
-from minisigma.recipes import load_recipe
-from minisigma.shards import read_docs
+from minisigma.core import manifest
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import load_recipe
+from minisigma.core.shards import read_docs
 from minisigma.reproduce import ReproduceRecipe, _reroot, deep_merge, rerooted_copy, resolve_recipe_path
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import ShardWriter, list_shards, read_docs, sha256_file
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import ShardWriter, list_shards, read_docs, sha256_file
 from tests.stages_fixture import MinWords
 
 

@@ -6,9 +6,9 @@ import pytest
 
 from curation.sources.arxiv import ArxivSource, ArxivStage, html_sites
 from curation.sources.http import FetchFailed
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import iter_docs, list_shards, sha256_file
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import iter_docs, list_shards, sha256_file
 from tests.sources_fixtures import HTTP_CONFIG, LoopbackServer, OaiApp
 
 
@@ -125,8 +125,8 @@ def test_arxiv_interrupted_harvest_resumes_from_token_with_same_documents(tmp_pa
 
 
 def test_arxiv_recipe_errors_are_one_line(tmp_path):
-    from minisigma.errors import UserError
-    from minisigma.recipes import parse_recipe
+    from minisigma.core.errors import UserError
+    from minisigma.core.recipes import parse_recipe
 
     with pytest.raises(UserError, match=r"r.yaml: http.contact: Value error, must be an e-mail"):
         parse_recipe({"from": "2024-01-01", "until": "2024-01-02", "http": {"contact": "nobody"}}, ArxivSource,

@@ -5,9 +5,9 @@ from __future__ import annotations
 import yaml
 
 from curation.sources.blogs import BlogsSource, BlogsStage
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import iter_docs
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import iter_docs
 from tests.sources_fixtures import BlogApp, LoopbackServer
 
 CRAWL = {"allow_loopback": True, "per_host_rate": 50.0, "retries": 1, "backoff_base": 0.01, "backoff_max": 0.05,

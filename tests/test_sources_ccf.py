@@ -9,9 +9,9 @@ import pytest
 from curation.sources.ccf import CcfManifest, CcfSource, CcfStage, landing_page_sites
 from curation.sources.common import SOURCE_MANIFESTS, load_manifest
 from curation.sources.http import FetchFailed
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import iter_docs, list_shards
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import iter_docs, list_shards
 from tests.sources_fixtures import HTTP_CONFIG, DblpApp, LoopbackServer, dblp_hit
 
 

@@ -9,9 +9,9 @@ from curation.pipeline import curate
 from curation.recipe import load
 from curation.sources.categories import CATEGORIES
 from curation.sources.runners import STAGES
-from minisigma import manifest
-from minisigma.errors import UserError
-from minisigma.shards import iter_docs
+from minisigma.core import manifest
+from minisigma.core.errors import UserError
+from minisigma.core.shards import iter_docs
 from tests.sources_fixtures import HTTP_CONFIG, BlogApp, DblpApp, LoopbackServer, OaiApp, se_xml
 from tests.test_sources_arxiv import records
 from tests.test_sources_blogs import CRAWL, blog_manifest

@@ -6,9 +6,9 @@ import shutil
 
 from curation.sources.htmltext import html_to_text
 from curation.sources.stackexchange import StackExchangeSource, StackExchangeStage, license_of, parse_tags
-from minisigma import manifest
-from minisigma.runner import run_stage
-from minisigma.shards import iter_docs, list_shards, sha256_file
+from minisigma.core import manifest
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import iter_docs, list_shards, sha256_file
 from tests.sources_fixtures import se_xml, write_7z
 
 SITE = "unix.stackexchange.com"

@@ -163,7 +163,7 @@ def _rewrite_recipe(path: Path, base_url: str, key_env: str, n_docs: int) -> Pat
 
 
 def _docs_shard(d: Path, n: int) -> Path:
-    from minisigma.shards import ShardWriter
+    from minisigma.core.shards import ShardWriter
 
     d.mkdir(parents=True, exist_ok=True)
     with ShardWriter(d / "00000.jsonl.gz") as w:
@@ -215,7 +215,7 @@ def test_killed_run_resumes_without_repeating_calls_and_key_never_written(server
         m = json.loads((out / "rewrites" / "manifest.json").read_text())
         c = m["counts"]
         assert c["in"] == n == c["out"] + sum(c["dropped"].values()) + sum(c["quarantined"].values())
-        from minisigma.shards import read_docs
+        from minisigma.core.shards import read_docs
 
         recs = list(read_docs(out / "rewrites" / "00000.jsonl.gz"))
         assert len({r["metadata"]["source_id"] for r in recs}) == len(recs) == c["out"]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from minisigma.errors import UserError
-from minisigma.shards import iter_docs, list_shards, read_docs
+from minisigma.core.errors import UserError
+from minisigma.core.shards import iter_docs, list_shards, read_docs
 from synth.commands import mine_manpage, mine_snippets
 from synth.manpage import parse_manpage
 from synth.qa import qa_pairs
@@ -237,7 +237,7 @@ def test_qa_from_manpages(docs):
 
 
 def test_pipeline_default_recipe(corpus, tmp_path, ray_local):
-    from minisigma.manifest import verify
+    from minisigma.core.manifest import verify
     from synth.cmdgen_set import EVAL_KEYS, Split, eval_problem
     from synth.pipeline import run_synth
     from synth.screen import normalize_command

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from tests.train_corpus import tiny_tokens, write_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

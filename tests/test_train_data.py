@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from minisigma.errors import UserError
-from minisigma.shards import iter_docs
+from minisigma.core.errors import UserError
+from minisigma.core.shards import iter_docs
 from tests.train_corpus import TEST_MODULES, build, tiny_tokens
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 from tests.train_corpus import tiny_tokens, write_recipe
 
 STEPS = 24

@@ -3,7 +3,7 @@
 Before the curation pipeline has produced shards, the tests need real text that every machine with
 Python has: the rendered documentation (pydoc) of standard-library modules about processes, files,
 sockets and the like (source "pydoc"), and those modules' source code (source "pysource"). Written
-as curated shards with minisigma.shards.ShardWriter, so the code under test reads them exactly as
+as curated shards with minisigma.core.shards.ShardWriter, so the code under test reads them exactly as
 it will read the curation output.
 """
 
@@ -14,7 +14,7 @@ import inspect
 import pydoc
 from pathlib import Path
 
-from minisigma.shards import ShardWriter, doc_id, shard_name
+from minisigma.core.shards import ShardWriter, doc_id, shard_name
 
 MODULES = ["argparse", "subprocess", "shutil", "os", "pathlib", "socket", "threading", "logging", "json",
            "tarfile", "zipfile", "gzip", "http.client", "urllib.request", "ssl", "signal", "tempfile",

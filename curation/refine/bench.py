@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.shards import ShardWriter, read_docs
+from minisigma.core.shards import ShardWriter, read_docs
 
 from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
 from curation.refine.minhash import MinHashConfig, SignatureComputer

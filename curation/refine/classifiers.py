@@ -45,8 +45,8 @@ from typing import Iterable
 
 import xxhash
 
-from minisigma.recipes import Section
-from minisigma.shards import atomic_write_json, iter_docs, read_docs
+from minisigma.core.recipes import Section
+from minisigma.core.shards import atomic_write_json, iter_docs, read_docs
 
 CATEGORIES = ["os_kernel", "networking", "storage_databases", "distributed_cloud", "gpu_accelerators", "security",
               "devops_tooling", "languages_compilers", "other"]

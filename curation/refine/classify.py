@@ -16,9 +16,9 @@ from typing import Optional
 
 import numpy as np
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task, text_docs
-from minisigma.shards import read_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.shards import read_docs
 
 from curation.refine.classifiers import load_info, predict
 from curation.refine.textutil import meta, scores

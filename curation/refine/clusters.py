@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.runner import Stage, Task
+from minisigma.core.runner import Stage, Task
 
 from curation.refine.decisions import DECISION, NODE
 from curation.refine.dedup_exact import tasks_by_partition

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma import manifest as mf
-from minisigma.errors import UserError
+from minisigma.core import manifest as mf
+from minisigma.core.errors import UserError
 
 from curation.refine.memtrace import traced
 from curation.refine.partitions import load_concat, node_part, partition_files, save_npy, scatter, sorted_unique

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.core.runner import Stage, Task
+from minisigma.core.shards import read_docs
 
 from curation.refine.partitions import gather, make_node
 

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task, text_docs
-from minisigma.shards import read_docs
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.shards import read_docs
 
 from curation.refine.textutil import ngram_hashes, tokens
 

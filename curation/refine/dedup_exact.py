@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task
+from minisigma.core.shards import read_docs
 
 from curation.refine.decisions import DECISION, DecisionFilter, id_bytes
 from curation.refine.partitions import gather, load_concat, make_node, node_shard, save_npy, scatter

@@ -6,9 +6,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from minisigma.manifest import MANIFEST, read_json
-from minisigma.runner import run_stage
-from minisigma.shards import read_docs
+from minisigma.core.manifest import MANIFEST, read_json
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import read_docs
 
 from curation.refine.components import connected_components
 from curation.refine.dedup_exact import DedupExactConfig, ExactHash, ExactResolve, exact_filter, n_buckets_for
@@ -66,7 +66,7 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     for sub in ("signatures", "buckets", "components", "cluster_best", "cluster_keepers", "clusters"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     if executor == "ray":
-        from minisigma.runner import ensure_ray
+        from minisigma.core.runner import ensure_ray
 
         ensure_ray(ray_address)
     sig = run_stage(MinHashSignatures(config, work, n_buckets), inputs, out_dir / "signatures", **kw)

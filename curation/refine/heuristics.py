@@ -22,8 +22,8 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task, text_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task, text_docs
 
 from curation.refine.codedetect import split_code
 from curation.refine.textutil import meta

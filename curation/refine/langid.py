@@ -9,8 +9,8 @@ is dropped with reason "lang_<code>", one below `min_score` with "lang_low_score
 
 from __future__ import annotations
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task, text_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task, text_docs
 
 from curation.refine.codedetect import split_code
 from curation.refine.textutil import meta, scores

@@ -54,9 +54,9 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task
-from minisigma.shards import read_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task
+from minisigma.core.shards import read_docs
 
 from curation.refine.decisions import NODE, DecisionFilter, doc_quality, id_bytes
 from curation.refine.dedup_exact import tasks_by_partition

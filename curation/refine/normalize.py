@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from minisigma.recipes import Section
-from minisigma.runner import Stage, Task, text_docs
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Stage, Task, text_docs
 
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
 _SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")

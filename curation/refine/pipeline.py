@@ -14,10 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section, load_yaml, parse_recipe
-from minisigma.runner import run_stage
-from minisigma.shards import list_shards
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section, load_yaml, parse_recipe
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import list_shards
 
 from curation.refine.classifiers import ClassifiersConfig, train_all
 from curation.refine.classify import Classify, ClassifyConfig, resolve_threshold
@@ -77,7 +77,7 @@ def classifier_dirs(run_dir: Path, c: RefineConfig) -> tuple[Path, Path]:
 def train_classifiers(run_dir: Path, c: RefineConfig, docs_dir: Path | None = None) -> dict:
     """Train both classifiers into <run>/classifiers from `docs_dir` (default: the dedup_exact output,
     else the run's inputs)."""
-    from minisigma.shards import read_docs
+    from minisigma.core.shards import read_docs
 
     run_dir = Path(run_dir)
     if docs_dir is None:

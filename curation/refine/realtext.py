@@ -17,7 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
-from minisigma.shards import doc_id
+from minisigma.core.shards import doc_id
 
 # Weak labels: the category a source adapter would give documentation of these modules.
 STDLIB_CATEGORIES: dict[str, list[str]] = {

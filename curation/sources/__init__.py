@@ -1,4 +1,4 @@
-"""Source adapters: each one is a `minisigma.runner.Stage` writing Documents into <run>/sources/<name>/.
+"""Source adapters: each one is a `minisigma.core.runner.Stage` writing Documents into <run>/sources/<name>/.
 
     arxiv          OAI-PMH metadata harvest by set and date window        (arxiv.py)
     ccf            CCF-ranked venues' papers from DBLP (search API or dump) (ccf.py)

@@ -30,9 +30,9 @@ from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, date_windows, iso_utc, load_manifest,
                                      make_doc, parse_xml, harvest_task)
 from curation.sources.http import HttpConfig, PoliteClient
-from minisigma.errors import UserError
-from minisigma.recipes import Section
-from minisigma.runner import Sink, Stage, Task
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Sink, Stage, Task
 
 OAI = "http://www.openarchives.org/OAI/2.0/"
 ARXIV = "http://arxiv.org/OAI/arXiv/"
@@ -298,7 +298,7 @@ def html_sites(stage_dir_: Path, src: ArxivSource) -> list[dict]:
     The extract stage labels the pages with the most common category of the papers."""
     from collections import Counter
 
-    from minisigma.shards import iter_docs
+    from minisigma.core.shards import iter_docs
 
     urls, cats = [], Counter()
     for d in iter_docs(stage_dir_):

@@ -28,10 +28,10 @@ from curation.crawl import CrawlConfig, crawl
 from curation.extract import Extract, ExtractConfig
 from curation.sources import categories
 from curation.sources.common import SOURCE_MANIFESTS, load_manifest, stage_dir
-from minisigma.errors import UserError
-from minisigma.recipes import Section
-from minisigma.runner import Sink, Stage, Task
-from minisigma.shards import shard_name, tmp_path
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Sink, Stage, Task
+from minisigma.core.shards import shard_name, tmp_path
 
 
 class BlogSite(Section):

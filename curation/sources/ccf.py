@@ -34,10 +34,10 @@ from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, harvest_task, iso_utc, load_manifest,
                                      make_doc)
 from curation.sources.http import HttpConfig, PoliteClient
-from minisigma.errors import UserError
-from minisigma.recipes import Section
-from minisigma.runner import Sink, Stage, Task
-from minisigma.shards import read_docs
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Sink, Stage, Task
+from minisigma.core.shards import read_docs
 
 RANKS = ("A", "B", "C")
 RECORD_TAGS = ("article", "inproceedings")

@@ -21,10 +21,10 @@ from lxml import etree
 from pydantic import BaseModel
 
 from curation.sources.http import HttpConfig, PoliteClient
-from minisigma.errors import UserError
-from minisigma.recipes import load_yaml, parse_recipe
-from minisigma.runner import Sink
-from minisigma.shards import atomic_write_bytes, atomic_write_json, doc_id
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import load_yaml, parse_recipe
+from minisigma.core.runner import Sink
+from minisigma.core.shards import atomic_write_bytes, atomic_write_json, doc_id
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SOURCE_MANIFESTS = REPO_ROOT / "manifests" / "sources"

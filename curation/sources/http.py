@@ -29,7 +29,7 @@ from curation.crawl_http import retry_after_seconds  # noqa: F401  (re-exported 
 from pydantic import Field, field_validator
 
 from minisigma import __version__
-from minisigma.recipes import Section
+from minisigma.core.recipes import Section
 
 RETRY_STATUS = {429, 500, 502, 503, 504}
 PROJECT_URL = "https://github.com/minisigma/minisigma"

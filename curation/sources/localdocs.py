@@ -27,10 +27,10 @@ from typing import Iterator, Literal
 
 import yaml
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section, parse_recipe, project_path
-from minisigma.runner import Sink, Stage, Task
-from minisigma.shards import doc_id, read_docs, sha256_file
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section, parse_recipe, project_path
+from minisigma.core.runner import Sink, Stage, Task
+from minisigma.core.shards import doc_id, read_docs, sha256_file
 
 DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "sources" / "localdocs.yaml"
 

@@ -42,9 +42,9 @@ from pydantic import Field
 from curation.sources import categories
 from curation.sources.common import SOURCE_MANIFESTS, iso_utc, load_manifest, make_doc, stage_dir
 from curation.sources.htmltext import EmptyHTML, html_to_text
-from minisigma.errors import UserError
-from minisigma.recipes import Section
-from minisigma.runner import Sink, Stage, Task
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
+from minisigma.core.runner import Sink, Stage, Task
 
 LICENSES = [("2011-04-08", "CC BY-SA 2.5"), ("2018-05-02", "CC BY-SA 3.0"), ("9999", "CC BY-SA 4.0")]
 LICENSE_URLS = {"CC BY-SA 2.5": "https://creativecommons.org/licenses/by-sa/2.5/",

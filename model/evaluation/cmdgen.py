@@ -40,8 +40,8 @@ from typing import Callable, Sequence
 
 from pydantic import Field
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
 
 REQUIRED = ("id", "task", "command", "tool")
 OPTIONAL = ("setup",)
@@ -313,7 +313,7 @@ def evaluate_checkpoint(tasks_path: str | Path, checkpoint: str | Path, out_dir:
                         section: CmdgenSection | None = None, evaluator: Evaluator | None = None,
                         show_progress: bool = False) -> dict:
     """Generate with a saved model (model/io.py layout) and score: the `minisigma eval cmdgen` job."""
-    from minisigma.progress import StageProgress
+    from minisigma.core.progress import StageProgress
     from model.io import load_pretrained
 
     section = section or CmdgenSection()

@@ -26,8 +26,8 @@ from typing import Iterable, Iterator, Literal
 
 from pydantic import Field
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section
 
 
 class PerplexitySection(Section):
@@ -43,7 +43,7 @@ class PerplexitySection(Section):
 
 def iter_docs(path: str | Path) -> Iterator[dict]:
     """Documents from a shards directory (NNNNN.jsonl.gz) or a single .jsonl / .jsonl.gz file."""
-    from minisigma.shards import list_shards, read_docs
+    from minisigma.core.shards import list_shards, read_docs
 
     p = Path(path)
     if p.is_dir():

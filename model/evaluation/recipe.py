@@ -27,8 +27,8 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
-from minisigma.errors import UserError
-from minisigma.recipes import Section, load_recipe
+from minisigma.core.errors import UserError
+from minisigma.core.recipes import Section, load_recipe
 from model.evaluation.cmdgen import CmdgenSection
 from model.evaluation.perplexity import PerplexitySection
 

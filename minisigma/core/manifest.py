@@ -21,11 +21,11 @@ from rich.console import Console
 from rich.table import Table
 
 from minisigma import __version__
-from minisigma.errors import UserError
-from minisigma.shards import atomic_write_json, read_docs, sha256_file
+from minisigma.core.errors import UserError
+from minisigma.core.shards import atomic_write_json, read_docs, sha256_file
 
 MANIFEST = "manifest.json"
-SCHEMA = "minisigma.manifest/1"
+SCHEMA = "minisigma.core.manifest/1"
 
 
 def read_json(path: str | Path) -> dict:

@@ -13,7 +13,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from minisigma.errors import UserError
+from minisigma.core.errors import UserError
 
 
 class Section(BaseModel):
@@ -24,7 +24,7 @@ class Section(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_path(path: str | Path) -> Path:

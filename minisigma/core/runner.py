@@ -9,7 +9,7 @@ Files of a stage directory:
     NNNNN.jsonl.gz          output shards (or NNNNN.<suffix> for raw outputs such as WARC)
     rejects/NNNNN.jsonl.gz  dropped and quarantined records, each {"kind","reason","doc"}
     .parts/NNNNN.json       per-shard result; written LAST, so its presence marks a finished shard
-    manifest.json           the stage's manifest (see minisigma.manifest)
+    manifest.json           the stage's manifest (see minisigma.core.manifest)
 
 Determinism: a task's output depends only on its inputs, its params and the stage config, and the
 shard writers are byte-deterministic, so a rerun (or a retried task after a worker died) writes
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from minisigma.shards import (
+from minisigma.core.shards import (
     ShardWriter,
     atomic_write_json,
     dumps,
@@ -153,7 +153,7 @@ class Sink:
 def text_docs(path: str | Path, sink: Sink):
     """The documents of an input shard, each counted in; those without a text string are quarantined
     as "no_text" and not yielded. The common head of every document-to-document stage."""
-    from minisigma.shards import read_docs
+    from minisigma.core.shards import read_docs
 
     for doc in read_docs(path):
         sink.take(doc)
@@ -259,8 +259,8 @@ def run_stage(
     extra: dict | None = None,
 ) -> dict:
     """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk)."""
-    from minisigma import manifest as mf
-    from minisigma.progress import StageProgress
+    from minisigma.core import manifest as mf
+    from minisigma.core.progress import StageProgress
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
