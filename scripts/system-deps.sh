@@ -6,7 +6,8 @@ if ! command -v apt-get >/dev/null 2>&1; then echo "system-deps: no apt-get, ins
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq || true
 # evaluation sandbox (CMDGen command execution) and the report's headless-browser test
-$SUDO apt-get install -y --no-install-recommends bubblewrap
+# (libseccomp2: the sandbox's seccomp filter where no cgroup v2 bounds its memory)
+$SUDO apt-get install -y --no-install-recommends bubblewrap libseccomp2
 $SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 # the embedded default corpus: man pages are rendered with groff (apt-get download + dpkg-deb are in apt/dpkg)
 $SUDO apt-get install -y --no-install-recommends groff-base

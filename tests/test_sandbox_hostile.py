@@ -1,6 +1,9 @@
 """Hostile commands against the evaluation sandbox: each is contained, the host is unchanged, and
 evaluation goes on afterwards.
 
+Memory held outside any process (memfd, SysV shared memory, tmpfs: /dev, /, /etc and the sized
+scratch mounts) is checked against the limits and against the host's Shmem while the command runs.
+
 Host sentinels, checked after every command:
 - files: a secret and a canary file in a host directory and one in the user's home (content + mtime),
   plus the working tree must gain no file;
@@ -22,9 +25,8 @@ from pathlib import Path
 
 import pytest
 
-from model.evaluation.sandbox import Limits, Sandbox
-
-from model.evaluation.sandbox import SandboxUnavailable, check_available
+from model.evaluation import sandbox as sandbox_module
+from model.evaluation.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
 
 
 def _unavailable() -> str | None:
@@ -225,3 +227,151 @@ def test_setup_seeds_a_fresh_scratch_each_time(sandbox):
     assert sandbox.run("ls -A").stdout == ""
     bad = sandbox.run("echo never", setup="exit 3")
     assert bad.status == "setup_failed" and "never" not in bad.stdout
+
+
+# --------------------------------------------------------------------------- memory outside processes
+def _host_shmem() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Shmem:"):
+            return int(line.split()[1]) << 10
+    raise AssertionError("no Shmem in /proc/meminfo")
+
+
+def _run_watching_shmem(sb: Sandbox, command: str):
+    """Run `command`, sampling the host's Shmem meanwhile; return (result, peak growth in bytes)."""
+    base = _host_shmem()
+    peak = [base]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak[0] = max(peak[0], _host_shmem())
+            done.wait(0.02)
+
+    t = threading.Thread(target=watch, daemon=True)
+    t.start()
+    try:
+        r = sb.run(command)
+    finally:
+        done.set()
+        t.join()
+    return r, peak[0] - base
+
+
+# 64 x 16 MiB = 1 GiB held in memfds (written, not mapped: RLIMIT_AS does not see them), reporting
+# after each one; it exits 3 on the first refusal, and holds what it got for a moment at the end.
+MEMFD_FILL = """python3 -c "
+import os, sys, time
+held = 0
+try:
+    for i in range(64):
+        fd = os.memfd_create('m%d' % i)
+        os.write(fd, bytes(16 << 20))
+        held += 16 << 20
+        print('held', held, flush=True)
+except OSError as e:
+    print('refused', e.errno, flush=True)
+    sys.exit(3)
+time.sleep(1)
+" """
+
+ATTACK = 1 << 30  # what the attacks above would hold on the host without the limits
+
+
+def _held(stdout: str) -> int:
+    return max([int(l.split()[1]) for l in stdout.splitlines() if l.startswith("held ")] or [0])
+
+
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["default", "no_cgroup"])
+def test_memfd_filling_is_bounded(use_cgroup):
+    lim = Limits(wall_seconds=30, cpu_seconds=20, memory_bytes=128 << 20, file_bytes=32 << 20)
+    with Sandbox(lim, use_cgroup=use_cgroup) as sb:
+        r, grew = _run_watching_shmem(sb, MEMFD_FILL)
+    assert r.memory_limit == sb.memory_limit and r.memory_limit in ("cgroup", "rlimit")
+    # killed by the cgroup's limit, or refused (memfd_create denied, or ENOMEM/ENOSPC at the limit)
+    assert r.status in ("killed", "error"), r
+    assert _held(r.stdout) <= lim.memory_bytes, r.stdout
+    if r.memory_limit == "rlimit":
+        assert (r.status, r.exit_code, r.stdout.split()) == ("error", 3, ["refused", "1"])  # EPERM
+    else:
+        assert r.status == "error" or r.oom_killed
+    assert grew < ATTACK // 2, f"host Shmem grew by {grew >> 20} MiB"
+
+
+def test_filling_every_writable_path_is_bounded(sandbox):
+    """/dev, / and /etc are read-only; /scratch, /tmp and /dev/shm hold at most scratch_bytes."""
+    paths = ["/dev", "/", "/etc", "/scratch", "/tmp", "/dev/shm"]
+    cmd = ("for d in %s; do n=0; for i in $(seq 1 256); do head -c 4M /dev/zero > $d/fill$i 2>/dev/null "
+           "|| break; n=$((n + 4)); done; echo \"$d $n\"; done" % " ".join(paths))
+    r, grew = _run_watching_shmem(sandbox, cmd)
+    assert r.status == "ok", r
+    mib = dict(line.split() for line in r.stdout.splitlines())
+    assert set(mib) == set(paths)
+    for d in ("/dev", "/", "/etc"):
+        assert mib[d] == "0", (d, r.stdout)
+    for d in ("/scratch", "/tmp", "/dev/shm"):
+        assert int(mib[d]) << 20 <= sandbox.limits.scratch_bytes, (d, r.stdout)
+    assert grew < ATTACK // 2, f"host Shmem grew by {grew >> 20} MiB"
+    after = sandbox.run("ls -A /dev/shm /tmp; ls -A")
+    assert (after.status, after.stdout) == ("ok", "/dev/shm:\n\n/tmp:\n"), after
+
+
+def test_sysv_shared_memory_is_bounded():
+    """shmget segments outlive detaching; without a cgroup they are refused."""
+    cmd = ("python3 -c \"import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+           "print(libc.shmget(0, 1 << 30, 0o1600), ctypes.get_errno())\"")
+    with Sandbox(Limits(wall_seconds=30), use_cgroup=False) as sb:
+        r = sb.run(cmd)
+    assert r.status == "ok" and r.stdout.split() == ["-1", "1"], r  # EPERM
+
+
+@pytest.mark.skipif(sandbox_module.usable_cgroup_parent() is None,
+                    reason="no writable cgroup v2 with the memory controller here (the 'rlimit' way applies)")
+def test_cgroup_bounds_memory_of_all_processes_together():
+    # 6 processes of 64 MiB each, under a 128 MiB limit for the sandbox (RLIMIT_AS allows each)
+    lim = Limits(wall_seconds=30, cpu_seconds=20, memory_bytes=128 << 20)
+    cmd = ("for i in 1 2 3 4 5 6; do python3 -c \"import time; x = bytearray(64 << 20); "
+           "print('ok', flush=True); time.sleep(3)\" & done; wait")
+    with Sandbox(lim) as sb:
+        assert sb.memory_limit == "cgroup"
+        r = sb.run(cmd)
+        assert r.memory_limit == "cgroup" and r.oom_killed and r.status == "killed", r
+        assert r.stdout.count("ok") < 6
+        assert sb.run("echo alive").stdout == "alive\n"
+
+
+def test_memory_parent_is_the_nearest_cgroup_delegating_memory(tmp_path):
+    mount = tmp_path / "cg"
+    own = mount / "system.slice" / "job.scope"
+    own.mkdir(parents=True)
+    for d, ctl in ((mount, "cpu memory pids"), (mount / "system.slice", "cpu"), (own, "")):
+        (d / "cgroup.subtree_control").write_text(ctl + "\n")
+    assert sandbox_module.memory_parent(mount, "/system.slice/job.scope") == mount
+    (mount / "system.slice" / "cgroup.subtree_control").write_text("memory pids\n")
+    assert sandbox_module.memory_parent(mount, "/system.slice/job.scope") == mount / "system.slice"
+    assert sandbox_module.memory_parent(mount, "/../outside") is None
+    for d in (mount, mount / "system.slice"):
+        (d / "cgroup.subtree_control").write_text("cpu\n")
+    assert sandbox_module.memory_parent(mount, "/system.slice/job.scope") is None
+
+
+# --------------------------------------------------------------------------- never raises
+def test_nul_bytes_and_non_text_are_results(sandbox):
+    cases = [(("echo a\0b",), {}, "not_executable"),
+             (("echo hi",), {"setup": "touch a\0b"}, "setup_failed"),
+             (("true",), {"tool": "l\0s"}, "not_executable"),
+             ((b"echo bytes",), {}, "not_executable"),
+             (("echo hi",), {"setup": 5}, "setup_failed"),
+             ((None,), {}, "empty")]
+    for args, kw, status in cases:
+        r = sandbox.run(*args, **kw)
+        assert r.status == status and r.exit_code is None, (args, kw, r)
+        assert "NUL" in r.stderr or r.status == "empty" or "not text" in r.stderr
+    assert sandbox.run("echo alive").stdout == "alive\n"
+
+
+def test_a_sandbox_that_cannot_start_is_a_result(tmp_path):
+    with Sandbox(Limits(wall_seconds=10)) as sb:
+        sb.bwrap = str(tmp_path / "no-such-bwrap")
+        r = sb.run("echo hi")
+    assert r.status == "sandbox_error" and "cannot start bubblewrap" in r.stderr
