@@ -159,6 +159,22 @@ def generate_cmd(
         print(p + o)
 
 
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="a model directory (model.safetensors + config.json + tokenizer.json)"),
+    format: str = typer.Option("hf", "--format", help="hf: a Hugging Face transformers folder (remote code)"),
+    out: Path = typer.Option(..., "--out", help="the folder to write"),
+):
+    """Export a checkpoint for other tools: `--format hf` writes a folder that transformers'
+    AutoModelForCausalLM (trust_remote_code=True) and AutoTokenizer load, chat template included."""
+    if format != "hf":
+        raise UserError(f"--format: expected hf, got {format!r}")
+    from model.hf_export import export_hf
+
+    folder = export_hf(checkpoint, out)
+    print(f"{folder}: AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)")
+
+
 def _load_benchmark(name: str):
     """benchmarks/ is a folder of scripts next to the package (not installed): load one by path."""
     import importlib.util
