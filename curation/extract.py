@@ -19,7 +19,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import doc_id
+from minisigma.core.shards import stable_id
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -169,7 +169,7 @@ class Extract(Stage):
                 fetched = rec.rec_headers.get_header("WARC-Date") or ""
                 locator = stable_locator(url, meta.get("locator"))
                 sink.write({
-                    "id": doc_id(source, locator),
+                    "id": stable_id(source, locator),
                     "text": text,
                     "source": source,
                     "url": locator,

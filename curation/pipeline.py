@@ -18,6 +18,7 @@ from pathlib import Path
 from curation.crawl_stage import Crawl
 from curation.extract import Extract
 from curation.recipe import CurationRecipe
+from curation.refine.pipeline import refine
 from curation.sources import localdocs
 from curation.sources import runners as adapter_runners
 from minisigma.core.progress import log
@@ -83,8 +84,6 @@ def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None
                      for w in warcs}
         ctx.run(Extract(recipe.extract, site_meta), warcs, run_dir / "extract")
     if recipe.refine is not None:
-        from curation.refine.pipeline import refine
-
         refine(run_dir, recipe.refine, ray_address=ctx.ray_address, progress=progress,
                executor=recipe.refine.executor if recipe.ray.executor == "ray" else "local")
     return run_dir

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from curation.crawl import CrawlConfig
 from curation.extract import ExtractConfig
-from curation.refine.pipeline import RefineConfig
+from curation.refine.config import RefineConfig
 from curation.sources.arxiv import ArxivSource
 from curation.sources.blogs import BlogsSource
 from curation.sources.ccf import CcfSource

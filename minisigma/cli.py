@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 
+from minisigma.bench import load_benchmark
 from minisigma.core.errors import UserError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
@@ -175,19 +176,6 @@ def export_cmd(
     print(f"{folder}: AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)")
 
 
-def _load_benchmark(name: str):
-    """benchmarks/ is a folder of scripts next to the package (not installed): load one by path."""
-    import importlib.util
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    if not path.is_file():
-        raise UserError(f"{path}: benchmark script not found (run from a source checkout)")
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
 @bench_app.command("attention")
 def bench_attention_cmd(
     contexts: str = typer.Option("1024,4096,16384,32768", "--contexts", help="comma-separated context lengths"),
@@ -202,7 +190,7 @@ def bench_attention_cmd(
 ):
     """DiffQKV (4 K / 16 V heads) vs GQA (16/16): KV bytes/token, decode latency vs context, prefill and
     training-step time, printed side by side with the paper's targets; writes a latency PNG."""
-    bench_attention = _load_benchmark("bench_attention")
+    bench_attention = load_benchmark("bench_attention")
 
     def ints(s: str, what: str) -> list[int]:
         try:
@@ -320,7 +308,7 @@ def bench_train_cmd(
     seq_len: int = typer.Option(256, "--seq-len", min=8),
 ):
     """Training tokens/s of the `mini` preset (DiffQKV + AugQ) vs the GQA baseline of the same size."""
-    _load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len)
+    load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len)
 
 
 @app.command("report")

@@ -23,12 +23,14 @@ from typing import Callable, Optional
 import yaml
 from pydantic import Field
 
+from minisigma.bench import load_benchmark
+from minisigma.core import paths
 from minisigma.core.errors import UserError
 from minisigma.core.progress import console, log
 from minisigma.core.recipes import Section, load_recipe, project_path
 from minisigma.core.shards import atomic_write_json
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes" / "reproduce"
+RECIPES = paths.RECIPES / "reproduce"
 
 
 class ModelRun(Section):
@@ -228,10 +230,8 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
         return run
 
     def attention():
-        from minisigma.cli import _load_benchmark
-
         a = r.attention
-        _load_benchmark("bench_attention").run(contexts=a.contexts, batches=a.batches, layers=a.layers,
+        load_benchmark("bench_attention").run(contexts=a.contexts, batches=a.batches, layers=a.layers,
                                                hidden=a.hidden, train_seq=a.train_seq, out_dir=out / "bench" / "attention")
         return {}
 

@@ -18,12 +18,18 @@ The validation pairs are held out by a hash of their text.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from minisigma.core.errors import UserError
+
+from model.chat import pair_to_messages, render
+from model.data import StreamDataModule, unit_hash
+from model.recipe import TrainRecipe, build_model_config, load_init
+from model.tokenizer import PAD, SPECIAL_TOKENS, load_tokenizer
 
 IGNORE = -100
 
@@ -118,10 +124,6 @@ class Rows:
 
 def build_rows(pairs: list[dict], tok, seq_len: int, val_fraction: float, system: str | None,
                pack_rows: bool = True) -> tuple[Rows, Rows, dict]:
-    from model.chat import pair_to_messages, render
-    from model.data import unit_hash
-    from model.tokenizer import PAD
-
     stats = {"pairs": len(pairs), "invalid": 0, "truncated": 0, "dropped_too_long": 0,
              "train_pairs": 0, "val_pairs": 0}
     split: dict[str, list] = {"train": [], "val": []}
@@ -154,30 +156,16 @@ def build_rows(pairs: list[dict], tok, seq_len: int, val_fraction: float, system
     return out["train"], out["val"], stats
 
 
-def build_sft(recipe):
+def build_sft(recipe: TrainRecipe):
     """-> (StreamDataModule, tokenizer, ModelConfig, initial state dict or None) for model/train.py."""
-    import dataclasses
-    import hashlib
-
-    from model.data import StreamDataModule
-    from model.train import build_model_config
-
     s, t = recipe.sft, recipe.train
     if s.init_from:
-        from model.io import load_pretrained
-        from model.tokenizer import SPECIAL_TOKENS
-
-        model, cfg, tok = load_pretrained(s.init_from)
+        cfg, init_state, tok = load_init(s.init_from, t.seq_len)
         if tok is None:
             raise UserError(f"sft.init_from: {s.init_from} has no tokenizer.json")
         if any(tok.token_to_id(x) is None for x in SPECIAL_TOKENS):
             raise UserError(f"sft.init_from: the tokenizer of {s.init_from} lacks the chat special tokens")
-        init_state = model.state_dict()
-        if t.seq_len > cfg.max_seq_len:
-            cfg = dataclasses.replace(cfg, max_seq_len=t.seq_len)
     else:  # from scratch (no pretraining): tokenizer of the data recipe, model of the recipe
-        from model.tokenizer import load_tokenizer
-
         tok = load_tokenizer(recipe.data.tokens_dir)
         cfg, init_state = build_model_config(recipe, tok.get_vocab_size()), None
 

@@ -20,11 +20,13 @@ Every pair keeps its provenance: document id, URL, package/version, section and 
 
 from __future__ import annotations
 
-import hashlib
 import re
 import shlex
 
+from minisigma.core.shards import stable_id
+
 from synth.manpage import Block, ManPage, parse_manpage
+from synth.qa import split_thread
 
 GENERATOR = "synth.commands/1"
 PROMPTS = ("$ ", "# ", "% ", "> ")
@@ -35,10 +37,6 @@ _LEAD_IN = re.compile(r"^(for example|for instance|example|examples|e\.g\.|thus|
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'`])")
 _CONNECTORS = {"|", "||", "&&", ";", "&", "$(", "`", "("}
 _WRAPPERS = {"sudo", "env", "nohup", "time", "nice", "doas", "exec", "command", "xargs"}
-
-
-def pair_id(*parts: str) -> str:
-    return hashlib.sha1("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def family(tool: str) -> str:
@@ -148,7 +146,7 @@ def _pair(task: str, command: str, tool: str, doc: dict, kind: str, section: str
             "source": doc.get("source"), "package": md.get("package"), "version": md.get("version"),
             "section": section}
     prov.update(extra or {})
-    return {"id": pair_id(kind, str(doc.get("id")), task, command), "task": task, "command": command,
+    return {"id": stable_id(kind, str(doc.get("id")), task, command), "task": task, "command": command,
             "tool": tool, "text": f"{task}\n{command}", "source": "synthetic", "url": doc.get("url"),
             "metadata": {k: v for k, v in prov.items() if v is not None}}
 
@@ -294,8 +292,6 @@ def mine_snippets(doc: dict, known_tools: set[str] | None = None) -> tuple[list[
     qa_page = doc.get("source") == "stackexchange"
     out: list[dict] = []
     if qa_page:  # commands of the answers only: the question's are what did not work
-        from synth.qa import split_thread
-
         question, answers = split_thread(text)
         text = "\n\n".join(answers)
     lines = text.replace("\r", "").split("\n")

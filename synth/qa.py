@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from synth.commands import pair_id
+from minisigma.core.shards import stable_id
 from synth.manpage import parse_manpage
 
 GENERATOR = "synth.qa/1"
@@ -27,7 +27,7 @@ def _qa(question: str, answer: str, doc: dict, rule: str, extra: dict | None = N
             "source": doc.get("source"), "package": md.get("package"), "version": md.get("version")}
     prov.update(extra or {})
     answer = " ".join(answer.split())
-    return {"id": pair_id(rule, str(doc.get("id")), question, answer), "question": question, "answer": answer,
+    return {"id": stable_id(rule, str(doc.get("id")), question, answer), "question": question, "answer": answer,
             "text": f"{question}\n{answer}", "source": "synthetic", "url": doc.get("url"),
             "metadata": {k: v for k, v in prov.items() if v is not None}}
 

@@ -9,7 +9,7 @@ backend's concurrency limit and answers from the response cache when it can.
 
 from __future__ import annotations
 
-from synth.commands import pair_id
+from minisigma.core.shards import stable_id
 
 GENERATOR = "synth.rewrite/1"
 
@@ -43,7 +43,7 @@ def build_messages(template, doc: dict, max_chars: int) -> tuple[list[dict], str
 
 def rewrite_record(template, doc: dict, text: str, model: str, truncated: bool, extra: dict) -> dict:
     md = doc.get("metadata") or {}
-    return {"id": pair_id("rewrite", template.name, str(doc.get("id")), model), "text": text.strip(),
+    return {"id": stable_id("rewrite", template.name, str(doc.get("id")), model), "text": text.strip(),
             "source": "synthetic", "url": doc.get("url"),
             "metadata": {"generator": GENERATOR, "template": template.name, "model": model,
                          "source_id": doc.get("id"), "source": doc.get("source"), "source_url": doc.get("url"),

@@ -20,7 +20,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from minisigma.core.shards import ShardWriter, doc_id
+from minisigma.core.shards import ShardWriter, stable_id
 
 CACHE = Path(os.environ.get("MINISIGMA_TEST_CACHE", Path.home() / ".cache" / "minisigma-tests"))
 
@@ -83,7 +83,7 @@ def package_docs(pkg: str) -> list[dict]:
             if len(text.split()) < 20:
                 continue
             loc = f"deb://{pkg}/{version}/man{section}/{tool}"
-            docs.append({"id": doc_id("manpages", loc), "text": text, "source": "manpages", "url": loc,
+            docs.append({"id": stable_id("manpages", loc), "text": text, "source": "manpages", "url": loc,
                          "metadata": {"tool": tool, "section": section, "package": pkg, "version": version,
                                       "title": f"{tool}({section})", "license": "see package copyright"}})
     cached.parent.mkdir(parents=True, exist_ok=True)

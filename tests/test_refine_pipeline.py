@@ -9,7 +9,7 @@ import pytest
 
 from curation.refine.classifiers import (CategoryTrainConfig, FastTextParams, QualityTrainConfig, make_negatives,
                                          predict, train_category, train_quality)
-from curation.refine.pipeline import RefineConfig, load_refine_config, refine
+from curation.refine.pipeline import load_refine_config, refine
 from curation.refine.realtext import stdlib_docs, stdlib_sources
 from minisigma.core import manifest
 from minisigma.core.shards import ShardWriter, list_shards, read_docs
@@ -117,3 +117,29 @@ def test_unknown_refine_key_is_one_line_error(tmp_path):
     (tmp_path / "r.yaml").write_text("refine:\n  minhash: {thresold: 0.7}\n")
     with pytest.raises(UserError, match=r"refine.minhash.thresold: unknown key"):
         load_refine_config(tmp_path / "r.yaml")
+
+
+def test_a_registered_stage_runs_in_a_recipe_without_touching_the_pipeline(tmp_path):
+    import tests.refine_plugin  # noqa: F401  (registers drop_mentions)
+
+    run = tmp_path / "run"
+    texts = ["the kernel schedules threads on cores " * 4, "this page is forbidden to read " * 4, "",
+             "the page cache keeps recently read blocks " * 4]
+    with ShardWriter(run / "sources" / "s" / "00000.jsonl.gz") as w:
+        w.write_all([{"id": f"d{i}", "source": "s", "metadata": {}, "text": t} for i, t in enumerate(texts)])
+    (tmp_path / "r.yaml").write_text("refine:\n  executor: local\n  stages: [normalize, drop_mentions]\n"
+                                     "  drop_mentions: {word: forbidden}\n")
+    c = load_refine_config(tmp_path / "r.yaml")
+    out = refine(run, c, progress=False)
+    kept = [d["id"] for p in list_shards(out) for d in read_docs(p)]
+    assert kept == ["d0", "d3"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["stage"] == "drop_mentions" and m["recipe"] == {"word": "forbidden"}
+    assert m["counts"]["in"] == 3 and m["counts"]["dropped"] == {"mentions_forbidden": 1}
+    assert m["stats"] == {"checked": 2}
+    assert manifest.verify(run) == []
+    (tmp_path / "bad.yaml").write_text("refine:\n  drop_mentions: {wrod: x}\n")
+    from minisigma.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"refine.drop_mentions.wrod: unknown key"):
+        load_refine_config(tmp_path / "bad.yaml")

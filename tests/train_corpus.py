@@ -14,7 +14,7 @@ import inspect
 import pydoc
 from pathlib import Path
 
-from minisigma.core.shards import ShardWriter, doc_id, shard_name
+from minisigma.core.shards import ShardWriter, stable_id, shard_name
 
 MODULES = ["argparse", "subprocess", "shutil", "os", "pathlib", "socket", "threading", "logging", "json",
            "tarfile", "zipfile", "gzip", "http.client", "urllib.request", "ssl", "signal", "tempfile",
@@ -27,13 +27,13 @@ def stdlib_docs(modules=MODULES) -> list[dict]:
     for name in modules:
         mod = importlib.import_module(name)
         text = pydoc.render_doc(mod, renderer=pydoc.plaintext)
-        docs.append({"id": doc_id("pydoc", name), "text": text, "source": "pydoc", "url": f"pydoc:{name}",
+        docs.append({"id": stable_id("pydoc", name), "text": text, "source": "pydoc", "url": f"pydoc:{name}",
                      "metadata": {"title": name, "category": "docs"}})
         try:
             src = inspect.getsource(mod)
         except (OSError, TypeError):
             continue
-        docs.append({"id": doc_id("pysource", name), "text": src, "source": "pysource", "url": f"file:{name}",
+        docs.append({"id": stable_id("pysource", name), "text": src, "source": "pysource", "url": f"file:{name}",
                      "metadata": {"title": name, "category": "code"}})
     return docs
 
@@ -47,7 +47,7 @@ def split_docs(docs: list[dict], max_chars: int = 6000) -> list[dict]:
         while text:
             cut = text.rfind("\n\n", 0, max_chars) if len(text) > max_chars else len(text)
             cut = cut if cut > max_chars // 4 else min(len(text), max_chars)
-            out.append({**d, "id": doc_id(d["source"], f"{d['url']}#{part}"), "text": text[:cut],
+            out.append({**d, "id": stable_id(d["source"], f"{d['url']}#{part}"), "text": text[:cut],
                         "url": f"{d['url']}#{part}"})
             text, part = text[cut:].lstrip("\n"), part + 1
     return out

@@ -12,15 +12,18 @@ and recorded in the manifest. Documents below it are dropped with reason "qualit
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 
+from minisigma.core.errors import UserError
+from minisigma.core.filters import Filter
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Stage, Task, text_docs
-from minisigma.core.shards import read_docs
+from minisigma.core.runner import run_stage
+from minisigma.core.shards import list_shards, read_docs
 
-from curation.refine.classifiers import load_info, predict
+from curation.refine.classifiers import load_info, predict, train_all
+from curation.refine.registry import RefineContext, RefineStep
 from curation.refine.textutil import meta, scores
 
 
@@ -50,8 +53,9 @@ def quality_score(model_dir: str, text: str) -> float:
     return dict(zip(labels, probs)).get("hq", 0.0)
 
 
-class Classify(Stage):
+class Classify(Filter, RefineStep):
     name = "classify"
+    Config = ClassifyConfig
 
     def __init__(self, config: ClassifyConfig, quality_dir: str | Path, category_dir: str | Path | None,
                  threshold: float | None):
@@ -59,25 +63,51 @@ class Classify(Stage):
         self.quality_dir = str(quality_dir)
         self.category_dir = str(category_dir) if category_dir else None
         self.threshold = threshold
+        self.q_words = load_info(self.quality_dir)["config"]["fasttext"]["max_words"]
+        self.c_words = load_info(self.category_dir)["config"]["fasttext"]["max_words"] if self.category_dir else 0
 
-    def process(self, task: Task, sink) -> None:
-        q_words = load_info(self.quality_dir)["config"]["fasttext"]["max_words"]
-        c_words = load_info(self.category_dir)["config"]["fasttext"]["max_words"] if self.category_dir else 0
-        for doc in text_docs(task.inputs[0], sink):
-            labels, probs = predict(_model(self.quality_dir), doc["text"], q_words, k=2)
-            q = dict(zip(labels, probs)).get("hq", 0.0)
-            scores(doc)["quality"] = round(q, 5)
-            if self.category_dir:
-                (lab,), (p,) = predict(_model(self.category_dir), doc["text"], c_words, k=1)
-                meta(doc)["category_pred"] = lab
-                scores(doc)["category"] = round(p, 5)
-                if lab in self.config.drop_categories:
-                    sink.drop(doc, f"category_{lab}")
-                    continue
-            if self.threshold is not None and q < self.threshold:
-                sink.drop(doc, "quality_below_threshold")
-            else:
-                sink.write(doc)
+    def decide(self, doc: dict) -> str | None:
+        labels, probs = predict(_model(self.quality_dir), doc["text"], self.q_words, k=2)
+        q = dict(zip(labels, probs)).get("hq", 0.0)
+        scores(doc)["quality"] = round(q, 5)
+        if self.category_dir:
+            (lab,), (p,) = predict(_model(self.category_dir), doc["text"], self.c_words, k=1)
+            meta(doc)["category_pred"] = lab
+            scores(doc)["category"] = round(p, 5)
+            if lab in self.config.drop_categories:
+                return f"category_{lab}"
+        if self.threshold is not None and q < self.threshold:
+            return "quality_below_threshold"
+        return None
+
+    @classmethod
+    def run_step(cls, config: ClassifyConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
+        """Train the classifiers on this stage's input when the run has none, set the threshold, filter."""
+        q_dir, c_dir = classifier_dirs(ctx.run_dir, config)
+        if not (q_dir / "model.bin").exists() or not (c_dir / "model.bin").exists():
+            train_from_shards(ctx.run_dir, ctx.refine, list_shards(Path(inputs[0]).parent))
+        thr, how = resolve_threshold(config, q_dir, inputs)
+        run_stage(cls(config, q_dir, c_dir, thr), inputs, dest, **ctx.stage_kw,
+                  extra={"threshold": how, "classifiers": {"quality": load_info(q_dir)["heldout"]["macro"],
+                                                           "category": load_info(c_dir)["heldout"]["macro"]}})
+
+
+def classifier_dirs(run_dir: Path, c: ClassifyConfig) -> tuple[Path, Path]:
+    """The quality and category model directories: the recipe's, else <run>/classifiers/{quality,category}."""
+    return (Path(c.quality_model) if c.quality_model else run_dir / "classifiers" / "quality",
+            Path(c.category_model) if c.category_model else run_dir / "classifiers" / "category")
+
+
+def train_from_shards(run_dir: Path, refine: Any, shards: list[Path]) -> dict:
+    """Train both classifiers into <run>/classifiers from the documents of `shards`."""
+    c = refine.classifiers
+    if not shards and not (c.quality.positive_paths and c.category.paths):
+        raise UserError(f"{run_dir}: no documents to train the classifiers on (run extraction first)")
+    docs = [d for p in shards for d in read_docs(p)]
+    try:
+        return train_all(docs, c, Path(run_dir) / "classifiers")
+    except ValueError as e:
+        raise UserError(str(e)) from None
 
 
 def resolve_threshold(c: ClassifyConfig, quality_dir: str | Path, inputs: list[Path]) -> tuple[float | None, dict]:

@@ -17,9 +17,11 @@ import numpy as np
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.filters import Filter
+from minisigma.core.runner import run_stage
 from minisigma.core.shards import read_docs
 
+from curation.refine.registry import RefineContext, RefineStep
 from curation.refine.textutil import ngram_hashes, tokens
 
 
@@ -75,8 +77,9 @@ def build_index(c: DecontamConfig) -> dict:
     return index
 
 
-class Decontam(Stage):
+class Decontam(Filter, RefineStep):
     name = "decontam"
+    Config = DecontamConfig
 
     def __init__(self, config: DecontamConfig, index: dict | None = None):
         super().__init__(config)
@@ -98,18 +101,20 @@ class Decontam(Stage):
             found.extend(self.index[int(x)] for x in hit.tolist())
         return found
 
-    def process(self, task: Task, sink) -> None:
+    def decide(self, doc: dict) -> str | None:
         c = self.config
-        for doc in text_docs(task.inputs[0], sink):
-            found = self.hits(doc["text"])
-            if len(found) >= c.min_overlap:
-                names = sorted({f[0] for f in found})
-                doc.setdefault("metadata", {})["decontam"] = {
-                    "overlaps": len(found),
-                    "ngrams": [{"set": s, "item": i, "ngram": g} for s, i, g in found[: c.max_recorded_ngrams]]}
-                sink.drop(doc, "decontam_" + names[0])
-            else:
-                sink.write(doc)
+        found = self.hits(doc["text"])
+        if len(found) < c.min_overlap:
+            return None
+        doc.setdefault("metadata", {})["decontam"] = {
+            "overlaps": len(found),
+            "ngrams": [{"set": s, "item": i, "ngram": g} for s, i, g in found[: c.max_recorded_ngrams]]}
+        return "decontam_" + sorted({f[0] for f in found})[0]
+
+    @classmethod
+    def run_step(cls, config: DecontamConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
+        index = build_index(config)
+        run_stage(cls(config, index), inputs, dest, extra={"decontam": describe(config, index)}, **ctx.stage_kw)
 
 
 def describe(c: DecontamConfig, index: dict) -> dict:

@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from minisigma.core.manifest import MANIFEST, read_json
-from minisigma.core.runner import run_stage
+from minisigma.core.runner import ensure_ray, run_stage
 from minisigma.core.shards import read_docs
 
 from curation.refine.components import connected_components
@@ -15,6 +15,7 @@ from curation.refine.dedup_exact import DedupExactConfig, ExactHash, ExactResolv
 from curation.refine.clusters import ClusterBest, ClusterDecisions, ClusterKeepers
 from curation.refine.minhash import (MinHashBuckets, MinHashConfig, MinHashSignatures, lsh_params, minhash_filter,
                                      sizes_for)
+from curation.refine.registry import RefineContext, RefineStep
 
 
 def count_docs(inputs: list[Path]) -> int:
@@ -66,8 +67,6 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     for sub in ("signatures", "buckets", "components", "cluster_best", "cluster_keepers", "clusters"):
         shutil.rmtree(out_dir / sub, ignore_errors=True)
     if executor == "ray":
-        from minisigma.core.runner import ensure_ray
-
         ensure_ray(ray_address)
     sig = run_stage(MinHashSignatures(config, work, n_buckets), inputs, out_dir / "signatures", **kw)
     buckets = run_stage(MinHashBuckets(config, work, n_parts), _files(work / "bands"), out_dir / "buckets", **kw)
@@ -93,3 +92,25 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
             "signature_shingles": sig["stats"].get("shingles", 0)}
     return run_stage(minhash_filter(work), inputs, out_dir, recipe_section=config.model_dump(mode="json"),
                      extra={"minhash": info}, **kw)
+
+
+class DedupExact(RefineStep):
+    """Refine stage `dedup_exact`: exact duplicates of the normalised text (hash buckets, smallest id kept)."""
+
+    name = "dedup_exact"
+    Config = DedupExactConfig
+
+    @classmethod
+    def run_step(cls, config: DedupExactConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
+        run_dedup_exact(inputs, dest, config, **ctx.stage_kw)
+
+
+class MinHashDedup(RefineStep):
+    """Refine stage `minhash`: near duplicates by MinHash LSH, verified, clustered, one kept per cluster."""
+
+    name = "minhash"
+    Config = MinHashConfig
+
+    @classmethod
+    def run_step(cls, config: MinHashConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
+        run_minhash(inputs, dest, config, **ctx.stage_kw)

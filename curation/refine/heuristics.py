@@ -23,9 +23,10 @@ import re
 from collections import Counter
 
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.filters import Filter
 
 from curation.refine.codedetect import split_code
+from curation.refine.registry import RefineStep
 from curation.refine.textutil import meta
 
 STOP_WORDS = frozenset(["the", "be", "to", "of", "and", "that", "have", "with"])  # Gopher's list
@@ -202,18 +203,15 @@ def check(text: str, c: HeuristicsConfig) -> tuple[str | None, dict]:
     return reason, facts
 
 
-class Heuristics(Stage):
+class Heuristics(Filter, RefineStep):
     name = "heuristics"
+    Config = HeuristicsConfig
 
     def __init__(self, config: HeuristicsConfig | None = None):
         super().__init__(config or HeuristicsConfig())
 
-    def process(self, task: Task, sink) -> None:
-        for doc in text_docs(task.inputs[0], sink):
-            reason, facts = check(doc["text"], self.config)
-            meta(doc)["code_fraction"] = facts["code_fraction"]
-            sink.stat(f"prose_rules_{facts.get('prose_rules', 'none')}")
-            if reason:
-                sink.drop(doc, reason)
-            else:
-                sink.write(doc)
+    def decide(self, doc: dict) -> str | None:
+        reason, facts = check(doc["text"], self.config)
+        meta(doc)["code_fraction"] = facts["code_fraction"]
+        self.stat(f"prose_rules_{facts.get('prose_rules', 'none')}")
+        return reason or None

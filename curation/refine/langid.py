@@ -10,9 +10,10 @@ is dropped with reason "lang_<code>", one below `min_score` with "lang_low_score
 from __future__ import annotations
 
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.filters import Filter
 
 from curation.refine.codedetect import split_code
+from curation.refine.registry import RefineStep
 from curation.refine.textutil import meta, scores
 
 
@@ -49,24 +50,23 @@ def identify(text: str, c: LangIdConfig) -> tuple[str, float, bool]:
     return lang, float(p), True
 
 
-class LangId(Stage):
+class LangId(Filter, RefineStep):
     name = "langid"
+    Config = LangIdConfig
 
     def __init__(self, config: LangIdConfig | None = None):
         super().__init__(config or LangIdConfig())
 
-    def process(self, task: Task, sink) -> None:
+    def decide(self, doc: dict) -> str | None:
         c = self.config
-        for doc in text_docs(task.inputs[0], sink):
-            lang, p, on_prose = identify(doc["text"], c)
-            meta(doc)["lang"] = lang
-            scores(doc)["lang"] = round(p, 4)
-            if lang == "und":
-                sink.stat("kept_code_only")
-                sink.write(doc)
-            elif lang not in c.languages:
-                sink.drop(doc, f"lang_{lang}")
-            elif p < c.min_score:
-                sink.drop(doc, "lang_low_score")
-            else:
-                sink.write(doc)
+        lang, p, _ = identify(doc["text"], c)
+        meta(doc)["lang"] = lang
+        scores(doc)["lang"] = round(p, 4)
+        if lang == "und":
+            self.stat("kept_code_only")
+            return None
+        if lang not in c.languages:
+            return f"lang_{lang}"
+        if p < c.min_score:
+            return "lang_low_score"
+        return None

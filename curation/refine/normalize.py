@@ -12,7 +12,9 @@ import re
 import unicodedata
 
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Stage, Task, text_docs
+from minisigma.core.filters import Filter
+
+from curation.refine.registry import RefineStep
 
 _NEWLINES = re.compile(r"\r\n?|[\u2028\u2029\x85\x0b\x0c]")
 _SPACES = re.compile(r"[\u00a0\u1680\u2000-\u200a\u202f\u205f\u3000]")
@@ -39,21 +41,21 @@ def normalize_text(text: str, form: str = "NFC") -> tuple[str, int]:
     return text.strip("\n"), n_ctrl
 
 
-class Normalize(Stage):
+class Normalize(Filter, RefineStep):
     name = "normalize"
+    Config = NormalizeConfig
 
     def __init__(self, config: NormalizeConfig | None = None):
         super().__init__(config or NormalizeConfig())
 
-    def process(self, task: Task, sink) -> None:
-        for doc in text_docs(task.inputs[0], sink):
-            text = doc["text"]
-            new, n_ctrl = normalize_text(text, self.config.form)
-            if n_ctrl:
-                sink.stat("control_chars_removed", n_ctrl)
-            if new != text:
-                sink.stat("docs_changed")
-            if len(new.strip()) < self.config.min_chars:
-                sink.drop(doc, "empty_after_normalize")
-                continue
-            sink.write({**doc, "text": new})
+    def decide(self, doc: dict) -> str | None:
+        text = doc["text"]
+        new, n_ctrl = normalize_text(text, self.config.form)
+        if n_ctrl:
+            self.stat("control_chars_removed", n_ctrl)
+        if new != text:
+            self.stat("docs_changed")
+        if len(new.strip()) < self.config.min_chars:
+            return "empty_after_normalize"
+        doc["text"] = new
+        return None

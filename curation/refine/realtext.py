@@ -17,7 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
-from minisigma.core.shards import doc_id
+from minisigma.core.shards import stable_id
 
 # Weak labels: the category a source adapter would give documentation of these modules.
 STDLIB_CATEGORIES: dict[str, list[str]] = {
@@ -65,7 +65,7 @@ def stdlib_docs(min_words: int = 40, categories: dict[str, list[str]] | None = N
         for m in mods:
             for name, text in _docs_of(m):
                 if len(text.split()) >= min_words:
-                    docs.append({"id": doc_id("pydoc", name), "text": text, "source": "pydoc",
+                    docs.append({"id": stable_id("pydoc", name), "text": text, "source": "pydoc",
                                  "url": f"pydoc:{name}", "metadata": {"title": name, "category": cat,
                                                                       "license": "PSF-2.0"}})
     return docs
@@ -76,7 +76,7 @@ def stdlib_sources(modules: list[str]) -> list[dict]:
     for m in modules:
         mod = importlib.import_module(m)
         text = inspect.getsource(mod)
-        docs.append({"id": doc_id("pysource", m), "text": text, "source": "pysource", "url": f"pysource:{m}",
+        docs.append({"id": stable_id("pysource", m), "text": text, "source": "pysource", "url": f"pysource:{m}",
                      "metadata": {"title": m, "category": "languages_compilers", "license": "PSF-2.0"}})
     return docs
 
@@ -121,6 +121,6 @@ def man_pages(limit: int, root: str = "/usr/share/man", sections: tuple[str, ...
             text = roff_to_text(raw.decode("utf-8", "replace"))
             if text.startswith(".so") or len(text.split()) < min_words:
                 continue
-            docs.append({"id": doc_id("manpages", str(p)), "text": text, "source": "manpages", "url": str(p),
+            docs.append({"id": stable_id("manpages", str(p)), "text": text, "source": "manpages", "url": str(p),
                          "metadata": {"title": p.name, "category": "other"}})
     return docs

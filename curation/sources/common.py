@@ -24,17 +24,17 @@ from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_yaml, parse_recipe
 from minisigma.core.runner import Sink
-from minisigma.core.shards import atomic_write_bytes, atomic_write_json, doc_id
+from minisigma.core.shards import atomic_write_bytes, atomic_write_json, stable_id
+from minisigma.core.paths import MANIFESTS
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SOURCE_MANIFESTS = REPO_ROOT / "manifests" / "sources"
+SOURCE_MANIFESTS = MANIFESTS / "sources"
 
 M = TypeVar("M", bound=BaseModel)
 
 
 def make_doc(source: str, locator: str, text: str, url: str, metadata: dict) -> dict:
     """A Document as DESIGN.md defines it; the id is content-addressed from source + locator."""
-    return {"id": doc_id(source, locator), "text": text, "source": source, "url": url, "metadata": metadata}
+    return {"id": stable_id(source, locator), "text": text, "source": source, "url": url, "metadata": metadata}
 
 
 def iso_utc(t: float) -> str:

@@ -30,9 +30,10 @@ import yaml
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, parse_recipe, project_path
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import doc_id, read_docs, sha256_file
+from minisigma.core.shards import stable_id, read_docs, sha256_file
+from minisigma.core.paths import MANIFESTS
 
-DEFAULT_MANIFEST = Path(__file__).resolve().parents[2] / "manifests" / "sources" / "localdocs.yaml"
+DEFAULT_MANIFEST = MANIFESTS / "sources" / "localdocs.yaml"
 
 
 class PackageSpec(Section):
@@ -153,7 +154,7 @@ class FetchPackages(Stage):
             sink.quarantine({"package": spec.name}, f"fetch_failed: {str(e).splitlines()[0][:200]}")
             return
         root = Path(rec["root"])
-        rec.update(id=doc_id("localdocs", spec.name), source="localdocs", category=spec.category,
+        rec.update(id=stable_id("localdocs", spec.name), source="localdocs", category=spec.category,
                    html_roots=[r for r in spec.html_roots if (root / r).is_dir()],
                    man_files=len(list(man_files(root, spec.man_sections))) if spec.man else 0)
         missing = [r for r in spec.html_roots if not (root / r).is_dir()]
@@ -239,7 +240,7 @@ class ManPages(Stage):
             tool = path.name[: m.start()] if m else path.name
             section = m.group(1) if m else ""
             sink.write({
-                "id": doc_id("manpages", f"{spec.name}/{rel}"),
+                "id": stable_id("manpages", f"{spec.name}/{rel}"),
                 "text": text,
                 "source": "manpages",
                 "url": f"man:{tool}({section})",
@@ -309,7 +310,7 @@ class TextFiles(Stage):
         def flush():
             nonlocal part, batch
             locator = f"{spec.name}/{task.params['rel']}#{part}"
-            doc = {"id": doc_id(spec.source, locator), "text": "\n\n".join(batch) + "\n", "source": spec.source,
+            doc = {"id": stable_id(spec.source, locator), "text": "\n\n".join(batch) + "\n", "source": spec.source,
                    "url": f"localdocs://{locator}",
                    "metadata": {"package": spec.name, "version": task.params["version"], "category": spec.category,
                                 "title": f"{spec.name} {task.params['rel']} part {part}",

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from minisigma.core.errors import UserError
+from minisigma.core.paths import REPO_ROOT
 
 
 class Section(BaseModel):
@@ -24,7 +25,6 @@ class Section(BaseModel):
 
 M = TypeVar("M", bound=BaseModel)
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def project_path(path: str | Path) -> Path:
@@ -43,6 +43,8 @@ def format_validation_error(source: str, err: ValidationError) -> str:
     msg = first["msg"]
     if first["type"] == "extra_forbidden":
         msg = "unknown key"
+    elif first["type"] == "value_error":
+        msg = msg.removeprefix("Value error, ")  # our own validators' messages read as they are
     extra = f" (and {err.error_count() - 1} more)" if err.error_count() > 1 else ""
     return f"{source}: {loc}: {msg}{extra}"
 

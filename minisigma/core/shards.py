@@ -23,9 +23,10 @@ def shard_name(index: int, suffix: str = ".jsonl.gz") -> str:
     return f"{index:05d}{suffix}"
 
 
-def doc_id(source: str, locator: str) -> str:
-    """Stable, content-addressed id from the source name and the document's locator (URL, path...)."""
-    return hashlib.sha1(f"{source}\0{locator}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
+def stable_id(*parts: str) -> str:
+    """The stable id of a record: 20 hex digits of sha1 over its parts joined by NUL. A document's id is
+    `stable_id(source, locator)` (locator: URL, path ...); a synthetic pair's, its kind, origin and text."""
+    return hashlib.sha1("\0".join(parts).encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 def dumps(record: dict) -> str:
