@@ -32,7 +32,13 @@ class RunContext:
     ray_address: str | None = None
     executor: str = "ray"
     progress: bool = True
+    doc_suffix: str = ".jsonl.gz"  # the recipe's shard_format
     stack: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
+
+    def docs(self, stage):
+        """A stage that writes Documents, set to write them in the recipe's shard format."""
+        stage.output_suffix = self.doc_suffix
+        return stage
 
     def run(self, stage, inputs, out_dir, recipe_section=None, extra=None) -> dict:
         return run_stage(stage, inputs, out_dir, ray_address=self.ray_address, executor=self.executor,
@@ -49,10 +55,10 @@ def run_localdocs(src: localdocs.LocalDocsSource, ctx: RunContext) -> list[dict]
     log(f"localdocs: {len(records)} packages in cache ({sum(r['deb_bytes'] for r in records) / 1e6:.1f} MB of .deb); "
         f"{sum(m['counts']['quarantined'].values())} failed")
     if src.man and any(s.man for s in specs):
-        ctx.run(localdocs.ManPages(src, specs), list_shards(fetch_dir), ctx.run_dir / "sources" / "manpages",
+        ctx.run(ctx.docs(localdocs.ManPages(src, specs)), list_shards(fetch_dir), ctx.run_dir / "sources" / "manpages",
                 recipe_section=section)
     if any(s.text_files for s in specs):
-        ctx.run(localdocs.TextFiles(src, specs), list_shards(fetch_dir), ctx.run_dir / "sources" / "text",
+        ctx.run(ctx.docs(localdocs.TextFiles(src, specs)), list_shards(fetch_dir), ctx.run_dir / "sources" / "text",
                 recipe_section=section)
     if not src.html:
         return []
@@ -68,7 +74,8 @@ SOURCE_RUNNERS = {"localdocs": run_localdocs, **adapter_runners.RUNNERS}  # arxi
 def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None, progress: bool = True) -> Path:
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    ctx = RunContext(run_dir, ray_address or recipe.ray.address, recipe.ray.executor, progress)
+    ctx = RunContext(run_dir, ray_address or recipe.ray.address, recipe.ray.executor, progress,
+                     doc_suffix=recipe.shard_suffix)
     with ctx.stack:
         sites: list[dict] = []
         for src in recipe.sources:
@@ -82,8 +89,9 @@ def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None
         site_meta = {w.name: {k: sites[int(w.name[:5])][k] for k in ("source", "category", "package", "locator")
                               if k in sites[int(w.name[:5])]} | {"site": sites[int(w.name[:5])]["name"]}
                      for w in warcs}
-        ctx.run(Extract(recipe.extract, site_meta), warcs, run_dir / "extract")
+        ctx.run(ctx.docs(Extract(recipe.extract, site_meta)), warcs, run_dir / "extract")
     if recipe.refine is not None:
         refine(run_dir, recipe.refine, ray_address=ctx.ray_address, progress=progress,
-               executor=recipe.refine.executor if recipe.ray.executor == "ray" else "local")
+               executor=recipe.refine.executor if recipe.ray.executor == "ray" else "local",
+               shard_format=recipe.shard_format)
     return run_dir

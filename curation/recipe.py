@@ -19,6 +19,7 @@ from curation.sources.ccf import CcfSource
 from curation.sources.localdocs import LocalDocsSource
 from curation.sources.stackexchange import StackExchangeSource
 from minisigma.core.recipes import Section, load_recipe
+from minisigma.core.shards import FORMATS
 
 
 class RayConfig(Section):
@@ -38,6 +39,13 @@ class CurationRecipe(Section):
     crawl: CrawlConfig = CrawlConfig()
     extract: ExtractConfig = ExtractConfig()
     refine: Optional[RefineConfig] = None  # curation.refine.pipeline: normalize ... decontam
+    # the shards of every document stage (sources, extract, refine, curated): NNNNN.jsonl.gz or
+    # NNNNN.parquet (minisigma.core.shards); package records, WARCs and dedup work files keep theirs
+    shard_format: Literal["jsonl.gz", "parquet"] = "jsonl.gz"
+
+    @property
+    def shard_suffix(self) -> str:
+        return FORMATS[self.shard_format]
 
 
 def load(path: str | Path) -> CurationRecipe:

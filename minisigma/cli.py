@@ -353,11 +353,11 @@ def refine_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ):
     """Refine a run: normalize, heuristics, langid, exact dedup, classify, MinHash dedup, decontam -> <run>/curated."""
-    from curation.refine.pipeline import load_refine_config, refine
+    from curation.refine.pipeline import load_refine_config, load_shard_format, refine
     from minisigma.core import manifest
 
     c = load_refine_config(recipe)
-    refine(run, c, ray_address=ray_address, progress=not quiet)
+    refine(run, c, ray_address=ray_address, progress=not quiet, shard_format=load_shard_format(recipe))
     manifest.show(run)
 
 

@@ -87,7 +87,7 @@ class Classify(Filter, RefineStep):
         if not (q_dir / "model.bin").exists() or not (c_dir / "model.bin").exists():
             train_from_shards(ctx.run_dir, ctx.refine, list_shards(Path(inputs[0]).parent))
         thr, how = resolve_threshold(config, q_dir, inputs)
-        run_stage(cls(config, q_dir, c_dir, thr), inputs, dest, **ctx.stage_kw,
+        run_stage(ctx.docs(cls(config, q_dir, c_dir, thr)), inputs, dest, **ctx.stage_kw,
                   extra={"threshold": how, "classifiers": {"quality": load_info(q_dir)["heldout"]["macro"],
                                                            "category": load_info(c_dir)["heldout"]["macro"]}})
 

@@ -114,7 +114,7 @@ class Decontam(Filter, RefineStep):
     @classmethod
     def run_step(cls, config: DecontamConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
         index = build_index(config)
-        run_stage(cls(config, index), inputs, dest, extra={"decontam": describe(config, index)}, **ctx.stage_kw)
+        run_stage(ctx.docs(cls(config, index)), inputs, dest, extra={"decontam": describe(config, index)}, **ctx.stage_kw)
 
 
 def describe(c: DecontamConfig, index: dict) -> dict:

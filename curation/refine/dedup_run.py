@@ -36,7 +36,7 @@ def _files(root: Path) -> list[Path]:
 
 
 def run_dedup_exact(inputs: list[Path], out_dir: Path, config: DedupExactConfig, *, executor: str = "ray",
-                    ray_address: str | None = None, progress: bool = True) -> dict:
+                    ray_address: str | None = None, progress: bool = True, output_suffix: str = ".jsonl.gz") -> dict:
     out_dir = Path(out_dir)
     work = out_dir / "work"
     n_docs = count_docs(inputs)
@@ -50,13 +50,15 @@ def run_dedup_exact(inputs: list[Path], out_dir: Path, config: DedupExactConfig,
     run_stage(ExactHash(config, work, n_buckets), inputs, out_dir / "hashes", **kw)
     run_stage(ExactResolve(config, work, len(inputs)), _files(work / "hash-buckets"), out_dir / "groups", **kw)
     shutil.rmtree(out_dir / ".parts", ignore_errors=True)
-    return run_stage(exact_filter(work), inputs, out_dir, recipe_section=config.model_dump(mode="json"),
+    keep = exact_filter(work)
+    keep.output_suffix = output_suffix
+    return run_stage(keep, inputs, out_dir, recipe_section=config.model_dump(mode="json"),
                      extra={"dedup": {"buckets": n_buckets, "keep_rule": "smallest document id per normalised-text hash"}},
                      **kw)
 
 
 def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, executor: str = "ray",
-                ray_address: str | None = None, progress: bool = True) -> dict:
+                ray_address: str | None = None, progress: bool = True, output_suffix: str = ".jsonl.gz") -> dict:
     out_dir = Path(out_dir)
     work = out_dir / "work"
     n_docs = count_docs(inputs)
@@ -90,7 +92,9 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
                                          for p in (out_dir / "cluster_keepers" / ".parts").glob("*.json")), default=0)},
             "keep_rule": "highest metadata.scores.quality, then longest text, then smallest id",
             "signature_shingles": sig["stats"].get("shingles", 0)}
-    return run_stage(minhash_filter(work), inputs, out_dir, recipe_section=config.model_dump(mode="json"),
+    keep = minhash_filter(work)
+    keep.output_suffix = output_suffix
+    return run_stage(keep, inputs, out_dir, recipe_section=config.model_dump(mode="json"),
                      extra={"minhash": info}, **kw)
 
 
@@ -102,7 +106,7 @@ class DedupExact(RefineStep):
 
     @classmethod
     def run_step(cls, config: DedupExactConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
-        run_dedup_exact(inputs, dest, config, **ctx.stage_kw)
+        run_dedup_exact(inputs, dest, config, output_suffix=ctx.doc_suffix, **ctx.stage_kw)
 
 
 class MinHashDedup(RefineStep):
@@ -113,4 +117,4 @@ class MinHashDedup(RefineStep):
 
     @classmethod
     def run_step(cls, config: MinHashConfig, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
-        run_minhash(inputs, dest, config, **ctx.stage_kw)
+        run_minhash(inputs, dest, config, output_suffix=ctx.doc_suffix, **ctx.stage_kw)

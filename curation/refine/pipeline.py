@@ -1,6 +1,6 @@
 """`refine(run_dir, recipe)`: the refine stages in the recipe's order over a run's extracted and source shards.
 
-    inputs   <run>/extract/*.jsonl.gz and <run>/sources/*/*.jsonl.gz
+    inputs   <run>/extract/ and <run>/sources/*/ shards (jsonl.gz or parquet)
     stages   refine.stages, by name from curation.refine.registry (built-in order: curation.refine.config)
     outputs  <run>/refine/<stage>/ (shards, rejects/, manifest.json), the last stage into <run>/curated/
     models   <run>/classifiers/{quality,category}/ (trained first when missing: `minisigma classifier train`)
@@ -14,7 +14,7 @@ from pathlib import Path
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_yaml, parse_recipe
-from minisigma.core.shards import list_shards
+from minisigma.core.shards import FORMATS, list_shards
 
 from curation.recipe import CurationRecipe
 from curation.refine.classify import train_from_shards
@@ -32,6 +32,17 @@ def load_refine_config(path: str | Path) -> RefineConfig:
         return parse_recipe(section, RefineConfig, f"{path}: refine")
     except UserError as e:
         raise UserError(str(e).replace(f"{path}: refine: ", f"{path}: refine.")) from None
+
+
+def load_shard_format(path: str | Path) -> str:
+    """The `shard_format` of a curation recipe (or of a refine-only YAML): jsonl.gz or parquet."""
+    data = load_yaml(path)
+    if "sources" in data:
+        return parse_recipe(data, CurationRecipe, str(path)).shard_format
+    fmt = data.get("shard_format", "jsonl.gz")
+    if fmt not in FORMATS:
+        raise UserError(f"{path}: shard_format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
+    return fmt
 
 
 def run_inputs(run_dir: Path) -> list[Path]:
@@ -57,14 +68,16 @@ def train_classifiers(run_dir: str | Path, c: RefineConfig, docs_dir: Path | Non
 
 
 def refine(run_dir: str | Path, recipe: RefineConfig | None = None, ray_address: str | None = None,
-           progress: bool = True, executor: str | None = None) -> Path:
+           progress: bool = True, executor: str | None = None, shard_format: str = "jsonl.gz") -> Path:
+    """Run the recipe's refine stages; their document shards are written in `shard_format`
+    (jsonl.gz | parquet)."""
     c = recipe or RefineConfig()
     run_dir = Path(run_dir)
     inputs = run_inputs(run_dir)
     if not inputs:
         raise UserError(f"{run_dir}: no input shards under extract/ or sources/*/")
     ctx = RefineContext(run_dir, c, dict(ray_address=ray_address, executor=executor or c.executor,
-                                         progress=progress))
+                                         progress=progress), doc_suffix=FORMATS[shard_format])
     current = inputs
     for i, name in enumerate(c.stages):
         dest = run_dir / "curated" if i == len(c.stages) - 1 else run_dir / "refine" / name

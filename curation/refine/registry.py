@@ -31,6 +31,12 @@ class RefineContext:
     run_dir: Path
     refine: Any  # the RefineConfig (classify reads `classifiers` from it)
     stage_kw: dict = field(default_factory=dict)  # executor, ray_address, progress for run_stage
+    doc_suffix: str = ".jsonl.gz"  # the recipe's shard_format: .jsonl.gz or .parquet
+
+    def docs(self, stage):
+        """A stage writing the run's documents, set to write them in the recipe's shard format."""
+        stage.output_suffix = self.doc_suffix
+        return stage
 
 
 class RefineStep:
@@ -41,7 +47,7 @@ class RefineStep:
 
     @classmethod
     def run_step(cls, config: Section, inputs: list[Path], dest: Path, ctx: RefineContext) -> None:
-        run_stage(cls(config), inputs, dest, **ctx.stage_kw)
+        run_stage(ctx.docs(cls(config)), inputs, dest, **ctx.stage_kw)
 
 
 REGISTRY: dict[str, type[RefineStep]] = {}

@@ -37,7 +37,7 @@ from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import read_docs
+from minisigma.core.shards import list_shards, read_docs
 
 RANKS = ("A", "B", "C")
 RECORD_TAGS = ("article", "inproceedings")
@@ -332,7 +332,7 @@ def landing_page_sites(stage_dir_: Path, source_name: str = "ccf") -> list[dict]
     harvested papers; each link is its own allowed prefix, so the crawler fetches those pages only."""
     by_host: dict[str, list[str]] = defaultdict(list)
     cats: dict[str, str] = {}
-    for shard in sorted(Path(stage_dir_).glob("[0-9]*.jsonl.gz")):
+    for shard in list_shards(stage_dir_):
         for d in read_docs(shard):
             m = d["metadata"]
             if m.get("access") not in (None, "open"):

@@ -18,7 +18,7 @@ STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeSt
 
 def run_adapter(src, ctx) -> list[dict]:
     out = ctx.run_dir / "sources" / src.name
-    ctx.run(STAGES[src.type](src), [], out, recipe_section=src.model_dump(mode="json", by_alias=True))
+    ctx.run(ctx.docs(STAGES[src.type](src)), [], out, recipe_section=src.model_dump(mode="json", by_alias=True))
     if src.type == "ccf" and src.landing_pages:
         return landing_page_sites(out, src.name)
     if src.type == "arxiv" and src.fulltext_html:

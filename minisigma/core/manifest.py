@@ -22,7 +22,7 @@ from rich.table import Table
 
 from minisigma import __version__
 from minisigma.core.errors import UserError
-from minisigma.core.shards import atomic_write_json, read_docs, sha256_file
+from minisigma.core.shards import DOC_SUFFIXES, atomic_write_json, count_records, sha256_file
 
 MANIFEST = "manifest.json"
 SCHEMA = "minisigma.core.manifest/1"
@@ -179,10 +179,6 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
             console.print(f"[bold]{d.name}[/bold] stats: " + _fmt_reasons(stats))
 
 
-def _count_lines(path: Path) -> int:
-    return sum(1 for _ in read_docs(path))
-
-
 def verify_stage(stage_dir: Path) -> list[str]:
     """Problems found in one stage directory (empty list = verified)."""
     problems = []
@@ -208,8 +204,8 @@ def verify_stage(stage_dir: Path) -> list[str]:
         if sha256_file(p) != entry["sha256"]:
             problems.append(f"{name}: sha256 mismatch for {entry['path']} (tampered or rewritten)")
             continue
-        if p.name.endswith(".jsonl.gz"):
-            n = _count_lines(p)
+        if p.name.endswith(DOC_SUFFIXES):
+            n = count_records(p)
             if n != entry["docs"]:
                 problems.append(f"{name}: {entry['path']} holds {n} documents, manifest says {entry['docs']}")
     return problems

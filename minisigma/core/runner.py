@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from minisigma.core.shards import (
+    DOC_SUFFIXES,
     ShardWriter,
     atomic_write_json,
     dumps,
     list_shards,
     sha256_file,
     shard_name,
+    shard_writer,
     tmp_path,
 )
 
@@ -68,7 +70,7 @@ class Sink:
         self.dropped: Counter = Counter()
         self.quarantined: Counter = Counter()
         self.stats: Counter = Counter()
-        self._writer = ShardWriter(out_final) if suffix == ".jsonl.gz" else None
+        self._writer = shard_writer(out_final) if suffix in DOC_SUFFIXES else None
         rejects = out_final.parent / "rejects" / shard_name(_index_of(out_final))
         self._rejects = ShardWriter(rejects)
 
@@ -281,12 +283,16 @@ def run_stage(
                 _execute_local(stage, todo, out_dir, bar.advance)
             else:
                 raise ValueError(f"unknown executor {executor!r} (ray or local)")
-    # Remove shards of an earlier run that this plan no longer produces (e.g. fewer inputs now).
+    # Remove shards of an earlier run that this plan no longer produces (e.g. fewer inputs now, or
+    # documents now written in the other shard format).
     planned = {t.index for t in tasks}
-    for p in list_shards(out_dir, stage.output_suffix):
+    old = list_shards(out_dir) if stage.output_suffix in DOC_SUFFIXES else list_shards(out_dir, stage.output_suffix)
+    for p in old:
         if int(p.name[:5]) not in planned:
             p.unlink()
             part_path(out_dir, int(p.name[:5])).unlink(missing_ok=True)
+        elif not p.name.endswith(stage.output_suffix):
+            p.unlink()  # its index was just rewritten in this stage's format (and committed)
     parts = [mf.read_json(part_path(out_dir, t.index)) for t in tasks]
     m = mf.build_manifest(
         stage=stage.name,

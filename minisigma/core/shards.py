@@ -1,9 +1,16 @@
 """Shards: the unit of data between stages.
 
-A shard is `NNNNN.jsonl.gz`, one Document per line. Writers are atomic (temporary name, then
-rename) and deterministic (gzip header without a timestamp or file name, JSON with sorted keys and
-compact separators), so the same documents always give the same bytes and a crash never leaves a
-half-written shard under its final name.
+A shard is `NNNNN.jsonl.gz`, one Document per line, or `NNNNN.parquet`, one Document per row (a
+recipe's `shard_format`); the extension picks the writer and the reader (`shard_writer`,
+`read_docs`). Writers are atomic (temporary name, then rename) and deterministic (gzip header
+without a timestamp or file name, JSON with sorted keys and compact separators; Parquet with
+pinned writer settings), so the same documents always give the same bytes and a crash never
+leaves a half-written shard under its final name.
+
+Parquet shards hold Documents only, in a fixed schema: `id`, `text`, `source`, `url` (strings)
+and `metadata` (the metadata object as compact JSON with sorted keys, a string: metadata differs
+from document to document, which no fixed Parquet type captures losslessly). `datasets`,
+pandas and datatrove's ParquetReader read them as they are; `read_docs` decodes `metadata` again.
 """
 
 from __future__ import annotations
@@ -17,6 +24,10 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 SHARD_GLOB = "[0-9][0-9][0-9][0-9][0-9].jsonl.gz"
+JSONL = ".jsonl.gz"
+PARQUET = ".parquet"
+DOC_SUFFIXES = (JSONL, PARQUET)  # the shard formats of document stages
+FORMATS = {"jsonl.gz": JSONL, "parquet": PARQUET}  # a recipe's `shard_format` -> shard suffix
 
 
 def shard_name(index: int, suffix: str = ".jsonl.gz") -> str:
@@ -34,8 +45,11 @@ def dumps(record: dict) -> str:
 
 
 def read_docs(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield the records of one jsonl.gz (or plain .jsonl) shard."""
+    """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet."""
     path = Path(path)
+    if path.name.endswith(PARQUET):
+        yield from read_parquet(path)
+        return
     opener = gzip.open if path.suffix == ".gz" else open
     with opener(path, "rt", encoding="utf-8") as f:
         for line in f:
@@ -49,12 +63,26 @@ def iter_docs(stage_dir: str | os.PathLike) -> Iterator[dict]:
         yield from read_docs(shard)
 
 
-def list_shards(stage_dir: str | os.PathLike, suffix: str = ".jsonl.gz") -> list[Path]:
-    """The finished shards of a stage directory, in shard order (temporary files excluded)."""
+def list_shards(stage_dir: str | os.PathLike, suffix: str | None = None) -> list[Path]:
+    """The finished shards of a stage directory, in shard order (temporary files excluded);
+    `suffix` None: document shards of either format."""
     d = Path(stage_dir)
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if p.name.endswith(suffix) and p.name[:5].isdigit())
+    suffixes = DOC_SUFFIXES if suffix is None else (suffix,)
+    return sorted(p for p in d.iterdir() if p.name.endswith(suffixes) and p.name[:5].isdigit())
+
+
+def count_records(path: str | os.PathLike) -> int:
+    """Records in a shard (Parquet: from its footer, without reading the rows)."""
+    path = Path(path)
+    if path.name.endswith(PARQUET):
+        import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
+
+        return pq.ParquetFile(path).metadata.num_rows
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        return sum(1 for line in f if line.strip())
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -120,3 +148,111 @@ class ShardWriter:
             self.close()
         else:
             self.abort()
+
+
+def shard_writer(path: str | os.PathLike):
+    """The writer for a shard path, by its extension: ShardWriter (.jsonl.gz) or ParquetShardWriter."""
+    return ParquetShardWriter(path) if str(path).endswith(PARQUET) else ShardWriter(path)
+
+
+# --------------------------------------------------------------------------- Parquet
+DOC_COLUMNS = ("id", "text", "source", "url", "metadata")
+# Pinned so the same documents give the same bytes (pyarrow's defaults may change between
+# releases): zstd level 3, format 2.6, v1 data pages, dictionary encoding, statistics, no page
+# index or checksums, row groups of at most PARQUET_ROW_GROUP rows.
+PARQUET_ROW_GROUP = 4096
+PARQUET_WRITER = dict(compression="zstd", compression_level=3, version="2.6", data_page_version="1.0",
+                      use_dictionary=True, write_statistics=True, write_page_index=False,
+                      write_page_checksum=False, store_schema=True)
+PARQUET_SCHEMA_META = {b"minisigma.format": b"documents/1", b"minisigma.metadata": b"json"}
+
+
+def _parquet_schema():
+    import pyarrow as pa  # here: only Parquet shards need pyarrow
+
+    return pa.schema([(c, pa.string()) for c in DOC_COLUMNS], metadata=PARQUET_SCHEMA_META)
+
+
+def _to_row(record: dict) -> dict:
+    extra = sorted(set(record) - set(DOC_COLUMNS))
+    if extra:
+        raise ValueError(f"a Parquet shard holds Documents ({', '.join(DOC_COLUMNS)}); got key(s) {', '.join(extra)}")
+    row = {}
+    for c in DOC_COLUMNS[:4]:
+        v = record.get(c)
+        if v is not None and not isinstance(v, str):
+            raise ValueError(f"Document.{c} must be a string for a Parquet shard, got {type(v).__name__}")
+        row[c] = v
+    meta = record.get("metadata")
+    if meta is not None and not isinstance(meta, dict):
+        raise ValueError(f"Document.metadata must be an object, got {type(meta).__name__}")
+    row["metadata"] = None if meta is None else dumps(meta)
+    return row
+
+
+class ParquetShardWriter:
+    """ShardWriter's twin for `.parquet` (same interface, same atomic and deterministic commit).
+    Rows are buffered a row group at a time into an in-memory file, renamed into place on close."""
+
+    def __init__(self, path: str | os.PathLike):
+        import pyarrow as pa  # here: only Parquet shards need pyarrow
+        import pyarrow.parquet as pq
+
+        self._pa = pa
+        self.path = Path(path)
+        self.count = 0
+        self.text_bytes = 0
+        self._rows: list[dict] = []
+        self._schema = _parquet_schema()
+        self._buf = pa.BufferOutputStream()
+        self._pq = pq.ParquetWriter(self._buf, self._schema, **PARQUET_WRITER)
+
+    def write(self, record: dict) -> None:
+        self._rows.append(_to_row(record))
+        self.count += 1
+        self.text_bytes += len((record.get("text") or "").encode("utf-8", "surrogatepass"))
+        if len(self._rows) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def write_all(self, records: Iterable[dict]) -> None:
+        for r in records:
+            self.write(r)
+
+    def _flush(self) -> None:
+        if self._rows:
+            self._pq.write_table(self._pa.Table.from_pylist(self._rows, schema=self._schema),
+                                 row_group_size=PARQUET_ROW_GROUP)
+            self._rows = []
+
+    def close(self) -> None:
+        self._flush()
+        self._pq.close()
+        atomic_write_bytes(self.path, self._buf.getvalue().to_pybytes())
+
+    def abort(self) -> None:
+        self._rows = []
+        self._pq.close()
+
+    def __enter__(self) -> "ParquetShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def read_parquet(path: str | os.PathLike, batch_size: int = 1024) -> Iterator[dict]:
+    """Yield the Documents of a Parquet shard (null columns left out, metadata decoded)."""
+    import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
+
+    f = pq.ParquetFile(path)
+    meta = f.schema_arrow.metadata or {}
+    json_meta = meta.get(b"minisigma.metadata") == b"json"
+    for batch in f.iter_batches(batch_size=batch_size):
+        for row in batch.to_pylist():
+            doc = {k: v for k, v in row.items() if v is not None}
+            if json_meta and isinstance(doc.get("metadata"), str):
+                doc["metadata"] = json.loads(doc["metadata"])
+            yield doc
