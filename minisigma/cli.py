@@ -124,13 +124,26 @@ def serve_cmd(
     model_name: Optional[str] = typer.Option(None, "--model-name", help="model id reported by /v1/models"),
     max_batch: int = typer.Option(8, "--max-batch", help="largest batch of concurrent requests"),
     device: str = typer.Option("auto", "--device", help="auto (cuda when available), cpu, cuda, cuda:N"),
+    api_key_file: Optional[Path] = typer.Option(
+        None, "--api-key-file", help="file whose first line is the API key (else $MINISIGMA_API_KEY; "
+                                     "never on the command line)"),
+    no_auth: bool = typer.Option(False, "--no-auth", help="serve without an API key (loopback addresses only)"),
+    max_body_bytes: int = typer.Option(1 << 20, "--max-body-bytes", min=1024, help="larger requests get 413"),
+    header_timeout: float = typer.Option(10.0, "--header-timeout", min=0.1,
+                                         help="seconds for a connection's request line and headers"),
+    body_timeout: float = typer.Option(30.0, "--body-timeout", min=0.1, help="seconds for a request body (408)"),
+    max_connections: int = typer.Option(64, "--max-connections", min=1, help="more are answered 503"),
 ):
-    """Serve a checkpoint over an OpenAI-compatible HTTP API (chat/completions, streaming)."""
-    from synth.server import serve
+    """Serve a checkpoint over an OpenAI-compatible HTTP API (chat/completions, streaming), with an API key."""
+    from synth.server import Limits, read_api_key, serve
 
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: checkpoint directory not found")
-    serve(checkpoint, host=host, port=port, model_name=model_name, max_batch=max_batch, device=device)
+    key = read_api_key(api_key_file)
+    limits = Limits(max_body_bytes=max_body_bytes, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                    max_connections=max_connections)
+    serve(checkpoint, host=host, port=port, model_name=model_name, max_batch=max_batch, device=device,
+          api_key=key, no_auth=no_auth, limits=limits)
 
 
 @app.command("generate")

@@ -73,15 +73,24 @@ def free_port() -> int:
 
 
 class ServeProcess:
-    """`minisigma serve --checkpoint DIR --port N` as a real subprocess (the CLI entry point)."""
+    """`minisigma serve --checkpoint DIR --port N` as a real subprocess (the CLI entry point).
 
-    def __init__(self, checkpoint: Path, max_batch: int = 8, log_dir: Path | None = None):
+    With `api_key` the key travels in $MINISIGMA_API_KEY and every helper request sends it;
+    without, the server runs with --no-auth on 127.0.0.1. `extra` are more CLI options."""
+
+    def __init__(self, checkpoint: Path, max_batch: int = 8, log_dir: Path | None = None,
+                 api_key: str | None = None, extra: list[str] | None = None):
         self.port = free_port()
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        env.pop("MINISIGMA_API_KEY", None)
+        if api_key is not None:
+            env["MINISIGMA_API_KEY"] = api_key
+        self.headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.log = open((log_dir or Path(checkpoint)) / f"serve-{self.port}.log", "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-c", "from minisigma.cli import main; main()", "serve", "--checkpoint",
-             str(checkpoint), "--port", str(self.port), "--max-batch", str(max_batch), "--model-name", "tiny"],
+             str(checkpoint), "--port", str(self.port), "--max-batch", str(max_batch), "--model-name", "tiny",
+             *([] if api_key else ["--no-auth"]), *(extra or [])],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
         self.url = f"http://127.0.0.1:{self.port}"
         deadline = time.time() + 120
@@ -97,7 +106,7 @@ class ServeProcess:
         raise RuntimeError("serve did not come up")
 
     def stats(self) -> dict:
-        return requests.get(self.url + "/stats", timeout=5).json()
+        return requests.get(self.url + "/stats", headers=self.headers, timeout=5).json()
 
     def close(self) -> None:
         self.proc.terminate()
