@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import socket
 import subprocess
 import sys
@@ -50,7 +51,7 @@ def free_port() -> int:
 def run(url: str, prompts: list[str], concurrency: int, max_tokens: int) -> dict:
     from synth.backends import OpenAIBackend
 
-    b = OpenAIBackend(url, "bench", max_concurrency=concurrency, timeout=600)
+    b = OpenAIBackend(url, "bench", max_concurrency=concurrency, timeout=600, api_key_env="MINISIGMA_API_KEY")
     msgs = [[{"role": "user", "content": p}] for p in prompts]
     t0 = time.perf_counter()
     outs = b.chat_many(msgs, temperature=0.8, max_tokens=max_tokens, seed=7)
@@ -72,6 +73,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = args.checkpoint or build_checkpoint(Path(tmp) / "ckpt")
         port = free_port()
+        # the server wants a key; this process's client sends it (api_key_env in run())
+        os.environ["MINISIGMA_API_KEY"] = "bench-" + secrets.token_hex(16)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         log = open(Path(tmp) / "serve.log", "w")
         proc = subprocess.Popen([sys.executable, "-c", "from minisigma.cli import main; main()", "serve",

@@ -200,6 +200,9 @@ class OpenAIBackend(Backend):
                         return data
                     if r.status_code not in RETRY_STATUS:
                         detail = r.text[:200].replace("\n", " ")
+                        if r.status_code == 401:  # `minisigma serve` and hosted APIs want a key
+                            detail += (" (the key comes from the environment variable named by backend.api_key_env"
+                                       + (f", {self._api_key_env}" if self._api_key_env else ", which is not set") + ")")
                         raise BackendError(f"{url}: HTTP {r.status_code}: {detail}")
                     retry_after = r.headers.get("Retry-After")
                     last = f"HTTP {r.status_code}"
