@@ -16,6 +16,7 @@ from curation.refine.config import RefineConfig
 from curation.sources.arxiv import ArxivSource
 from curation.sources.blogs import BlogsSource
 from curation.sources.ccf import CcfSource
+from curation.sources.datatrove_reader import DatatroveSource
 from curation.sources.localdocs import LocalDocsSource
 from curation.sources.stackexchange import StackExchangeSource
 from minisigma.core.recipes import Section, load_recipe
@@ -27,7 +28,8 @@ class RayConfig(Section):
     executor: Literal["ray", "local"] = "ray"  # "local": in-process, one shard after another (debugging)
 
 
-SourceConfig = Annotated[Union[LocalDocsSource, ArxivSource, CcfSource, StackExchangeSource, BlogsSource],
+SourceConfig = Annotated[Union[LocalDocsSource, ArxivSource, CcfSource, StackExchangeSource, BlogsSource,
+                               DatatroveSource],
                          Field(discriminator="type")]
 
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 from curation.sources.arxiv import ArxivStage, html_sites
 from curation.sources.blogs import BlogsStage
 from curation.sources.ccf import CcfStage, landing_page_sites
+from curation.sources.datatrove_reader import DatatroveStage
 from curation.sources.stackexchange import StackExchangeStage
 
-STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeStage, "blogs": BlogsStage}
+STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeStage, "blogs": BlogsStage,
+          "datatrove": DatatroveStage}
 
 
 def run_adapter(src, ctx) -> list[dict]:
