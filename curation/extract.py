@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from html import unescape
 from typing import Iterator
@@ -39,28 +40,55 @@ class ExtractConfig(Section):
     with_metadata: bool = False
 
 
-class ExtractionTimeout(Exception):
-    pass
+class ExtractionTimeout(BaseException):
+    """The per-document time limit ran out.
+
+    A BaseException, not an Exception: the alarm fires wherever the extraction happens to be, and
+    trafilatura (like most parsers) wraps its steps in `except Exception`, which would swallow an
+    Exception-derived timeout and let the page parse on without a limit."""
 
 
 @contextmanager
 def time_limit(seconds: float):
     """SIGALRM-based limit (works in the main thread, which is where Ray and the CLI run tasks).
-    Elsewhere the limit is skipped rather than faked."""
+    Elsewhere no signal is set; `limited` below still enforces the limit after the call returns."""
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
+    armed = True
 
     def _raise(signum, frame):
-        raise ExtractionTimeout()
+        if armed:  # a signal delivered while the limit is being torn down is ignored, not raised
+            raise ExtractionTimeout(f"over {seconds:g}s")
 
     old = signal.signal(signal.SIGALRM, _raise)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
+        armed = False
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
+
+
+def limited(seconds: float, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)` under a time limit of `seconds` (0: none).
+
+    Two guards, so that neither a library's exception handling nor a long C call (the signal is
+    only handled between Python bytecodes) can defeat the limit: the alarm raises ExtractionTimeout,
+    outside Exception's tree; and whatever the call did with it, a call that returns, or raises,
+    after the deadline has passed is a timeout too."""
+    start = time.monotonic()
+    try:
+        with time_limit(seconds):
+            result = fn(*args, **kwargs)
+    except Exception as e:
+        if seconds > 0 and time.monotonic() - start >= seconds:
+            raise ExtractionTimeout(f"over {seconds:g}s ({type(e).__name__} at the deadline)") from e
+        raise
+    if seconds > 0 and time.monotonic() - start >= seconds:
+        raise ExtractionTimeout(f"over {seconds:g}s (the limit's signal was swallowed)")
+    return result
 
 
 def decode_html(body: bytes, content_type: str) -> tuple[str, bool]:
@@ -152,8 +180,7 @@ class Extract(Stage):
                 if not clean:
                     sink.stat("invalid_encoding_repaired")
                 try:
-                    with time_limit(self.config.timeout_s):
-                        text, doc_meta = extract_html(html, url, self.config)
+                    text, doc_meta = limited(self.config.timeout_s, extract_html, html, url, self.config)
                 except ExtractionTimeout:
                     sink.quarantine(where, "extract_timeout")
                     continue
