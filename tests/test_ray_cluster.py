@@ -86,5 +86,6 @@ def test_rerun_after_interrupted_driver_is_byte_identical(tmp_path, two_node_clu
     (out / ".00003.jsonl.gz.tmp-999").write_bytes(b"partial garbage")
     m = run_stage(MinWords(3), inputs, out, progress=False)
     assert m["resumed_shards"] == 2
+    assert m["stale_tmp_removed"] == 1 and not (out / ".00003.jsonl.gz.tmp-999").exists()
     assert hashes(out) == hashes(tmp_path / "reference")
     assert manifest.verify(out) == []

@@ -69,6 +69,68 @@ def test_resume_skips_finished_shards_and_is_byte_identical(tmp_path):
     assert again["resumed_shards"] == 4 and hashes(b) == hashes(tmp_path / "a")
 
 
+def all_hashes(d: Path) -> dict:
+    """Every shard and rejects file of a stage directory (the commit markers hold timings, not data)."""
+    return {p.relative_to(d).as_posix(): sha256_file(p) for p in sorted(d.rglob("*.jsonl.gz"))}
+
+
+def test_rerun_repairs_damaged_finished_shards_byte_identically(tmp_path, capsys):
+    inputs = make_inputs(tmp_path / "in")
+    run_stage(MinWords(3), inputs, tmp_path / "a", executor="local", progress=False)
+    b = tmp_path / "b"
+    run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    shards = list_shards(b)
+    data = shards[1].read_bytes()
+    shards[1].write_bytes(data[: len(data) // 2])  # truncated
+    rejects = b / "rejects" / shards[2].name
+    edited = bytearray(rejects.read_bytes())
+    edited[len(edited) // 2] ^= 0xFF  # same size, one byte changed
+    rejects.write_bytes(bytes(edited))
+    shards[3].unlink()  # missing
+    capsys.readouterr()
+    m = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    err = capsys.readouterr().err
+    assert m["resumed_shards"] == 1 and m["repaired_shards"] == 3
+    problems = {r["shard"]: r["problem"] for r in m["repairs"]}
+    assert sorted(problems) == [s.name for s in shards[1:]]
+    assert "bytes, its commit marker says" in problems[shards[1].name]
+    assert "sha256" in problems[shards[2].name] and "missing" in problems[shards[3].name]
+    assert err.count("is damaged") == 3 and shards[1].name in err
+    assert all_hashes(b) == all_hashes(tmp_path / "a")
+    assert manifest.verify(b) == []
+    again = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    assert again["resumed_shards"] == 4 and again["repaired_shards"] == 0
+
+
+def test_unreadable_commit_marker_reruns_its_shard(tmp_path):
+    inputs = make_inputs(tmp_path / "in", shards=2)
+    run_stage(MinWords(3), inputs, tmp_path / "a", executor="local", progress=False)
+    b = tmp_path / "b"
+    run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    (b / ".parts" / "00000.json").write_text('{"outputs": [')
+    m = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
+    assert m["repaired_shards"] == 1 and "unreadable" in m["repairs"][0]["problem"]
+    assert all_hashes(b) == all_hashes(tmp_path / "a") and manifest.verify(b) == []
+
+
+def test_stale_temporary_files_are_removed_on_the_next_run(tmp_path):
+    inputs = make_inputs(tmp_path / "in", shards=2)
+    out = tmp_path / "out"
+    run_stage(MinWords(3), inputs[:1], out, executor="local", progress=False)
+    stale = [out / ".00001.jsonl.gz.tmp-4242", out / "rejects" / ".00001.jsonl.gz.tmp-4242",
+             out / ".parts" / ".00001.json.tmp-77", out / "work" / "00003" / ".00001.npy.tmp-9"]
+    for p in stale:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"half a shard")
+    kept = [out / "work" / "notes.tmp", out / ".hidden-tmp-1"]  # not the writers' temporary names
+    for p in kept:
+        p.write_bytes(b"x")
+    m = run_stage(MinWords(3), inputs, out, executor="local", progress=False)
+    assert m["stale_tmp_removed"] == 4 and m["resumed_shards"] == 1
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert manifest.verify(out) == []
+
+
 def test_verify_detects_tampered_shard_and_broken_counts(tmp_path):
     inputs = make_inputs(tmp_path / "in")
     out = tmp_path / "out"

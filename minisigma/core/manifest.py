@@ -3,7 +3,9 @@
 One `manifest.json` per stage directory. It records what went in and out (paths, sha256, document
 and byte counts), the counts {in, out, dropped{reason}, quarantined{reason}} with the invariant
 in = out + sum(dropped) + sum(quarantined), summed per-shard statistics (e.g. a crawl's request
-log), the resolved recipe section, the code version, timings and where it ran.
+log), failures by name (`errors`: e.g. each URL a crawl could not fetch, with its reason), the
+resolved recipe section, the code version, timings, where it ran, and how a rerun resumed
+(`resumed_shards`, damaged shards run again in `repairs`, `stale_tmp_removed`).
 """
 
 from __future__ import annotations
@@ -72,12 +74,13 @@ def describe_inputs(inputs: Iterable[Path]) -> list[dict]:
 
 
 def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict], started: float,
-                   resumed_shards: int = 0, cluster: dict | None = None, extra: dict | None = None) -> dict:
+                   resumed_shards: int = 0, repairs: list[dict] | None = None, stale_tmp_removed: int = 0,
+                   cluster: dict | None = None, extra: dict | None = None) -> dict:
     dropped: Counter = Counter()
     quarantined: Counter = Counter()
     stats: Counter = Counter()
     c_in = c_out = t_in = t_out = 0
-    outputs, rejects = [], []
+    outputs, rejects, errors = [], [], []
     for part in parts:
         c = part["counts"]
         c_in += c["in"]
@@ -90,6 +93,9 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
         outputs.extend(part["outputs"])
         if part.get("rejects"):
             rejects.append(part["rejects"])
+        if part.get("errors"):
+            shard = part["outputs"][0]["path"] if part.get("outputs") else part.get("index")
+            errors.extend({"shard": shard, **e} for e in part["errors"])
     ended = time.time()
     m = {
         "schema": SCHEMA,
@@ -101,6 +107,9 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
         "seconds": round(ended - started, 3),
         "shard_seconds": round(sum(p.get("seconds", 0.0) for p in parts), 3),
         "resumed_shards": resumed_shards,
+        "repaired_shards": len(repairs or []),
+        "repairs": repairs or [],
+        "stale_tmp_removed": stale_tmp_removed,
         "host": platform.node(),
         "cluster": cluster or {},
         "inputs": describe_inputs(inputs),
@@ -116,6 +125,7 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
             "token_unit": "whitespace-delimited words",
         },
         "stats": dict(sorted(stats.items())),
+        "errors": errors,  # failures by name (e.g. each URL a crawl could not fetch, with its reason)
     }
     if extra:
         m.update(extra)

@@ -8,8 +8,14 @@ Files of a stage directory:
 
     NNNNN.jsonl.gz          output shards (or NNNNN.<suffix> for raw outputs such as WARC)
     rejects/NNNNN.jsonl.gz  dropped and quarantined records, each {"kind","reason","doc"}
-    .parts/NNNNN.json       per-shard result; written LAST, so its presence marks a finished shard
+    .parts/NNNNN.json       per-shard result (the commit marker): written LAST, so its presence marks
+                            a finished shard; it holds the size and sha256 of the shard and its rejects
     manifest.json           the stage's manifest (see minisigma.core.manifest)
+
+Resume: a rerun skips a finished shard only when its files still match their commit marker (size,
+then sha256); a damaged one (truncated, edited, missing) is run again, with a log line and an entry
+in the manifest's `repairs`. Temporary files a killed writer left (".NAME.tmp-PID") are removed
+before the stage starts, and counted as `stale_tmp_removed`.
 
 Determinism: a task's output depends only on its inputs, its params and the stage config, and the
 shard writers are byte-deterministic, so a rerun (or a retried task after a worker died) writes
@@ -18,6 +24,7 @@ byte-identical shards.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 from abc import ABC, abstractmethod
@@ -33,6 +40,7 @@ from minisigma.core.shards import (
     atomic_write_json,
     dumps,
     list_shards,
+    remove_stale_tmp,
     sha256_file,
     shard_name,
     shard_writer,
@@ -70,6 +78,7 @@ class Sink:
         self.dropped: Counter = Counter()
         self.quarantined: Counter = Counter()
         self.stats: Counter = Counter()
+        self.errors: list[dict] = []
         self._writer = shard_writer(out_final) if suffix in DOC_SUFFIXES else None
         rejects = out_final.parent / "rejects" / shard_name(_index_of(out_final))
         self._rejects = ShardWriter(rejects)
@@ -102,6 +111,11 @@ class Sink:
 
     def stat(self, key: str, n: int = 1) -> None:
         self.stats[key] += n
+
+    def error(self, where: dict, reason: str, detail: str = "") -> None:
+        """List one failure by name in the manifest's `errors` (e.g. a URL the crawl could not fetch,
+        with its reason), beyond the counts. Counts nothing: call `quarantine`/`drop` or `stat` too."""
+        self.errors.append({**where, "reason": reason, **({"detail": detail} if detail else {})})
 
     # -- finishing
     def finish(self) -> dict:
@@ -143,6 +157,8 @@ class Sink:
                 "tokens_out": self.tokens_out,
             },
             "stats": dict(sorted(self.stats.items())),
+            # sorted: a crawl settles its URLs in an order that depends on timing
+            "errors": sorted(self.errors, key=dumps),
         }
 
     def abort(self) -> None:
@@ -193,6 +209,43 @@ class Stage(ABC):
 
 def part_path(out_dir: Path, index: int) -> Path:
     return out_dir / ".parts" / f"{index:05d}.json"
+
+
+class _OtherShard(Exception):
+    """The commit marker is of a shard this plan does not write (e.g. the other document format)."""
+
+
+def damage(out_dir: Path, index: int, suffix: str) -> str | None:
+    """Why finished shard `index` (its commit marker exists) cannot be trusted, or None when the shard
+    and its rejects still have the size and sha256 its commit marker recorded. Raises _OtherShard
+    when the marker commits a shard of another name (not damage: the plan changed)."""
+    marker = part_path(out_dir, index)
+    try:
+        part = json.loads(marker.read_text(encoding="utf-8"))
+        entries = list(part["outputs"]) + ([part["rejects"]] if part.get("rejects") else [])
+        paths = [e["path"] for e in entries]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"its commit marker {marker.name} is unreadable ({type(e).__name__})"
+    if shard_name(index, suffix) not in paths:
+        raise _OtherShard(paths)
+    for e in entries:
+        p = out_dir / e["path"]
+        if not isinstance(e.get("bytes"), int) or not isinstance(e.get("sha256"), str):
+            return f"{e['path']}: its commit marker has no size and sha256 to check it against"
+        if not p.is_file():
+            return f"{e['path']} is missing"
+        if (size := p.stat().st_size) != e["bytes"]:
+            return f"{e['path']} has {size:,} bytes, its commit marker says {e['bytes']:,}"
+        if sha256_file(p) != e["sha256"]:
+            return f"{e['path']} does not match the sha256 in its commit marker"
+    return None
+
+
+def _discard(out_dir: Path, index: int, suffix: str) -> None:
+    """Remove a damaged shard's files, its commit marker first (so it is never half-trusted)."""
+    part_path(out_dir, index).unlink(missing_ok=True)
+    (out_dir / shard_name(index, suffix)).unlink(missing_ok=True)
+    (out_dir / "rejects" / shard_name(index)).unlink(missing_ok=True)
 
 
 def run_task(stage: Stage, task: Task, out_dir: str) -> dict:
@@ -262,7 +315,7 @@ def run_stage(
 ) -> dict:
     """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk)."""
     from minisigma.core import manifest as mf
-    from minisigma.core.progress import StageProgress
+    from minisigma.core.progress import StageProgress, log
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -270,8 +323,25 @@ def run_stage(
     tasks = stage.tasks(inputs)
     started = time.time()
 
-    finished = {t.index for t in tasks if part_path(out_dir, t.index).exists()
-                and (out_dir / shard_name(t.index, stage.output_suffix)).exists()}
+    stale = remove_stale_tmp(out_dir)
+    if stale:
+        log(f"{stage.name}: removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}")
+    finished: set[int] = set()
+    repairs: list[dict] = []
+    for t in tasks:
+        if not part_path(out_dir, t.index).exists():
+            continue
+        try:
+            problem = damage(out_dir, t.index, stage.output_suffix)
+        except _OtherShard:
+            continue  # e.g. written in the other shard format before: run it, no repair to report
+        if problem is None:
+            finished.add(t.index)
+            continue
+        shard = shard_name(t.index, stage.output_suffix)
+        log(f"{stage.name}: finished shard {out_dir / shard} is damaged ({problem}): running it again")
+        repairs.append({"shard": shard, "problem": problem})
+        _discard(out_dir, t.index, stage.output_suffix)
     todo = [t for t in tasks if t.index not in finished]
     cluster = {"executor": executor, "nodes": 1, "cpus": os.cpu_count()}
     with StageProgress(stage.name, total=len(tasks), done=len(finished), enabled=progress) as bar:
@@ -301,6 +371,8 @@ def run_stage(
         parts=parts,
         started=started,
         resumed_shards=len(finished),
+        repairs=repairs,
+        stale_tmp_removed=len(stale),
         cluster=cluster,
         extra=extra,
     )

@@ -20,6 +20,7 @@ import hashlib
 import io
 import json
 import os
+import re
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -95,6 +96,24 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 def tmp_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
+
+
+# The names `tmp_path` (and curation.refine.partitions) give files being written: ".NAME.tmp-PID".
+TMP_NAME = re.compile(r"\..+\.tmp-[0-9]+")
+
+
+def remove_stale_tmp(root: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files under `root` (recursively) that a killed writer left behind; returns
+    them. Call only when no writer is working under `root`: the runner does so before a stage starts
+    (one run at a time per stage directory, as the shards and the manifest already require)."""
+    removed = []
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if TMP_NAME.fullmatch(name):
+                p = Path(dirpath) / name
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return sorted(removed)
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
