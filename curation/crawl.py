@@ -117,6 +117,7 @@ class CrawlStats:
     invalid_utf8: int = 0  # stored pages whose body does not decode with its declared charset
     bytes_fetched: int = 0  # raw body bytes of stored pages
     warc_records: int = 0
+    failures: list = field(default_factory=list)  # one {url, reason, detail} per URL counted in `errors`
 
     def unaccounted(self) -> int:
         settled = self.fetched + self.sitemaps + self.feeds + self.robots_denied
@@ -256,9 +257,10 @@ class _Crawler:
 
         await asyncio.gather(*(worker() for _ in range(min(self.cfg.concurrency, len(items)))))
 
-    def _settle(self, url: str, outcome: str, kind: str = "") -> None:
+    def _settle(self, url: str, outcome: str, kind: str = "", detail: str = "") -> None:
         if outcome == "error":
             self.stats.errors[kind] += 1
+            self.stats.failures.append({"url": url, "reason": kind, "detail": detail})
         elif outcome == "skipped":
             self.stats.skipped[kind] += 1
         else:
@@ -284,12 +286,12 @@ class _Crawler:
         except Skip as s:
             return self._settle(url, "skipped", s.kind)
         except FetchError as e:
-            return self._settle(url, "error", e.kind)
+            return self._settle(url, "error", e.kind, e.detail)
         try:
-            outcome, kind = self._final(ex, depth)
+            outcome, kind, detail = self._final(ex, depth)
         except Exception as e:  # noqa: BLE001 -- a parser surprise must cost one URL, not the crawl
-            outcome, kind = "error", f"unexpected_{type(e).__name__}"
-        self._settle(url, outcome, kind)
+            outcome, kind, detail = "error", f"unexpected_{type(e).__name__}", str(e)[:200]
+        self._settle(url, outcome, kind, detail)
 
     def _redirect_target(self, current: str, location: str, chain: list[str]) -> str:
         try:
@@ -308,20 +310,20 @@ class _Crawler:
         chain.append(target)
         return target
 
-    def _final(self, ex: Exchange, depth: int) -> tuple[str, str]:
+    def _final(self, ex: Exchange, depth: int) -> tuple[str, str, str]:
         cfg = self.cfg
         if 400 <= ex.status < 500:
             self.warc.write(ex, "page")
-            return "error", "http_4xx"
+            return "error", "http_4xx", f"status {ex.status}"
         if not 200 <= ex.status < 300:
             self.warc.write(ex, "page")
-            return "error", "http_other"
+            return "error", "http_other", f"status {ex.status}"
         body = ex.body
         if ex.mime in GZIP_TYPES:
             try:
                 body = gunzip_capped(body, cfg.max_body_bytes)
             except FetchError as e:
-                return "error", e.kind
+                return "error", e.kind, e.detail
         if ex.mime in SITEMAP_TYPES | FEED_TYPES:
             found = parse_discovery(body, ex.url)
             if found is not None:
@@ -330,9 +332,9 @@ class _Crawler:
                     self.warc.write(ex, kind)
                     for u in urls:
                         self.admit(u, depth)
-                    return ("feeds" if kind == "feed" else "sitemaps"), ""
+                    return ("feeds" if kind == "feed" else "sitemaps"), "", ""
         if ex.mime not in self.page_types:
-            return "error", "bad_content_type"
+            return "error", "bad_content_type", ex.mime or "(none)"
         self.warc.write(ex, "page")
         self.stats.bytes_fetched += len(ex.raw_body)
         charset = sniff_charset(body, ex.charset)
@@ -341,7 +343,7 @@ class _Crawler:
         if cfg.follow_links and ex.mime in HTML_TYPES and depth < cfg.max_depth:
             for link in html_links(body, ex.url, charset):
                 self.admit(link, depth + 1)
-        return "fetched", ""
+        return "fetched", "", ""
 
     # ------------------------------------------------------------------ requests
     def _host(self, key: str) -> _Host:
@@ -385,23 +387,34 @@ class _Crawler:
                 return mime in self.fetch_types and urlsplit(url).path.endswith(".xml.gz")
             return mime in self.fetch_types
 
-        attempt = 0
+        retried: list[int] = []  # statuses of the attempts so far
         while True:
+            attempt = len(retried)
             async with host.sem:
                 await host.turn()
                 self.stats.requests += 1
-                ex = await fetch_once(self.session, url, max_bytes=max_bytes, total_timeout=cfg.total_timeout,
-                                      type_ok=type_ok)
+                try:
+                    ex = await fetch_once(self.session, url, max_bytes=max_bytes, total_timeout=cfg.total_timeout,
+                                          type_ok=type_ok)
+                except FetchError as e:
+                    if retried:
+                        e.detail = f"{e.detail} (attempt {attempt + 1}, after {' '.join(map(str, retried))})"
+                    raise
+            ex.retried = retried
             if ex.status != 429 and ex.status < 500:
-                return ex
-            self.warc.write(ex, purpose)
+                return ex  # written by the caller, with the statuses of the attempts before it
             gave_up = "http_429_gave_up" if ex.status == 429 else "http_5xx_gave_up"
             delay = _retry_after(ex)
             if delay is None:
                 delay = min(cfg.backoff_max, cfg.backoff_base * 2**attempt)
             if attempt >= cfg.retries or delay > cfg.max_retry_after:
-                raise FetchError(gave_up, f"status {ex.status} after {attempt + 1} attempts")
-            attempt += 1
+                self.warc.write(ex, purpose)  # the fetch's one record: its last attempt
+                why = (f"Retry-After {delay:g} s is over max_retry_after" if delay > cfg.max_retry_after
+                       else "no retries left")
+                raise FetchError(gave_up, f"{attempt + 1} attempt(s), statuses {' '.join(map(str, retried + [ex.status]))}"
+                                          f"; {why}")
+            self.warc.write(ex, "retry", attempt=attempt + 1)
+            retried = retried + [ex.status]
             self.stats.retries += 1
             host.block_for(delay)
 

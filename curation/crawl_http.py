@@ -50,6 +50,7 @@ class Exchange:
     ip: str | None = None
     elapsed: float = 0.0
     extra: dict = field(default_factory=dict)
+    retried: list[int] = field(default_factory=list)  # statuses of the earlier attempts (429/5xx) at this URL
 
     def header(self, name: str) -> str | None:
         name = name.lower()

@@ -3,7 +3,9 @@
 Per-host politeness (robots.txt, Crawl-delay, rate, concurrency) is enforced by the crawler
 inside a task; the planner puts each host in exactly one task so no two tasks hit one host.
 Manifest counts: in = frontier URLs; out = stored fetches (pages, sitemaps, feeds); dropped =
-robots-denied and skipped URLs by kind; quarantined = fetch errors by kind.
+robots-denied and skipped URLs by kind; quarantined = fetch errors by kind, and each of those URLs
+is listed in the manifest's `errors` with its reason and detail (e.g. "3 attempt(s), statuses 503
+503 503; no retries left"). A retried fetch is one WARC record (see curation.warclog).
 """
 
 from __future__ import annotations
@@ -37,13 +39,15 @@ class Crawl(Stage):
             "allowed_prefixes": list(site.get("allowed_prefixes") or self.config.allowed_prefixes),
             "allowed_hosts": list(site.get("allowed_hosts") or self.config.allowed_hosts),
         })
-        def settled(url: str, outcome: str, _stats) -> None:
+        def settled(url: str, outcome: str, stats) -> None:
             sink.take()
             where = {"url": url, "site": site["name"]}
             if outcome in ("fetched", "sitemaps", "feeds"):
                 sink.count_out()
             elif outcome.startswith("error:"):
-                sink.quarantine(where, outcome)
+                detail = stats.failures[-1]["detail"]  # the crawler lists a failure before reporting it
+                sink.quarantine({**where, "detail": detail}, outcome)
+                sink.error(where, outcome, detail)
             else:  # robots_denied, skipped:<kind>
                 sink.drop(where, outcome)
 

@@ -146,6 +146,11 @@ def stable_locator(url: str, prefix: str | None) -> str:
     return prefix.rstrip("/") + parts.path + (f"?{parts.query}" if parts.query else "")
 
 
+def _attempts(rec) -> int:
+    v = (rec.rec_headers.get_header("X-Crawl-Attempts") or "").strip()
+    return int(v) if v.isdigit() and int(v) > 0 else 1
+
+
 class Extract(Stage):
     """WARC shard -> documents. `params` of the task may carry `source` and `category` of the site."""
 
@@ -167,6 +172,9 @@ class Extract(Stage):
                     continue  # robots.txt, sitemaps, feeds and redirect hops are crawl plumbing, not content
                 sink.take()
                 where = {"url": url}
+                attempts = _attempts(rec)  # a retried fetch is one record, holding its number of attempts
+                if attempts > 1:
+                    where["attempts"] = attempts
                 status = rec.http_headers.get_statuscode() if rec.http_headers else None
                 if status != "200":
                     sink.drop(where, f"http_{status}")
@@ -202,6 +210,7 @@ class Extract(Stage):
                     "url": locator,
                     "metadata": {**doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
                                  **({"served_url": url} if locator != url else {}),
+                                 **({"fetch_attempts": attempts} if attempts > 1 else {}),
                                  "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
                                  "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")},
                 })

@@ -5,6 +5,11 @@ WARC-Concurrent-To. The response record holds the response exactly as received (
 headers, content-encoded body) except that chunked transfer framing is removed (the body is
 stored de-chunked and the Transfer-Encoding header dropped), so warcio and other readers can
 parse it; readers decode Content-Encoding themselves (warcio's `content_stream()` does).
+
+A fetch retried after a 429 or 5xx stays ONE record of its purpose (page, robots ...): the last
+attempt, with `X-Crawl-Attempts: N` and `X-Crawl-Retried: <statuses of the earlier attempts>`.
+The earlier attempts are kept for the record under the purpose "retry" (`X-Crawl-Attempt: n`),
+which readers of content (the extract stage) skip like the rest of the crawl's plumbing.
 """
 
 from __future__ import annotations
@@ -28,10 +33,16 @@ class WarcLog:
         self._w.write_record(rec)
         self.records += 1
 
-    def write(self, ex: Exchange, purpose: str) -> None:
-        """Append the request/response pair of one exchange; `purpose` is page|robots|sitemap|feed|redirect|..."""
+    def write(self, ex: Exchange, purpose: str, attempt: int | None = None) -> None:
+        """Append the request/response pair of one exchange; `purpose` is page|robots|sitemap|feed|redirect|
+        retry|...; `attempt` numbers a "retry" record (1 = the first attempt)."""
         resp_headers = StatusAndHeaders(f"{ex.status} {ex.reason}".strip(), ex.headers, protocol=ex.version)
         extra = {"X-Crawl-Purpose": purpose}
+        if attempt is not None:
+            extra["X-Crawl-Attempt"] = str(attempt)
+        elif ex.retried:
+            extra["X-Crawl-Attempts"] = str(len(ex.retried) + 1)
+            extra["X-Crawl-Retried"] = " ".join(str(s) for s in ex.retried)
         if ex.ip:
             extra["WARC-IP-Address"] = ex.ip
         response = self._w.create_warc_record(

@@ -42,7 +42,11 @@ def test_blog_crawled_from_feed_and_sitemap_into_documents(tmp_path):
     c = m["counts"]
     assert c["dropped"].get("too_short", 0) >= 2  # home and about pages are too short to keep
     assert m["stats"]["crawl:robots_denied"] == 1
-    assert any(k.startswith("crawl:error") for k in m["stats"])  # the broken post is counted
+    assert m["stats"]["crawl:error:http_5xx_gave_up"] == 1  # the broken post is counted
+    assert c["dropped"]["http_500"] == 1  # its two attempts are one record
+    assert m["errors"] == [{"shard": "00000.jsonl.gz", "url": f"{srv.url}/posts/broken.html", "site": "systems-blog",
+                            "reason": "error:http_5xx_gave_up",
+                            "detail": "2 attempt(s), statuses 500 500; no retries left"}]
     assert manifest.verify(tmp_path / "blogs") == []
     assert all(h.headers["user-agent"] == CRAWL["user_agent"] for h in srv.log)
     # A re-run of the task (its shard removed) reuses the finished WARC instead of crawling again.
@@ -51,3 +55,24 @@ def test_blog_crawled_from_feed_and_sitemap_into_documents(tmp_path):
         m2 = run_stage(BlogsStage(src), [], tmp_path / "blogs", executor="local", progress=False)
         assert srv2.log == []
     assert m2["stats"]["crawl_resumed_from_warc"] == 1 and m2["counts"]["out"] == 4
+    assert m2["errors"] == m["errors"]  # listed again from the crawl record
+    assert {k: v for k, v in m2["stats"].items() if k.startswith("crawl:")} == \
+        {k: v for k, v in m["stats"].items() if k.startswith("crawl:")}
+
+
+def test_a_damaged_warc_is_crawled_again(tmp_path):
+    app = BlogApp(posts=2)
+    out = tmp_path / "blogs"
+    with LoopbackServer(app) as srv:
+        app.base = srv.url
+        src = BlogsSource.model_validate({"manifest": str(blog_manifest(tmp_path, srv.url)), "crawl": CRAWL,
+                                          "extract": {"min_chars": 200}})
+        first = run_stage(BlogsStage(src), [], out, executor="local", progress=False)
+        warc = out / "warc" / "00000.warc.gz"
+        warc.write_bytes(warc.read_bytes()[:-100])  # truncated after the crawl finished
+        (out / ".parts" / "00000.json").unlink()  # the task runs again
+        n = len(srv.log)
+        m = run_stage(BlogsStage(src), [], out, executor="local", progress=False)
+        assert len(srv.log) > n  # crawled again, not extracted from the damaged WARC
+    assert m["stats"]["crawl_warc_damaged"] == 1 and "crawl_resumed_from_warc" not in m["stats"]
+    assert m["counts"] == first["counts"] and manifest.verify(out) == []

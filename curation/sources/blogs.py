@@ -7,18 +7,22 @@ manifests/sources/blogs.yaml. One task per site:
   1. the crawler (`curation.crawl.crawl`: robots.txt, Crawl-delay, per-host rate, retries, size and
      type limits) starts from the feeds, sitemaps and home page, follows links within the site's
      prefixes, and writes every exchange to `<stage>/warc/NNNNN.warc.gz` (kept, so extraction can be
-     re-run without re-crawling; a re-run of an interrupted task reuses a finished WARC);
+     re-run without re-crawling; a re-run of an interrupted task reuses a finished WARC when it still
+     matches the size and sha256 in its crawl record `NNNNN.crawl.json`, and crawls again otherwise);
   2. the extraction stage's logic (`curation.extract.Extract`, trafilatura with a per-page time
      limit) turns the WARC's HTML responses into Documents with source "blogs".
 
 Counts: in = HTML-bearing responses of the WARC, as in the extract stage (kept, dropped by reason,
 quarantined by reason); the crawl's own outcomes (fetched, robots-denied, errors by kind) are in
-the stats as `crawl:<outcome>`.
+the stats as `crawl:<outcome>`, and each URL the crawl could not fetch is listed in the manifest's
+`errors` with its reason and detail (kept in the crawl record, so a resumed task lists them too).
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Literal
 
@@ -29,9 +33,10 @@ from curation.extract import Extract, ExtractConfig
 from curation.sources import categories
 from curation.sources.common import SOURCE_MANIFESTS, load_manifest, stage_dir
 from minisigma.core.errors import UserError
+from minisigma.core.progress import log
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import shard_name, tmp_path
+from minisigma.core.shards import atomic_write_json, sha256_file, shard_name, tmp_path
 
 
 class BlogSite(Section):
@@ -86,21 +91,61 @@ class BlogsStage(Stage):
     def process(self, task: Task, sink: Sink) -> None:
         site = self.sites[task.index]
         warc = stage_dir(sink) / "warc" / shard_name(task.index, ".warc.gz")
+        record = warc.with_name(shard_name(task.index, ".crawl.json"))
         warc.parent.mkdir(parents=True, exist_ok=True)
-        if warc.exists():
+        crawled, problem = finished_crawl(warc, record)
+        if crawled is not None:
             sink.stat("crawl_resumed_from_warc")
         else:
-            cfg = self.config.crawl.model_copy(update={
-                "allowed_prefixes": site.allowed_prefixes or [site.home],
-                "allowed_hosts": [],
-            })
-            partial = tmp_path(warc)
-
-            def settled(url: str, outcome: str, _stats) -> None:
-                sink.stat(f"crawl:{outcome}")
-
-            crawl(list(dict.fromkeys(site.feeds + site.sitemaps + [site.home])), cfg, partial, progress=settled)
-            os.replace(partial, warc)  # the WARC appears under its name only when the crawl finished
+            if problem:
+                log(f"blogs: {problem}: crawling {site.name} again")
+                sink.stat("crawl_warc_damaged")
+            crawled = self._crawl(site, warc, record)
+        for outcome, n in crawled["outcomes"].items():
+            sink.stat(f"crawl:{outcome}", n)
+        for f in crawled["failures"]:
+            sink.error({"url": f["url"], "site": site.name}, f"error:{f['reason']}", f["detail"])
         meta = {warc.name: {"source": "blogs", "category": site.category, "site": site.name,
                             **({"license": site.license} if site.license else {})}}
         Extract(self.config.extract, meta).process(Task(task.index, (str(warc),)), sink)
+
+    def _crawl(self, site: BlogSite, warc: Path, record: Path) -> dict:
+        cfg = self.config.crawl.model_copy(update={
+            "allowed_prefixes": site.allowed_prefixes or [site.home],
+            "allowed_hosts": [],
+        })
+        partial = tmp_path(warc)
+        outcomes: Counter = Counter()
+
+        def settled(url: str, outcome: str, _stats) -> None:
+            outcomes[outcome] += 1
+
+        try:
+            stats = crawl(list(dict.fromkeys(site.feeds + site.sitemaps + [site.home])), cfg, partial,
+                          progress=settled)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        crawled = {"warc": warc.name, "bytes": partial.stat().st_size, "sha256": sha256_file(partial),
+                   "outcomes": dict(sorted(outcomes.items())),
+                   "failures": sorted(stats.failures, key=lambda f: (f["url"], f["reason"]))}
+        atomic_write_json(record, crawled)
+        os.replace(partial, warc)  # the WARC appears under its name only when the crawl finished
+        return crawled
+
+
+def finished_crawl(warc: Path, record: Path) -> tuple[dict | None, str]:
+    """The record of a finished crawl whose WARC still matches it (size, sha256), or (None, why not);
+    why is "" when there is no crawl yet."""
+    if not warc.exists():
+        return None, ""
+    try:
+        crawled = json.loads(record.read_text(encoding="utf-8"))
+        size, digest = crawled["bytes"], crawled["sha256"]
+        if not isinstance(crawled["outcomes"], dict) or not isinstance(crawled["failures"], list):
+            raise TypeError("outcomes or failures")
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, f"{warc} has no readable crawl record {record.name}"
+    if warc.stat().st_size != size or sha256_file(warc) != digest:
+        return None, f"{warc} does not match its crawl record {record.name} (size or sha256)"
+    return crawled, ""
