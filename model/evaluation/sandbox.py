@@ -13,6 +13,18 @@ namespaces:
 - **a fresh scratch directory**: ``/scratch`` (the working directory and ``$HOME``) and ``/tmp``
   are new size-limited tmpfs mounts, gone when the command ends; the task's optional ``setup``
   shell commands run first, in the same sandbox, to seed the scratch directory;
+- **task fixtures** (`Fixture`): files, directories and symlinks with their contents and
+  permissions, at the paths a task names (relative ones in ``/scratch``, absolute ones under a
+  top-level directory such as ``/data`` or ``/var``, never the system's ``/usr``, ``/etc``,
+  ``/proc`` ...). The evaluator writes them to a per-task host tree, bound read-only at
+  ``/.fixtures``; the driver copies that tree into the writable, size-limited tmpfs mounted at
+  each named top-level directory (``/scratch`` and ``/tmp`` are already ones), then sets the
+  declared modes, so nothing a command does to them reaches the host tree;
+- **file-system state** (``track=True``): after the command exits, every process left inside is
+  killed and the driver lists the tracked trees (``/scratch`` and the fixtures' directories:
+  type, mode, sha256 of each regular file, symlink targets) before and after the command into a
+  pipe the command itself has no descriptor of; ``Result.files_before`` / ``Result.files`` hold
+  them and ``changes()`` the created, deleted and changed paths;
 - **no privileges**: when the evaluator runs as root it drops to ``nobody`` on the host before
   starting bubblewrap; inside, the process has no capabilities and may not create namespaces;
 - **limits**: CPU seconds, address space, file size, open files and process count (setrlimit,
@@ -61,6 +73,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_UID = 1000  # the user id seen inside (mapped onto the unprivileged host user)
@@ -78,19 +91,52 @@ UNBOUNDED_MEMORY_SYSCALLS = ("memfd_create", "memfd_secret", "shmget")
 
 SETUP_FAILED = "minisigma-sandbox: setup failed"
 TOOL_MISSING = "minisigma-sandbox: tool not installed"
+STATE_MARK = "minisigma-sandbox-state"
+STATE_BYTES = 1 << 20  # the largest file-system listing kept (more: the state is unknown)
 
 # The driver runs inside the sandbox: setup (output discarded), the optional tool check, then the
 # command itself. Commands travel in environment variables, so no quoting is ever needed.
 DRIVER = r"""
+if [ -n "$MS_FIXTURE_ROOTS" ]; then
+  for r in $MS_FIXTURE_ROOTS; do
+    cp -a "/.fixtures/$r/." "/$r/" 2>/dev/null || { echo "%s (fixtures: /$r)" >&2; exit 125; }
+  done
+  while IFS= read -r -d '' m && IFS= read -r -d '' f; do
+    chmod -- "$m" "$f" 2>/dev/null || { echo "%s (fixture mode $m $f)" >&2; exit 125; }
+  done < /.fixtures/.modes
+fi
 if [ -n "$MS_SETUP" ]; then
   ( eval "$MS_SETUP" ) </dev/null >/dev/null 2>&1 || { echo "%s (exit $?)" >&2; exit 125; }
 fi
 if [ -n "$MS_TOOL" ] && ! command -v -- "$MS_TOOL" >/dev/null 2>&1; then
   echo "%s: $MS_TOOL" >&2; exit 127
 fi
-c=$MS_CMD; unset MS_SETUP MS_CMD MS_TOOL
+c=$MS_CMD; unset MS_SETUP MS_CMD MS_TOOL MS_FIXTURE_ROOTS
+if [ -n "$MS_STATE_FD" ]; then
+  snap() {
+    {
+      printf '%%s\0%%s\0' "$MS_MARK" "$1"
+      for r in $MS_TRACK; do /usr/bin/find "/$r" -mindepth 1 -xdev -printf '%%y\0%%m\0%%p\0%%l\0'; done
+      printf 'sha256\0'
+      for r in $MS_TRACK; do
+        /usr/bin/find "/$r" -mindepth 1 -xdev -type f -print0 | /usr/bin/xargs -0 -r /usr/bin/sha256sum -z --
+      done
+    } 2>/dev/null >&"$MS_STATE_FD"
+  }
+  snap before
+  ( eval "exec $MS_STATE_FD>&-"; unset MS_STATE_FD MS_TRACK MS_MARK; exec /bin/bash -c "$c" ) </dev/null
+  rc=$?
+  # whatever the command left running must not touch the tree while (or after) it is listed
+  kill -KILL -1 2>/dev/null
+  for _ in 1 2 3 4 5 6 7 8 9 10; do
+    n=0; for q in /proc/[0-9]*; do case ${q#/proc/} in 1|$$) ;; *) n=1 ;; esac; done
+    [ $n = 0 ] && break; sleep 0.05
+  done
+  snap after
+  exit $rc
+fi
 exec /bin/bash -c "$c" </dev/null
-""" % (SETUP_FAILED, TOOL_MISSING)
+""" % (SETUP_FAILED, SETUP_FAILED, SETUP_FAILED, TOOL_MISSING)
 
 
 class SandboxUnavailable(RuntimeError):
@@ -122,11 +168,20 @@ class Result:
     signal: int | None = None
     memory_limit: str | None = None  # "cgroup" or "rlimit": how memory was bounded (module docstring)
     oom_killed: bool = False  # the cgroup's memory limit killed the sandbox
+    # track=True: the tracked trees before and after the command, {path: entry} (`parse_state`);
+    # None when not tracked or when the listing did not come back (timeout, killed driver)
+    files_before: dict | None = None
+    files: dict | None = None
 
     def to_dict(self) -> dict:
         return {"status": self.status, "exit_code": self.exit_code, "stdout": self.stdout,
                 "stderr": self.stderr, "seconds": round(self.seconds, 3), "truncated": self.truncated,
-                "signal": self.signal, "memory_limit": self.memory_limit, "oom_killed": self.oom_killed}
+                "signal": self.signal, "memory_limit": self.memory_limit, "oom_killed": self.oom_killed,
+                "changes": self.changes()}
+
+    def changes(self) -> dict | None:
+        """What the command did to the tracked trees: created, deleted and changed paths."""
+        return state_changes(self.files_before, self.files)
 
 
 @dataclass
@@ -175,8 +230,9 @@ class Sandbox:
     def __exit__(self, *exc):
         self.close()
 
-    def argv(self) -> list[str]:
-        """The bubblewrap command line (without the program to run)."""
+    def argv(self, mounts: Sequence[str] = ()) -> list[str]:
+        """The bubblewrap command line (without the program to run); `mounts`: a task's fixture
+        mounts (`FixtureTree.mounts`), placed after the sandbox's own writable mounts."""
         lim = self.limits
         a = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
              "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
@@ -198,6 +254,7 @@ class Sandbox:
               "--size", str(lim.scratch_bytes), "--tmpfs", "/tmp",
               "--size", str(lim.scratch_bytes), "--tmpfs", "/dev/shm",
               "--size", str(lim.scratch_bytes), "--tmpfs", "/scratch"]
+        a += list(mounts)  # a task's fixture mounts (new top-level paths: before the remount below)
         # ... and none else: bubblewrap's root and /dev are tmpfs mounts without a size (its
         # options cannot size them), so they are made read-only (each remount affects only that
         # mount point, not the ones inside it). This stays the last mount operation: anything
@@ -227,22 +284,25 @@ class Sandbox:
             os.setuid(NOBODY)
 
     # ---------------------------------------------------------------- running
-    def run(self, command: str, setup: str | None = None, tool: str | None = None) -> Result:
-        """Run `command` with bash in a fresh sandbox, after `setup`; never raises.
+    def run(self, command: str, setup: str | None = None, tool: str | None = None,
+            fixtures: Sequence["Fixture"] = (), track: bool = False) -> Result:
+        """Run `command` with bash in a fresh sandbox, after `fixtures` and `setup`; never raises.
 
         `tool`, when given, is checked first: if no such program exists inside, the result is
-        ``not_executable`` without running anything. Every failure, the sandbox's own included,
-        is a Result with a status.
+        ``not_executable`` without running anything. `track`: list the tracked trees before and
+        after the command (``Result.files_before`` / ``Result.files``, module docstring). Every
+        failure, the sandbox's own included, is a Result with a status.
         """
         try:
-            return self._run(command, setup, tool)
+            with FixtureTree(fixtures, track, self.limits.scratch_bytes, self._drop_to_nobody) as tree:
+                return self._run(command, setup, tool, tree)
         except Exception as e:  # a failure of the sandbox itself, never of what the command did
             return self._result("sandbox_error", None, "", f"minisigma-sandbox: {type(e).__name__}: {e}", 0.0)
 
     def _result(self, status: str, code: int | None, stdout: str, stderr: str, seconds: float, **kw) -> Result:
         return Result(status, code, stdout, stderr, seconds, memory_limit=self.memory_limit, **kw)
 
-    def _run(self, command, setup, tool) -> Result:
+    def _run(self, command, setup, tool, tree: "FixtureTree") -> Result:
         for name, value in (("command", command), ("setup", setup), ("tool", tool)):
             if value is not None and not isinstance(value, str):
                 return self._result("not_executable" if name != "setup" else "setup_failed", None, "",
@@ -257,7 +317,7 @@ class Sandbox:
         if "\0" in (setup or ""):
             return self._result("setup_failed", None, "", f"{SETUP_FAILED}: the setup contains a NUL byte, "
                                 "which no shell command can hold", 0.0)
-        argv = self.argv()
+        argv = self.argv(tree.mounts) + tree.env
         pass_fds: tuple[int, ...] = ()
         cgroup = None
         if self._cgroup_parent is not None:
@@ -276,7 +336,7 @@ class Sandbox:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, cwd="/", start_new_session=True,
                                         preexec_fn=lambda: self._preexec(cgroup), close_fds=True,
-                                        pass_fds=pass_fds,
+                                        pass_fds=pass_fds + tree.pass_fds,
                                         # bubblewrap itself is PID 1 inside and its /proc/1/environ is
                                         # readable there: it must not carry the evaluator's environment.
                                         env={"PATH": SANDBOX_PATH, "LANG": "C.UTF-8"})
@@ -285,7 +345,9 @@ class Sandbox:
             finally:
                 for fd in pass_fds:
                     os.close(fd)
-            out, err, why = self._collect(proc, t0)
+                tree.started()
+            out, err, why = self._collect(proc, t0, tree.state_read)
+            before, after = tree.states()
             oom = cgroup is not None and cgroup.oom_kills() > 0
         finally:
             if cgroup is not None:
@@ -304,16 +366,22 @@ class Sandbox:
             return self._result("killed", code, stdout, stderr, seconds, signal=sig or signal.SIGKILL, oom_killed=True)
         r = self._classify(code, sig, stdout, stderr, seconds)
         r.memory_limit = self.memory_limit
+        if tree.track:
+            r.files_before, r.files = before, after
         return r
 
-    def _collect(self, proc: subprocess.Popen, t0: float) -> tuple[bytearray, bytearray, str | None]:
-        """Read both pipes until EOF, the output cap or the deadline; kill the sandbox on the latter two."""
+    def _collect(self, proc: subprocess.Popen, t0: float,
+                 state: "_StateReader | None" = None) -> tuple[bytearray, bytearray, str | None]:
+        """Read both pipes (and the state pipe) until EOF, the output cap or the deadline; kill the
+        sandbox on the latter two. The state pipe has its own cap and never kills the sandbox."""
         lim = self.limits
         out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
         bufs = {out_fd: bytearray(), err_fd: bytearray()}
         sel = selectors.DefaultSelector()
         for f in (proc.stdout, proc.stderr):
             sel.register(f, selectors.EVENT_READ)
+        if state is not None:
+            sel.register(state.fd, selectors.EVENT_READ)
         deadline = t0 + lim.wall_seconds
         why = None
         open_streams = 2
@@ -325,6 +393,11 @@ class Sandbox:
                     break
                 for key, _ in sel.select(timeout=min(left, 0.5)):
                     chunk = os.read(key.fd, 65536)
+                    if state is not None and key.fd == state.fd:
+                        if not chunk:
+                            sel.unregister(key.fileobj)
+                        state.feed(chunk)
+                        continue
                     if not chunk:
                         sel.unregister(key.fileobj)
                         open_streams -= 1
@@ -346,6 +419,8 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     why = "timeout"
                     self._kill(proc)
+            if state is not None and not why:
+                state.drain()
         finally:
             sel.close()
             proc.stdout.close()
@@ -382,6 +457,242 @@ class Sandbox:
         if code == 1 and stderr.startswith("bwrap:"):
             return Result("sandbox_error", code, stdout, stderr, seconds)
         return Result("ok" if code == 0 else "error", code, stdout, stderr, seconds)
+
+
+# ------------------------------------------------------------------ task fixtures, file-system state
+# Top-level directories a fixture may not name: the read-only system and the kernel's trees.
+SYSTEM_ROOTS = frozenset({"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev",
+                          "sys", "fixtures", ".fixtures"})
+FIXTURE_TYPES = ("file", "dir", "symlink")
+
+
+@dataclass(frozen=True)
+class Fixture:
+    """One file-system entry that exists before a task's command runs.
+
+    `path`: relative (to ``/scratch``, the working directory) or absolute under a top-level
+    directory that is not the system's (`SYSTEM_ROOTS`); no ``..``. `type`: file | dir | symlink.
+    A file's bytes are `content` (text, UTF-8); a symlink points at `target`; `mode` (an int,
+    e.g. 0o600) is applied inside after copying (default: 0644 files, 0755 directories).
+    Missing parent directories are created (0755)."""
+
+    path: str
+    type: str = "file"
+    content: str | bytes = ""
+    mode: int | None = None
+    target: str | None = None
+
+    def location(self) -> tuple[str, str]:
+        """(top-level directory inside, path below it); ValueError when the path is not allowed."""
+        p = self.path
+        if not p or "\0" in p or p.endswith("/") and p.strip("/") == "":
+            raise ValueError(f"fixture path {p!r} is empty or the root")
+        parts = [x for x in p.split("/") if x not in ("", ".")]
+        if ".." in parts or not parts:
+            raise ValueError(f"fixture path {p!r} must not contain '..'")
+        if not p.startswith("/"):
+            return "scratch", "/".join(parts)
+        if parts[0] in SYSTEM_ROOTS:
+            raise ValueError(f"fixture path {p!r} is under /{parts[0]}, which belongs to the sandbox's system")
+        if len(parts) == 1:
+            raise ValueError(f"fixture path {p!r} must be inside a top-level directory, not one itself")
+        return parts[0], "/".join(parts[1:])
+
+    def check(self) -> None:
+        self.location()
+        if self.type not in FIXTURE_TYPES:
+            raise ValueError(f"fixture type {self.type!r} is not one of {', '.join(FIXTURE_TYPES)}")
+        if self.type == "symlink" and not self.target:
+            raise ValueError(f"symlink fixture {self.path!r} needs a target")
+        if self.type != "symlink" and self.target is not None:
+            raise ValueError(f"fixture {self.path!r}: only a symlink has a target")
+        if self.type != "file" and self.content:
+            raise ValueError(f"fixture {self.path!r}: only a file has content")
+        if self.mode is not None and not (isinstance(self.mode, int) and 0 <= self.mode <= 0o7777):
+            raise ValueError(f"fixture {self.path!r}: mode must be an integer 0..0o7777")
+
+
+class FixtureTree:
+    """The host side of one run's fixtures and state tracking (module docstring): the per-task tree
+    bound read-only at /.fixtures, the tmpfs mounts for its top-level directories, and the state pipe."""
+
+    def __init__(self, fixtures: Sequence[Fixture], track: bool, tmpfs_bytes: int, readable_by_all: bool):
+        self.fixtures = list(fixtures)
+        self.track = track
+        self.tmpfs_bytes = tmpfs_bytes
+        self.readable_by_all = readable_by_all
+        self.mounts: list[str] = []
+        self.env: list[str] = []
+        self.pass_fds: tuple[int, ...] = ()
+        self.state_read: _StateReader | None = None
+        self._dir: Path | None = None
+        self._w: int | None = None
+
+    def __enter__(self) -> "FixtureTree":
+        roots: list[str] = []
+        if self.fixtures:
+            for fx in self.fixtures:
+                fx.check()
+                root = fx.location()[0]
+                if root not in roots:
+                    roots.append(root)
+            self._dir = Path(tempfile.mkdtemp(prefix="minisigma-fixtures-"))
+            self._dir.chmod(0o755)  # the sandbox's (unprivileged) user reads it, read-only
+            modes = self._write(self._dir)
+            self.mounts += ["--ro-bind", str(self._dir), "/.fixtures"]
+            for root in roots:
+                if root not in ("scratch", "tmp"):  # those two are tmpfs mounts already
+                    self.mounts += ["--size", str(self.tmpfs_bytes), "--tmpfs", f"/{root}"]
+            self.env += ["--setenv", "MS_FIXTURE_ROOTS", " ".join(roots)]
+            (self._dir / ".modes").write_bytes(b"".join(f"{m:o}\0{path}\0".encode() for m, path in modes))
+        if self.track:
+            tracked = ["scratch"] + [r for r in roots if r != "scratch"]
+            r, w = os.pipe()
+            self._w = w
+            self.state_read = _StateReader(r)
+            self.pass_fds = (w,)
+            self.env += ["--setenv", "MS_STATE_FD", str(w), "--setenv", "MS_TRACK", " ".join(tracked),
+                         "--setenv", "MS_MARK", STATE_MARK]
+        return self
+
+    def _write(self, top: Path) -> list[tuple[int, str]]:
+        """Write the entries below `top`/<root>/...; return the (mode, inside path) list to apply,
+        deepest first (a directory's own mode may take away the access its entries need)."""
+        modes = []
+        for fx in self.fixtures:
+            root, rel = fx.location()
+            dest = top / root / rel
+            for parent in reversed(dest.relative_to(top).parents):
+                d = top / parent
+                if not d.exists():
+                    d.mkdir()
+                    d.chmod(0o755)
+            if fx.type == "dir":
+                dest.mkdir(exist_ok=True)
+                dest.chmod(0o755)
+            elif fx.type == "symlink":
+                os.symlink(fx.target, dest)
+            else:
+                data = fx.content.encode("utf-8") if isinstance(fx.content, str) else bytes(fx.content)
+                dest.write_bytes(data)
+                dest.chmod(0o644)
+            if fx.mode is not None and fx.type != "symlink":
+                modes.append((fx.mode, f"/{root}/{rel}"))
+        modes.sort(key=lambda m: (-m[1].count("/"), m[1]))
+        return modes
+
+    def started(self) -> None:
+        """The sandbox has its copy of the pipe's write end: close ours, so EOF comes when it ends."""
+        if self._w is not None:
+            os.close(self._w)
+            self._w = None
+
+    def states(self) -> tuple[dict | None, dict | None]:
+        if self.state_read is None:
+            return None, None
+        return self.state_read.states()
+
+    def __exit__(self, *exc) -> None:
+        self.started()
+        if self.state_read is not None:
+            self.state_read.close()
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+
+class _StateReader:
+    """Collects the driver's state listings from the read end of the state pipe (capped)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.data = bytearray()
+        self.overflow = False
+        self.closed = False
+
+    def feed(self, chunk: bytes) -> None:
+        if not chunk:
+            self.closed = True
+            return
+        if len(self.data) + len(chunk) > STATE_BYTES:
+            self.overflow = True  # keep reading (the driver must never block on us), keep nothing
+            return
+        self.data += chunk
+
+    def drain(self, seconds: float = 5.0) -> None:
+        """Read what is left after the sandbox ended (bounded: its holders are gone by now)."""
+        end = time.monotonic() + seconds
+        sel = selectors.DefaultSelector()
+        sel.register(self.fd, selectors.EVENT_READ)
+        try:
+            while not self.closed and time.monotonic() < end:
+                if sel.select(timeout=0.1):
+                    self.feed(os.read(self.fd, 65536))
+        finally:
+            sel.close()
+
+    def states(self) -> tuple[dict | None, dict | None]:
+        if self.overflow or not self.closed:
+            return None, None
+        return parse_state(bytes(self.data))
+
+    def close(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def parse_state(data: bytes) -> tuple[dict | None, dict | None]:
+    """The last complete "before" and "after" listings in the driver's output.
+
+    Each entry is ``{path: {"type": f|d|l|p|s|..., "mode": "644", "sha256": hex (files) or None if
+    unreadable, "target": text (symlinks)}}``. The after listing is written once every process of
+    the command is dead, so whatever the command wrote into the pipe comes before it and cannot
+    forge it (a fragment written earlier can only make a listing unreadable: then it is None)."""
+    toks = data.split(b"\0")
+    mark = STATE_MARK.encode()
+    out: dict[str, dict | None] = {"before": None, "after": None}
+    starts = [i for i in range(len(toks) - 1) if toks[i] == mark and toks[i + 1] in (b"before", b"after")]
+    for n, i in enumerate(starts):
+        end = starts[n + 1] if n + 1 < len(starts) else len(toks)
+        label = toks[i + 1].decode()
+        out[label] = _parse_listing(toks[i + 2:end])
+    return out["before"], out["after"]
+
+
+def _parse_listing(toks: list[bytes]) -> dict | None:
+    entries: dict[str, dict] = {}
+    i = 0
+    while i < len(toks) and toks[i] != b"sha256":
+        if i + 4 > len(toks):
+            return None
+        y, m, path, link = (t.decode("utf-8", "surrogateescape") for t in toks[i:i + 4])
+        e = {"type": y, "mode": m}
+        if y == "f":
+            e["sha256"] = None
+        elif y == "l":
+            e["target"] = link
+        entries[path] = e
+        i += 4
+    if i >= len(toks):
+        return None  # cut short: no hash section
+    for t in toks[i + 1:]:
+        if not t:
+            continue
+        rec = t.decode("utf-8", "surrogateescape")
+        digest, _, path = rec.partition("  ")
+        if path in entries and entries[path]["type"] == "f" and len(digest) == 64:
+            entries[path]["sha256"] = digest
+    return entries
+
+
+def state_changes(before: dict | None, after: dict | None) -> dict | None:
+    """Created, deleted and changed (type, mode or content) paths between two listings."""
+    if before is None or after is None:
+        return None
+    return {"created": sorted(set(after) - set(before)),
+            "deleted": sorted(set(before) - set(after)),
+            "changed": sorted(p for p in set(before) & set(after) if before[p] != after[p])}
 
 
 def _children(pid: int) -> list[tuple[int, str]]:
