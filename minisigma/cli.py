@@ -232,12 +232,24 @@ def eval_cmd(
     threshold: float = typer.Option(0.8, "--threshold", help="cmdgen: Calibration threshold on CMD/Output score"),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1),
     no_execute: bool = typer.Option(False, "--no-execute", help="cmdgen: score commands without running them"),
+    reference_only: Optional[Path] = typer.Option(None, "--reference-only", help="cmdgen: no model; run every reference command in the sandbox and write this JSON (the executable share)"),
 ):
     """Evaluate: `minisigma eval RECIPE` (perplexity + CMDGen-mini per the recipe) or
-    `minisigma eval cmdgen --tasks FILE.jsonl --checkpoint DIR [--out DIR]`."""
+    `minisigma eval cmdgen --tasks FILE.jsonl --checkpoint DIR [--out DIR]` or
+    `minisigma eval cmdgen --tasks FILE.jsonl --reference-only OUT.json`."""
     if target == "cmdgen":
         from model.evaluation import cmdgen
 
+        if reference_only is not None:
+            if tasks is None or checkpoint is not None or no_execute:
+                raise UserError("eval cmdgen --reference-only needs --tasks FILE.jsonl (and no --checkpoint/--no-execute)")
+            r = cmdgen.check_references(tasks, reference_only, show_progress=True)
+            o = r["overall"]
+            print(f"{o['executable']}/{o['tasks']} tasks have a reference that runs with status ok "
+                  f"(executable share {o['executable_share']}) -> {reference_only}")
+            for suite, b in r["per_suite"].items():
+                print(f"  {suite}: {b['executable']}/{b['tasks']}; dropped: {b['dropped']}")
+            return
         if tasks is None or checkpoint is None:
             raise UserError("eval cmdgen needs --tasks FILE.jsonl and --checkpoint DIR")
         if not checkpoint.is_dir():

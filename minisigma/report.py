@@ -398,9 +398,21 @@ def section_cmdgen(run: Path) -> str:
     if not found:
         raise NotRun("no CMDGen-mini results (summary.json from `minisigma eval`) under the run")
     parts = []
-    rows = [[label] + [s["overall"].get(k) for k, _ in METRIC_NAMES] + [s["overall"].get("tasks")]
+    def executable(b: dict) -> str | None:
+        # Success and Output score are computed on the executable share: the tasks whose reference
+        # ran with status ok in the sandbox (model/evaluation/metrics.summarize)
+        return f"{b['executable']}/{b['tasks']}" if "executable" in b else None
+
+    rows = [[label] + [s["overall"].get(k) for k, _ in METRIC_NAMES] + [s["overall"].get("tasks"), executable(s["overall"])]
             for label, _, s in found]
-    parts.append(table(["model"] + [n for _, n in METRIC_NAMES] + ["tasks"], rows))
+    parts.append(table(["model"] + [n for _, n in METRIC_NAMES] + ["tasks", "executable"], rows))
+    suites = [[label, suite] + [b.get(k) for k, _ in METRIC_NAMES] + [b.get("tasks"), executable(b),
+                                                                      ", ".join(f"{k} {v}" for k, v in b.get("dropped", {}).items())]
+              for label, _, s in found for suite, b in s.get("per_suite", {}).items()]
+    if suites:
+        parts.append("<h3>per suite (Success and Output score on the executable share)</h3>" +
+                     table(["model", "suite"] + [n for _, n in METRIC_NAMES] + ["tasks", "executable", "dropped"],
+                           suites, left=2))
     tools = sorted({t for _, _, s in found for t in s.get("per_tool", {})})
     fig, ax = figure(max(8, 0.6 * len(tools) * len(found) + 2), 3.8)
     w = 0.8 / len(found)

@@ -104,8 +104,8 @@ def test_load_tasks_roundtrip(tmp_path):
     p = tmp_path / "t.jsonl"
     p.write_text(json.dumps(TASKS[0]) + "\n\n" + json.dumps(TASKS[4]) + "\n")
     tasks = load_tasks(p)
-    assert tasks == [Task("wc-1", "Count the lines of names.txt", "wc -l < names.txt", "wc", SETUP_NAMES),
-                     Task("mkdir-1", "Create the directory build/out with its parents", "mkdir -p build/out",
+    assert tasks == [Task("wc-1", "Count the lines of names.txt", ("wc -l < names.txt",), "wc", SETUP_NAMES),
+                     Task("mkdir-1", "Create the directory build/out with its parents", ("mkdir -p build/out",),
                           "mkdir", None)]
 
 
@@ -150,7 +150,7 @@ def test_empty_and_binary_task_files(tmp_path):
 def test_prompt_is_the_sft_chat_template():
     from model.chat import pair_to_messages
 
-    msgs = build_messages(Task("a", "List files", "ls", "ls"))
+    msgs = build_messages(Task("a", "List files", ("ls",), "ls"))
     assert msgs == [{"role": "user", "content": "List files"}]
     assert msgs == pair_to_messages({"task": "List files", "command": "ls"})[:-1]
 
@@ -208,7 +208,7 @@ def test_cmdgen_end_to_end_tiny_checkpoint(tmp_path, checkpoint):
 @needs_bwrap
 def test_hostile_answers_do_not_stop_the_evaluation(tmp_path):
     """Model answers that attack the host are scored like any other and the run completes."""
-    tasks = [Task(f"t{i}", "count lines", "wc -l < names.txt", "wc", SETUP_NAMES) for i in range(4)]
+    tasks = [Task(f"t{i}", "count lines", ("wc -l < names.txt",), "wc", SETUP_NAMES) for i in range(4)]
     answers = ["rm -rf / --no-preserve-root", ":(){ :|:& };:; wait", "yes", "cat /etc/shadow"]
     section = CmdgenSection(sandbox={"wall_seconds": 3, "cpu_seconds": 2})
     ev = Evaluator(section)

@@ -69,6 +69,8 @@ def make_run(run: Path) -> Path:
                          "generated": f"{tool} -x" if ok else "echo", "generated_status": "ok",
                          "cmd_score": 1.0 if ok else 0.3, "output_score": None, "calibration": bool(ok),
                          "exact_match": bool(ok), "success": False, "accuracy": bool(ok)})
+            if tool == "nvidia-smi":  # the GPU-tooling suite: scored textually
+                rows[-1].update(suite="gpu", executable=False, dropped_reason="no_execute")
         from model.evaluation.metrics import summarize
 
         s = summarize(rows)
@@ -150,6 +152,7 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "200 documents of stage" in secs["mix"]
     assert "scores of stage <code>dedup</code>" in secs["quality"]
     assert "<td class=\"l\">eval/mini-sigma</td>" in secs["cmdgen"] and "0.750" in secs["cmdgen"]
+    assert "per suite" in secs["cmdgen"] and "3/4" in secs["cmdgen"] and "no_execute 1" in secs["cmdgen"]
     assert "52.83" in secs["ablation"] and "3.9200 ± 0.0100 (n=3)" in secs["ablation"]
     assert "diffqkv_mini" in secs["ablation"]
     assert "36 screened command pairs over 3 tools from 40 mined (dropped: near_duplicate 4)" in secs["synth"]

