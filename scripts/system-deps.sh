@@ -13,3 +13,7 @@ $SUDO apt-get install -y --no-install-recommends chromium fonts-dejavu-core
 $SUDO apt-get install -y --no-install-recommends groff-base
 # synth: man-page fixtures are rendered with man-db's `man -l` and `col` (bsdextrautils); `bash -n` checks commands
 $SUDO apt-get install -y --no-install-recommends man-db bsdextrautils
+# CMDGen-mini: the programs its tasks ask for, so the sandbox can run the reference commands
+# (one Debian package per line in scripts/sandbox-packages.txt; derived from the localdocs manifest)
+DIR=$(dirname "$0")
+$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $(grep -v '^#' "$DIR/sandbox-packages.txt")

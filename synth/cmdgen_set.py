@@ -19,11 +19,20 @@ documentation's authors), then option tasks, up to `max_per_tool` per tool and `
 family; each item must be answerable (`eval_problem`: a task that stands on its own and a command
 whose every literal value is stated in the task), parse, use only documented options, and share no
 command and no word n-gram with the training-side pairs (decontamination in this direction too).
-Output lines: {"id","task","command","tool"}.
+Each item records the Debian package that ships its tool (`program_info`: the localdocs manifest's
+``tools_package``, else the man page's own package) and its suite: ``general``, or ``gpu`` for the
+GPU-tooling family (the manifest's ``suite: gpu`` packages), which is scored textually
+(``no_execute``). A general item gets fixtures (`derive_fixtures`: the files its command names,
+with contents of their kind: text, CSV, JSON, tar/gzip/xz/bzip2/zip archives, scripts), and, where a
+sandbox can be made, the reference is run with and without them (`FixtureProbe`) and the variant
+under which it exits 0 is kept.
+Output lines: the task-file format of model/evaluation/cmdgen.py ({"id","task","command","tool",
+"package","suite","fixtures","no_execute"}).
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -32,7 +41,8 @@ from pathlib import Path
 
 from synth.commands import _WRAPPERS, command_words, family
 
-EVAL_KEYS = ("id", "task", "command", "tool")
+EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
+GPU_NO_EXECUTE = "a GPU tool: needs a GPU and its driver, which the sandbox has not (scored by exact match and CMD score)"
 
 
 def is_heldout(key: str, fraction: float, seed: str) -> bool:
@@ -117,15 +127,24 @@ def order_key(pair: dict) -> tuple:
     return (0 if rule.startswith("example") else 1, hashlib.sha256(pair["id"].encode()).hexdigest())
 
 
-def eval_item(pair: dict) -> dict:
-    return {"id": f"cmdgen-{pair['id']}", "task": pair["task"], "command": pair["command"], "tool": pair["tool"]}
+def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None = None) -> dict:
+    info = info or {}
+    item = {"id": f"cmdgen-{pair['id']}", "task": pair["task"], "command": pair["command"], "tool": pair["tool"],
+            "suite": info.get("suite") or "general"}
+    if info.get("package"):
+        item["package"] = info["package"]
+    if item["suite"] == "gpu":
+        item["no_execute"] = GPU_NO_EXECUTE
+    if fixtures:
+        item["fixtures"] = fixtures
+    return item
 
 
 def write_jsonl(items: list[dict], path: str | Path) -> None:
     from minisigma.core.shards import atomic_write_bytes
 
-    data = "".join(json.dumps({k: it[k] for k in EVAL_KEYS if k in it} | ({"setup": it["setup"]} if "setup" in it else {}),
-                              sort_keys=True, ensure_ascii=False) + "\n" for it in items)
+    data = "".join(json.dumps({k: it[k] for k in EVAL_KEYS if k in it}, sort_keys=True, ensure_ascii=False) + "\n"
+                   for it in items)
     atomic_write_bytes(path, data.encode("utf-8"))
 
 
@@ -140,5 +159,186 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return out
 
 
+# --------------------------------------------------------------------------- packages and suites
+@functools.lru_cache(maxsize=1)
+def _manifest_specs() -> dict:
+    from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
+
+    return {p.name: p for p in load_manifest(DEFAULT_MANIFEST).packages}
+
+
+def program_info(md: dict) -> dict:
+    """{"package", "suite"} of a man page's tool: what the curated document's metadata says
+    (curation/sources/localdocs.py records both), else the localdocs manifest's entry for the man
+    page's package (documents curated before the fields existed)."""
+    if "suite" in md:
+        return {"package": md.get("tools_package"), "suite": md.get("suite") or "general"}
+    spec = _manifest_specs().get(md.get("package") or "")
+    if spec is None:
+        return {"package": md.get("package"), "suite": "general"}
+    return {"package": spec.program_package(), "suite": spec.suite}
+
+
+# --------------------------------------------------------------------------- fixtures
+_FILE_WORD = re.compile(r"^(?:[\w.+-]+/)*[\w+-][\w.+-]*\.(?P<ext>[A-Za-z][A-Za-z0-9]{0,4})$")
+_OUTPUT_OPTS = {"-o", "--output", "-O", "--output-document", "--log-file"}
+_SYSTEM_TOPS = {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev", "sys"}
+_WORD = re.compile(r"[A-Za-z0-9_]{2,}")
+_TAR_MEMBERS = (("example/alpha.txt", b"alpha\n"), ("example/beta.txt", b"beta\n"))
+
+
+def _tar(compression: str = "") -> bytes:
+    """A small tar archive (a directory and two text files), the same bytes on every build."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        d = tarfile.TarInfo("example")
+        d.type, d.mode, d.mtime = tarfile.DIRTYPE, 0o755, 0
+        t.addfile(d)
+        for name, data in _TAR_MEMBERS:
+            ti = tarfile.TarInfo(name)
+            ti.size, ti.mode, ti.mtime = len(data), 0o644, 0
+            t.addfile(ti, io.BytesIO(data))
+    raw = buf.getvalue()
+    return {"": lambda b: b, "gz": lambda b: gzip.compress(b, mtime=0), "bz2": bz2.compress,
+            "xz": lzma.compress}[compression](raw)
+
+
+def _text(pair: dict, path: str) -> str:
+    """A small text file for `path`: lines holding the task's and the command's words, so a search
+    or an edit the task asks for has something to find."""
+    words = []
+    for w in _words(pair["command"])[1:] + pair["task"].split():
+        for m in _WORD.findall(w):
+            if m not in words and m not in path:
+                words.append(m)
+    lines = ["alpha beta gamma", " ".join(words[:12]), "line three", "example text 42", " ".join(words[12:24])]
+    return "\n".join(x for x in lines if x) + "\n"
+
+
+def _content(pair: dict, path: str) -> tuple[str | bytes, str | None]:
+    """(content, mode) of a fixture file by its name."""
+    import bz2
+    import gzip
+    import io
+    import lzma
+    import zipfile
+
+    low = path.lower()
+    text = _text(pair, path)
+    if low.endswith((".tar.gz", ".tgz")):
+        return _tar("gz"), None
+    if low.endswith((".tar.bz2", ".tbz2", ".tbz")):
+        return _tar("bz2"), None
+    if low.endswith((".tar.xz", ".txz")):
+        return _tar("xz"), None
+    if low.endswith(".tar"):
+        return _tar(), None
+    if low.endswith(".gz"):
+        return gzip.compress(text.encode(), mtime=0), None
+    if low.endswith(".bz2"):
+        return bz2.compress(text.encode()), None
+    if low.endswith(".xz"):
+        return lzma.compress(text.encode()), None
+    if low.endswith(".zip"):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as z:
+            for name, data in _TAR_MEMBERS:
+                z.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), data)
+        return buf.getvalue(), None
+    if low.endswith(".json"):
+        return '{"name": "example", "values": [1, 2, 3], "enabled": true}\n', None
+    if low.endswith((".csv", ".tsv")):
+        sep = "," if low.endswith(".csv") else "\t"
+        return sep.join(["name", "value"]) + "\n" + sep.join(["alpha", "1"]) + "\n" + sep.join(["beta", "2"]) + "\n", None
+    if low.endswith(".sh"):
+        return "#!/bin/sh\necho hello from the script\n", "0755"
+    if low.endswith(".py"):
+        return "print('hello from the script')\n", None
+    if low.endswith((".c", ".h")):
+        return "#include <stdio.h>\nint main(void) { puts(\"hello\"); return 0; }\n", None
+    return text, None
+
+
+def derive_fixtures(pair: dict) -> list[dict]:
+    """Task-file fixtures for the files a command names: every argument that looks like a file (a
+    name with an extension, or an absolute path outside the system's trees), except outputs
+    (after ``>``, ``-o`` ...). Directories named on the way are created by the sandbox."""
+    from base64 import b64encode
+
+    words = _words(pair["command"])
+    out, seen = [], set()
+    prev = ""
+    for w in words[1:]:
+        value = w.split("=", 1)[1] if w.startswith("-") and "=" in w else w
+        is_output = prev in (">", ">>", "2>", "&>") or prev in _OUTPUT_OPTS or (w.startswith("-") and "=" in w and
+                                                                                 w.split("=", 1)[0] in _OUTPUT_OPTS)
+        prev = w
+        if is_output or value.startswith("-") or value in seen:
+            continue
+        if value.startswith("/"):
+            parts = [x for x in value.split("/") if x]
+            if len(parts) < 2 or parts[0] in _SYSTEM_TOPS or ".." in parts or not _FILE_WORD.match(parts[-1]):
+                continue
+        elif not _FILE_WORD.match(value) or ".." in value.split("/"):
+            continue
+        seen.add(value)
+        content, mode = _content(pair, value)
+        fx: dict = {"path": value}
+        if isinstance(content, bytes):
+            fx["base64"] = b64encode(content).decode("ascii")
+        else:
+            fx["content"] = content
+        if mode:
+            fx["mode"] = mode
+        out.append(fx)
+    return out
+
+
+class FixtureProbe:
+    """Runs a reference in the evaluation sandbox under candidate fixture sets and keeps the first
+    under which it exits 0 (else the first set): the task's fixtures are what its reference needs.
+    `available` is False where no sandbox can be made; then derived fixtures are kept unprobed."""
+
+    def __init__(self, wall_seconds: float = 10.0):
+        from model.evaluation.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
+
+        try:
+            check_available()
+        except SandboxUnavailable:
+            self.sandbox = None
+        else:
+            self.sandbox = Sandbox(Limits(wall_seconds=wall_seconds))
+
+    @property
+    def available(self) -> bool:
+        return self.sandbox is not None
+
+    def choose(self, pair: dict, candidates: list[list[dict]]) -> tuple[list[dict], str | None]:
+        """(fixtures, status of the reference under them); status None when nothing could be run."""
+        from model.evaluation.cmdgen import _fixtures_from
+
+        if self.sandbox is None:
+            return candidates[0], None
+        first = None
+        for fixtures in candidates:
+            r = self.sandbox.run(pair["command"], tool=pair["tool"], fixtures=_fixtures_from(fixtures, "probe"),
+                                 track=True)
+            if first is None:
+                first = (fixtures, r.status)
+            if r.status == "ok":
+                return fixtures, "ok"
+        return first
+
+    def close(self) -> None:
+        if self.sandbox is not None:
+            self.sandbox.close()
+
+
 __all__ = ["Split", "is_heldout", "eval_problem", "family", "order_key", "eval_item", "write_jsonl", "read_jsonl",
-           "EVAL_KEYS"]
+           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE"]

@@ -56,6 +56,8 @@ class CmdgenConfig(Section):
     max_per_tool: int = Field(5, ge=1)
     max_per_family: int = Field(5, ge=1)  # "tc-netem", "tc-u32" ... are one family: keep the set broad
     answerable_only: bool = True  # drop items whose task cannot determine the command (eval_problem)
+    fixtures: bool = True  # give each item the files its command names (synth/cmdgen_set.derive_fixtures)
+    probe: bool = True  # run each reference in the sandbox with and without them, keep what runs
 
 
 class QAConfig(Section):

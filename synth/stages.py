@@ -22,7 +22,7 @@ from pathlib import Path
 
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import list_shards, read_docs
-from synth.cmdgen_set import Split, eval_item, eval_problem, order_key, read_jsonl
+from synth.cmdgen_set import FixtureProbe, Split, derive_fixtures, eval_item, eval_problem, order_key, program_info, read_jsonl
 from synth.commands import family, mine_manpage, mine_snippets
 from synth.recipe import SynthRecipe
 
@@ -58,9 +58,21 @@ class ToolIndex(Stage):
             if not page.tool:
                 sink.quarantine(_stub(doc), "no_tool_name")
                 continue
+            info = program_info(md)
             sink.write({"id": doc["id"], "text": page.summary, "tool": page.tool, "family": family(page.tool),
                         "options": sorted(page.known_options), "url": doc.get("url"),
-                        "package": md.get("package"), "version": md.get("version")})
+                        "package": md.get("package"), "version": md.get("version"),
+                        "tools_package": info["package"], "suite": info["suite"]})
+
+
+def load_tool_info(tools_dir: str | Path) -> dict[str, dict]:
+    """tool -> {"package", "suite"} (the first man page of the tool that says)."""
+    info: dict[str, dict] = {}
+    for shard in list_shards(tools_dir):
+        for r in read_docs(shard):
+            if r["tool"] not in info or (info[r["tool"]]["package"] is None and r.get("tools_package")):
+                info[r["tool"]] = {"package": r.get("tools_package"), "suite": r.get("suite") or "general"}
+    return info
 
 
 def load_option_index(tools_dir: str | Path) -> dict[str, set[str]]:
@@ -131,6 +143,21 @@ class CmdgenSet(Stage):
                              minhash_threshold=r.screen.minhash_threshold, num_perm=r.screen.num_perm,
                              parse_check=r.screen.parse_check, option_check=r.screen.option_check,
                              require_documented_tool=r.screen.require_documented_tool)
+        tool_info = load_tool_info(self.config["tools_dir"])
+        probe = FixtureProbe() if r.cmdgen.fixtures and r.cmdgen.probe else None
+        try:
+            self._select(task, sink, split, index, train_cmds, train_ngrams, train_tools, candidates, checker,
+                         tool_info, probe)
+        finally:
+            if probe is not None:
+                probe.close()
+
+    def _select(self, task, sink, split, index, train_cmds, train_ngrams, train_tools, candidates, checker,
+                tool_info, probe) -> None:
+        """Keep the answerable candidates within the caps; give each its package, suite and fixtures."""
+        from synth.screen import ngrams, normalize_command
+
+        r = self.recipe
         per_tool: dict[str, int] = {}
         per_family: dict[str, int] = {}
         kept = 0
@@ -160,7 +187,18 @@ class CmdgenSet(Stage):
             per_tool[p["tool"]] = per_tool.get(p["tool"], 0) + 1
             per_family[fam] = per_family.get(fam, 0) + 1
             kept += 1
-            sink.write({**eval_item(p), "text": p["text"], "metadata": p.get("metadata", {})})
+            info = tool_info.get(p["tool"]) or {"package": None, "suite": "general"}
+            fixtures = None
+            if info["suite"] == "gpu":
+                sink.stat("suite_gpu")
+            elif r.cmdgen.fixtures:
+                derived = derive_fixtures(p)
+                fixtures = derived
+                if probe is not None and probe.available:
+                    fixtures, status = probe.choose(p, [derived, []] if derived else [[]])
+                    sink.stat(f"reference_{status}")
+                sink.stat("with_fixtures" if fixtures else "without_fixtures")
+            sink.write({**eval_item(p, info, fixtures), "text": p["text"], "metadata": p.get("metadata", {})})
 
 
 class ScreenPairs(Stage):

@@ -49,7 +49,18 @@ class PackageSpec(Section):
     text_files: list[str] = []  # glob patterns inside the package
     text_format: Literal["wordnet", "fortune"] = "fortune"
     source: str = "localdocs"  # the documents' `source` (e.g. "general" for the text corpora)
+    # the package that ships the programs these man pages document, when it is another one
+    # (git-man -> git); "none" for documentation-only packages (manpages). CMDGen-mini records it.
+    tools_package: str | None = None
+    # CMDGen-mini suite of the tasks mined from these pages: general (executed in the sandbox) or
+    # gpu (scored textually: the tools need a GPU)
+    suite: Literal["general", "gpu"] = "general"
     note: str = ""
+
+    def program_package(self) -> str | None:
+        if self.tools_package == "none":
+            return None
+        return self.tools_package or self.name
 
 
 class LocalDocsManifest(Section):
@@ -245,6 +256,7 @@ class ManPages(Stage):
                 "source": "manpages",
                 "url": f"man:{tool}({section})",
                 "metadata": {"tool": tool, "section": section, "package": spec.name,
+                             "tools_package": spec.program_package(), "suite": spec.suite,
                              "version": task.params["version"], "title": _man_title(text),
                              "category": spec.category, "path": rel,
                              "license": f"see /usr/share/doc/{spec.name}/copyright (Debian package {spec.name})"},

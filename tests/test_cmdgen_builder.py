@@ -1,0 +1,112 @@
+"""The CMDGen-mini builder: each item's Debian package, fixtures derived from the command and kept
+when the reference runs under them, and the GPU-tooling suite from a real GPU tool's man page."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
+from synth.cmdgen_set import GPU_NO_EXECUTE, FixtureProbe, derive_fixtures, program_info
+
+REPO = Path(__file__).resolve().parent.parent
+needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
+
+
+def test_sandbox_packages_match_the_manifest():
+    listed = [ln.strip() for ln in (REPO / "scripts" / "sandbox-packages.txt").read_text().splitlines()
+              if ln.strip() and not ln.startswith("#")]
+    specs = load_manifest(DEFAULT_MANIFEST).packages
+    want = list(dict.fromkeys(p.program_package() for p in specs
+                              if p.man and p.suite == "general" and p.program_package()))
+    assert listed == want
+    assert "git" in listed and "git-man" not in listed and "manpages" not in listed
+    assert "sandbox-packages.txt" in (REPO / "scripts" / "system-deps.sh").read_text()
+
+
+def test_program_info_from_metadata_or_the_manifest():
+    assert program_info({"package": "git-man"}) == {"package": "git", "suite": "general"}
+    assert program_info({"package": "manpages"}) == {"package": None, "suite": "general"}
+    assert program_info({"package": "rocm-smi"}) == {"package": "rocm-smi", "suite": "gpu"}
+    assert program_info({"package": "x", "tools_package": "y", "suite": "general"}) == {"package": "y", "suite": "general"}
+
+
+def test_derived_fixtures_by_kind():
+    pair = {"task": "Count the lines with alpha in notes.txt", "command": "grep -c alpha notes.txt > counts.txt",
+            "tool": "grep"}
+    fx = derive_fixtures(pair)
+    assert [f["path"] for f in fx] == ["notes.txt"]  # counts.txt is an output
+    assert "alpha" in fx[0]["content"]
+    assert derive_fixtures(pair) == fx  # the same bytes on every build
+    tar = derive_fixtures({"task": "t", "command": "tar -tzf /srv/backup.tar.gz", "tool": "tar"})
+    assert tar[0]["path"] == "/srv/backup.tar.gz" and "base64" in tar[0]
+    assert derive_fixtures({"task": "t", "command": "cat /etc/hostname", "tool": "cat"}) == []  # system files
+    assert derive_fixtures({"task": "t", "command": "ls -l --color=auto", "tool": "ls"}) == []
+    assert derive_fixtures({"task": "t", "command": "sh run.sh", "tool": "sh"})[0]["mode"] == "0755"
+
+
+@needs_bwrap
+def test_probe_keeps_the_fixtures_under_which_the_reference_runs():
+    probe = FixtureProbe()
+    try:
+        assert probe.available
+        cases = [
+            ({"task": "Count the lines with alpha in notes.txt", "command": "grep -c alpha notes.txt", "tool": "grep"}, True),
+            ({"task": "List backup.tar.gz", "command": "tar -tzf backup.tar.gz", "tool": "tar"}, True),
+            ({"task": "Decompress notes.txt.xz", "command": "xz -d notes.txt.xz", "tool": "xz"}, True),
+            ({"task": "Count /data/rows.csv", "command": "wc -l /data/rows.csv", "tool": "wc"}, True),
+            # a name that looks like a file but is the command's output: without fixtures it runs
+            ({"task": "Create the directory build.d", "command": "mkdir build.d", "tool": "mkdir"}, False),
+        ]
+        for pair, with_fixtures in cases:
+            derived = derive_fixtures(pair)
+            fixtures, status = probe.choose(pair, [derived, []])
+            assert status == "ok", pair
+            assert bool(fixtures) is with_fixtures, pair
+        fixtures, status = probe.choose({"task": "t", "command": "cat missing.txt.gz", "tool": "cat"}, [[]])
+        assert status == "error" and fixtures == []
+    finally:
+        probe.close()
+
+
+@pytest.mark.slow
+@needs_bwrap
+def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
+    """rocm-smi's Debian man page mined like every other: its items form the gpu suite, scored
+    textually; the general items carry their package and fixtures and their references run."""
+    from model.evaluation.cmdgen import CmdgenSection, Evaluator, evaluate_answers, load_tasks
+    from synth.pipeline import run_synth
+    from tests.synth_manpages import build_corpus
+
+    corpus = tmp_path / "corpus"
+    summary = build_corpus(corpus, ["rocm-smi", "grep", "gzip"], per_shard=100)
+    assert summary["packages"] == 3, summary
+    recipe = tmp_path / "synth.yaml"
+    base = yaml.safe_load((REPO / "recipes" / "synth" / "default.yaml").read_text())
+    base.update(executor="local")
+    base["split"]["heldout_fraction"] = 0.3
+    base["qa"] = {"enabled": False}
+    recipe.write_text(yaml.safe_dump(base))
+    ms = run_synth(recipe, corpus, tmp_path / "run", progress=False)
+    items = [json.loads(x) for x in (tmp_path / "run" / "cmdgen" / "cmdgen.jsonl").read_text().splitlines()]
+    gpu = [i for i in items if i["suite"] == "gpu"]
+    general = [i for i in items if i["suite"] == "general"]
+    assert gpu and general, items
+    assert all(i["tool"] == "rocm-smi" and i["package"] == "rocm-smi" and i["no_execute"] == GPU_NO_EXECUTE
+               and "fixtures" not in i for i in gpu)
+    assert all(i["package"] in ("grep", "gzip") and "no_execute" not in i for i in general)
+    stats = ms["cmdgen"]["stats"]
+    assert stats["suite_gpu"] == len(gpu)
+    tasks = load_tasks(tmp_path / "run" / "cmdgen" / "cmdgen.jsonl")
+    ev = Evaluator(CmdgenSection())
+    try:
+        s = evaluate_answers(tasks, [t.command for t in tasks], tmp_path / "eval", ev)
+    finally:
+        ev.close()
+    g = s["per_suite"]["gpu"]
+    assert g["exact_match"] == 1.0 and g["executable"] == 0 and g["dropped"] == {"no_execute": len(gpu)}
+    assert s["per_suite"]["general"]["executable"] == stats.get("reference_ok", 0)
