@@ -20,7 +20,7 @@ from warcio.archiveiterator import ArchiveIterator
 
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import stable_id
+from minisigma.core.document import Document
 
 HTML_TYPES = ("text/html", "application/xhtml+xml")
 
@@ -203,16 +203,11 @@ class Extract(Stage):
                     continue
                 fetched = rec.rec_headers.get_header("WARC-Date") or ""
                 locator = stable_locator(url, meta.get("locator"))
-                sink.write({
-                    "id": stable_id(source, locator),
-                    "text": text,
-                    "source": source,
-                    "url": locator,
-                    "metadata": {**doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
-                                 **({"served_url": url} if locator != url else {}),
-                                 **({"fetch_attempts": attempts} if attempts > 1 else {}),
-                                 "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
-                                 "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")},
-                })
+                sink.write(Document.create(source, locator, text, metadata={
+                    **doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
+                    **({"served_url": url} if locator != url else {}),
+                    **({"fetch_attempts": attempts} if attempts > 1 else {}),
+                    "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
+                    "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")}).to_dict())
 
 

@@ -21,10 +21,11 @@ from lxml import etree
 from pydantic import BaseModel
 
 from curation.sources.http import HttpConfig, PoliteClient
+from minisigma.core.document import Document
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_yaml, parse_recipe
 from minisigma.core.runner import Sink
-from minisigma.core.shards import atomic_write_bytes, atomic_write_json, stable_id
+from minisigma.core.shards import atomic_write_bytes, atomic_write_json
 from minisigma.core.paths import MANIFESTS
 
 SOURCE_MANIFESTS = MANIFESTS / "sources"
@@ -33,8 +34,8 @@ M = TypeVar("M", bound=BaseModel)
 
 
 def make_doc(source: str, locator: str, text: str, url: str, metadata: dict) -> dict:
-    """A Document as DESIGN.md defines it; the id is content-addressed from source + locator."""
-    return {"id": stable_id(source, locator), "text": text, "source": source, "url": url, "metadata": metadata}
+    """The shard record of a new Document; the id is content-addressed from source + locator."""
+    return Document.create(source, locator, text, url, metadata).to_dict()
 
 
 def iso_utc(t: float) -> str:
