@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from minisigma.core.errors import UserError
+from minisigma.core.progress import log, quiet_third_party
 from model.sft import build_sft
 from model.recipe import (OptimSection, TrainRecipe, TrainSection, build_model_config, load_init,  # noqa: F401
                           load_train_recipe)
@@ -277,6 +278,7 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+    quiet_third_party()  # after Lightning's import: it sets its loggers' levels then
     t = recipe.train
     out = Path(recipe.out_dir)
     ckpt_dir = out / "ckpt"
@@ -321,6 +323,11 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
         use_distributed_sampler=False, enable_progress_bar=t.progress_bar, enable_model_summary=False,
         default_root_dir=out, deterministic=False,
     )
+    if trainer.is_global_zero:
+        device = type(trainer.accelerator).__name__.removesuffix("Accelerator")
+        resumed = f", resumed from {ckpt_path.name}" if ckpt_path else ""
+        log(f"{recipe.name}: {recipe.kind}, {cfg.num_params() / 1e6:.2f}M parameters, {t.max_steps} steps, "
+            f"precision {trainer.precision} on {trainer.num_devices} {device}{resumed}")
     t0 = time.time()
     if ckpt_path is None and t.eval_at_start:
         trainer.validate(lit, datamodule=dm, verbose=False)

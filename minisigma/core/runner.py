@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from minisigma.core.progress import filtered_stderr
 from minisigma.core.shards import (
     DOC_SUFFIXES,
     ShardWriter,
@@ -266,6 +267,11 @@ def run_task(stage: Stage, task: Task, out_dir: str) -> dict:
 
 
 # --------------------------------------------------------------------------- Ray
+# What Ray's core prints at `ray.init` that is no news to a user of this tool (the local cluster keeps
+# Ray's default token authentication; the notice only says so).
+RAY_NOISE = ("Token authentication is enabled for this Ray cluster",)
+
+
 def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
     """Start a local Ray (or join `address` / RAY_ADDRESS). Returns a small description of the cluster."""
     import ray
@@ -273,10 +279,11 @@ def ensure_ray(address: str | None = None, num_cpus: int | None = None) -> dict:
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS") or None
         kwargs: dict = dict(ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+        with filtered_stderr(RAY_NOISE):
+            if address:
+                ray.init(address=address, **kwargs)
+            else:  # "local": always a new cluster of our own, never another process's `ray start` cluster
+                ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **kwargs)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return {"address": ray.get_runtime_context().gcs_address, "nodes": len(nodes),
             "cpus": int(ray.cluster_resources().get("CPU", 0))}
