@@ -36,6 +36,7 @@ from pydantic import Field, field_validator
 
 from curation.addresses import AddressRefused, PolicyResolver, check_host
 from curation.crawl_http import Exchange, FetchError, fetch_once, gunzip_capped, retry_after_seconds
+from curation.pdftext import PDF_TYPES
 from curation.links import FEED_TYPES, HTML_TYPES, SITEMAP_TYPES, decodes, html_links, parse_discovery, sniff_charset
 from curation.urls import BadURL, Scope, canonicalize, host_key
 from curation.warclog import WarcLog
@@ -66,8 +67,9 @@ class CrawlConfig(Section):
     total_timeout: float = Field(60.0, gt=0, description="deadline of one exchange, headers to last byte")
     max_body_bytes: int = Field(10 * 2**20, ge=1, description="cap on the raw AND the decompressed body")
     max_robots_bytes: int = Field(512 * 1024, ge=1)
+    # application/pdf: papers, reports and specifications (curation.pdftext); max_body_bytes caps them too
     allowed_content_types: list[str] = Field(
-        default_factory=lambda: ["text/html", "application/xhtml+xml", "text/plain"]
+        default_factory=lambda: ["text/html", "application/xhtml+xml", "text/plain", "application/pdf"]
     )
     max_redirects: int = Field(5, ge=0)
     retries: int = Field(3, ge=0, description="extra attempts after a 429 or 5xx")
@@ -114,6 +116,7 @@ class CrawlStats:
     robots_fetched: int = 0
     retries: int = 0
     redirects: int = 0
+    pdfs: int = 0  # stored PDF documents (counted in `fetched` too)
     invalid_utf8: int = 0  # stored pages whose body does not decode with its declared charset
     bytes_fetched: int = 0  # raw body bytes of stored pages
     warc_records: int = 0
@@ -337,6 +340,9 @@ class _Crawler:
             return "error", "bad_content_type", ex.mime or "(none)"
         self.warc.write(ex, "page")
         self.stats.bytes_fetched += len(ex.raw_body)
+        if ex.mime in PDF_TYPES:
+            self.stats.pdfs += 1
+            return "fetched", ""
         charset = sniff_charset(body, ex.charset)
         if not decodes(body, charset):
             self.stats.invalid_utf8 += 1

@@ -56,7 +56,7 @@ class Crawl(Stage):
             sink.take(n=left)
             for _ in range(left):
                 sink.drop({"site": site["name"]}, "unsettled")
-        for key in ("requests", "robots_fetched", "retries", "redirects", "invalid_utf8", "bytes_fetched",
+        for key in ("requests", "robots_fetched", "retries", "redirects", "invalid_utf8", "pdfs", "bytes_fetched",
                     "warc_records", "sitemaps", "feeds"):
             sink.stat(key, getattr(stats, key))
         for kind, n in stats.filtered.items():

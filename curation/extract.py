@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 from warcio.archiveiterator import ArchiveIterator
 
+from curation.links import sniff_charset
+from curation.pdftext import PDF_TYPES, PdfConfig, PdfRejected, pdf_to_text
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.document import Document
@@ -38,6 +40,9 @@ class ExtractConfig(Section):
     # trafilatura's full metadata (author, date via htmldate, sitename) costs ~30% more time; the page
     # title is always kept (read from <title>).
     with_metadata: bool = False
+    # PDF responses (papers, reports, specifications): curation.pdftext, under the same time limit;
+    # encrypted, corrupt, image-only and oversized files are quarantined with the reason.
+    pdf: PdfConfig = PdfConfig()
 
 
 class ExtractionTimeout(BaseException):
@@ -92,12 +97,14 @@ def limited(seconds: float, fn, *args, **kwargs):
 
 
 def decode_html(body: bytes, content_type: str) -> tuple[str, bool]:
-    """Decode with the declared charset, falling back to UTF-8 with replacement. Returns (text, was_clean)."""
-    charset = "utf-8"
+    """Decode with the charset of the Content-Type, else of the page's own <meta charset> (the
+    crawler's `links.sniff_charset`), falling back to UTF-8 with replacement. Returns (text, was_clean)."""
+    declared = None
     for part in content_type.split(";")[1:]:
         k, _, v = part.strip().partition("=")
         if k.lower() == "charset" and v:
-            charset = v.strip().strip('"').lower()
+            declared = v.strip().strip('"').lower()
+    charset = sniff_charset(body, declared)
     try:
         return body.decode(charset), True
     except (UnicodeDecodeError, LookupError):
@@ -180,6 +187,9 @@ class Extract(Stage):
                     sink.drop(where, f"http_{status}")
                     continue
                 ctype = (rec.http_headers.get_header("Content-Type") or "").lower()
+                if ctype.startswith(PDF_TYPES):
+                    self.process_pdf(rec, url, path, meta, source, sink)
+                    continue
                 if not ctype.startswith(HTML_TYPES):
                     sink.drop(where, "not_html")
                     continue
@@ -210,4 +220,36 @@ class Extract(Stage):
                     "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
                     "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")}).to_dict())
 
-
+    def process_pdf(self, rec, url: str, path: str, meta: dict, source: str, sink: Sink) -> None:
+        """One PDF response -> a document, or its quarantine reason (curation.pdftext)."""
+        where = {"url": url}
+        body = rec.content_stream().read()
+        try:
+            with time_limit(self.config.timeout_s):
+                text, doc_meta = pdf_to_text(body, self.config.pdf)
+        except ExtractionTimeout:
+            sink.quarantine(where, "extract_timeout")
+            return
+        except PdfRejected as e:
+            sink.quarantine({**where, "detail": e.detail[:200]}, e.reason)
+            return
+        except Exception as e:  # a PDFium surprise on one file must not stop the stage
+            sink.quarantine(where, f"extract_error: {type(e).__name__}")
+            return
+        if len(text) < self.config.min_chars:
+            sink.drop(where, "too_short" if text.strip() else "empty")
+            return
+        sink.stat("pdf_documents")
+        sink.stat("pdf_pages", doc_meta.get("pages", 0))
+        locator = stable_locator(url, meta.get("locator"))
+        sink.write({
+            "id": doc_id(source, locator),
+            "text": text,
+            "source": source,
+            "url": locator,
+            "metadata": {**doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
+                         **({"served_url": url} if locator != url else {}), "format": "pdf",
+                         "fetched_at": rec.rec_headers.get_header("WARC-Date") or "",
+                         "warc": path.rsplit("/", 1)[-1],
+                         "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")},
+        })

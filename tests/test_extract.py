@@ -141,3 +141,22 @@ def test_output_does_not_depend_on_crawl_completion_order(tmp_path):
                      for d in iter_docs(tmp_path / f"out-{name}")])
     assert [d["url"] for d in outs[0]] == sorted(d["url"] for d in outs[0])
     assert outs[0] == outs[1]
+
+
+def test_charset_declared_only_in_meta_is_honoured(tmp_path):
+    """A Shift_JIS page whose charset is named only by <meta charset>, served as plain text/html."""
+    jp = "ページキャッシュはファイルのデータをメモリに保持し、同じデータの再読み込みでディスクを読まずに済ませる。"
+    page = (f'<html><head><meta charset="Shift_JIS"><title>ページキャッシュ</title></head><body><article>'
+            f'<h1>ページキャッシュ</h1>{"".join(f"<p>{jp}{i}</p>" for i in range(6))}</article></body></html>')
+    body = page.encode("shift_jis")
+    assert b"\x83" in body  # really Shift_JIS bytes, not UTF-8
+    from curation.extract import decode_html
+
+    text, clean = decode_html(body, "text/html")
+    assert clean and jp in text
+    warc = tmp_path / "00000.warc.gz"
+    write_warc(warc, [("http://docs.test/jp.html", 200, "text/html", body)])
+    m = run_stage(Extract(ExtractConfig(min_chars=100)), [warc], tmp_path / "out", executor="local", progress=False)
+    (doc,) = list(iter_docs(tmp_path / "out"))
+    assert jp in doc["text"] and "\ufffd" not in doc["text"] and doc["metadata"]["title"] == "ページキャッシュ"
+    assert "invalid_encoding_repaired" not in m["stats"]
