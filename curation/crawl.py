@@ -342,7 +342,7 @@ class _Crawler:
         self.stats.bytes_fetched += len(ex.raw_body)
         if ex.mime in PDF_TYPES:
             self.stats.pdfs += 1
-            return "fetched", ""
+            return "fetched", "", ""
         charset = sniff_charset(body, ex.charset)
         if not decodes(body, charset):
             self.stats.invalid_utf8 += 1

@@ -225,8 +225,7 @@ class Extract(Stage):
         where = {"url": url}
         body = rec.content_stream().read()
         try:
-            with time_limit(self.config.timeout_s):
-                text, doc_meta = pdf_to_text(body, self.config.pdf)
+            text, doc_meta = limited(self.config.timeout_s, pdf_to_text, body, self.config.pdf)
         except ExtractionTimeout:
             sink.quarantine(where, "extract_timeout")
             return
@@ -243,7 +242,7 @@ class Extract(Stage):
         sink.stat("pdf_pages", doc_meta.get("pages", 0))
         locator = stable_locator(url, meta.get("locator"))
         sink.write({
-            "id": doc_id(source, locator),
+            "id": stable_id(source, locator),
             "text": text,
             "source": source,
             "url": locator,

@@ -4,17 +4,19 @@
 
 The library is pypdfium2 (PDFium, the PDF engine of Chromium, in self-contained wheels). Chosen
 against PyMuPDF and pdfminer.six by `python benchmarks/bench_pdf.py` (benchmarks/results/pdf.json,
-README "PDF full text"): pypdfium2 and PyMuPDF are equally fast (one to two hundred pages/s per core
-on the Debian technical PDFs, pdfminer.six 20-30x slower) and give the same text in the same order
-on single- and two-column pages; PyMuPDF is AGPL-3.0, which would bind every user of this project,
-while pypdfium2 is Apache-2.0/BSD-3. PDFium is also Chromium's hardened parser of hostile files.
+README "PDF full text"): on the Debian technical PDFs pypdfium2 read the most pages per second of CPU
+(PyMuPDF close behind, pdfminer.six an order of magnitude slower), and on the two-column paper it
+gave the words in reading order like PyMuPDF, where pdfminer.six's layout analysis reordered blocks.
+PyMuPDF is AGPL-3.0, which would bind every user of this project; pypdfium2 is Apache-2.0/BSD-3,
+and PDFium is Chromium's parser of hostile files.
 
 What the libraries do not do is written here (no library does it on the text they return):
   * running headers and footers (the title, the journal name, page numbers, repeated at the top or
     bottom of most pages) are removed: a line among the first/last `running_lines` lines of a page
     that recurs (digits ignored) on at least half of the pages, or a bare page number;
-  * words hyphenated at a line end are joined ("sched-\\nuler" -> "scheduler": a letter, a hyphen at
-    the end of the line, a lower-case letter starting the next);
+  * words hyphenated at a line end are joined: PDFium marks the hyphens it recognises (U+0002,
+    dropped here), and a line ending in letter + "-" followed by a line starting lower-case is joined;
+  * dot leaders of tables of contents are removed;
   * lines are re-flowed into paragraphs (a line that ends a sentence well short of the usual line
     length, or a blank line, ends a paragraph);
   * the reference list is kept and located (`meta["references_offset"]`), so later stages can tell.
@@ -96,8 +98,13 @@ def page_lines(doc: pdfium.PdfDocument) -> list[list[str]]:
         # (and the line break): dropping the mark joins the word. Soft hyphens (U+00AD) likewise.
         raw = raw.replace("\x02\r\n", "").replace("\x02", "").replace("\u00ad\r\n", "").replace("\u00ad", "")
         raw = raw.replace("\r\n", "\n").replace("\r", "\n")
-        pages.append([" ".join(line.split()) for line in raw.split("\n")])
+        pages.append([" ".join(_LEADER.sub(" ", line).split()) for line in raw.split("\n")])
     return pages
+
+
+# Dot leaders of tables of contents (". . . . ." or "......", 4 dots or more) become one space, or
+# every ToC line would repeat the same n-grams and the repetition filters would drop the paper.
+_LEADER = re.compile(r"(?:\s?\.){4,}\s?")
 
 
 _DIGITS = re.compile(r"\d+")

@@ -61,9 +61,10 @@ def run_localdocs(src: localdocs.LocalDocsSource, ctx: RunContext) -> list[dict]
         ctx.run(ctx.docs(localdocs.TextFiles(src, specs)), list_shards(fetch_dir), ctx.run_dir / "sources" / "text",
                 recipe_section=section)
     if not src.html:
-        return []
+        records = [{**r, "html_roots": []} for r in records]  # the PDFs are still served and crawled
     sites = ctx.stack.enter_context(localdocs.serve_sites(records, {s.name: s for s in specs}))
-    return [{"name": s.name, "seeds": s.seeds, "allowed_prefixes": s.allowed_prefixes, "source": src.name,
+    return [{"name": s.name, "seeds": s.seeds, "allowed_prefixes": s.allowed_prefixes,
+             "source": src.name if s.source == "localdocs" else s.source,
              "category": s.category, "package": s.package, "version": s.version,
              "locator": f"localdocs://{s.package}"} for s in sites]
 

@@ -86,3 +86,29 @@ def test_crawled_pdfs_are_extracted_or_quarantined_and_counted(tmp_path, paper):
     assert doc["source"] == "papers" and doc["url"].endswith("/paper.pdf") and doc["metadata"]["pages"] == truth["pages"]
     assert m["stats"]["pdf_pages"] == truth["pages"]
     assert manifest.verify(tmp_path / "extract") == []
+
+
+def test_package_pdfs_are_served_as_pdf_for_the_crawl(tmp_path, paper):
+    """localdocs serves a package's listed PDFs (a .pdf.gz as its .pdf) and nothing else."""
+    import gzip
+    import urllib.request
+
+    from curation.sources import localdocs
+
+    data, _ = paper
+    root = tmp_path / "root"
+    (root / "usr/share/doc/x").mkdir(parents=True)
+    (root / "usr/share/doc/x/a.pdf").write_bytes(data)
+    (root / "usr/share/doc/x/b.pdf.gz").write_bytes(gzip.compress(data))
+    (root / "usr/share/doc/x/secret.txt").write_text("not listed")
+    rec = {"package": "x-doc", "version": "1", "root": str(root), "html_roots": [],
+           "pdf_files": localdocs.package_pdfs(root, ["usr/share/doc/x/*.pdf*"])}
+    spec = localdocs.PackageSpec(name="x-doc", category="os_kernel", pdf_files=["usr/share/doc/x/*.pdf*"])
+    with localdocs.serve_sites([rec], {"x-doc": spec}) as sites:
+        (site,) = sites
+        assert site.source == "papers" and [s.rsplit("/", 1)[1] for s in site.seeds] == ["a.pdf", "b.pdf"]
+        for seed in site.seeds:
+            with urllib.request.urlopen(seed) as r:
+                assert r.headers["Content-Type"] == "application/pdf" and r.read() == data
+        with pytest.raises(urllib.error.HTTPError):
+            urllib.request.urlopen(site.base_url + "usr/share/doc/x/secret.txt")

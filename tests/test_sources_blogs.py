@@ -76,3 +76,43 @@ def test_a_damaged_warc_is_crawled_again(tmp_path):
         assert len(srv.log) > n  # crawled again, not extracted from the damaged WARC
     assert m["stats"]["crawl_warc_damaged"] == 1 and "crawl_resumed_from_warc" not in m["stats"]
     assert m["counts"] == first["counts"] and manifest.verify(out) == []
+
+
+def build_deb(tmp_path, name: str, files: dict[str, str]):
+    """A real Debian package (dpkg-deb --build) holding `files`, put where localdocs' cache finds it."""
+    import subprocess
+
+    src = tmp_path / f"{name}-src"
+    (src / "DEBIAN").mkdir(parents=True)
+    (src / "DEBIAN" / "control").write_text(f"Package: {name}\nVersion: 1.0\nArchitecture: all\n"
+                                            "Maintainer: Tests <tests@example.org>\nDescription: test articles\n")
+    for rel, text in files.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_text(text)
+    debs = tmp_path / "cache" / "localdocs" / "debs"
+    debs.mkdir(parents=True)
+    subprocess.run(["dpkg-deb", "--build", "--root-owner-group", str(src), str(debs / f"{name}_1.0_all.deb")],
+                   check=True, capture_output=True)
+
+
+def test_blog_site_shipped_in_a_package_is_served_and_crawled(tmp_path, monkeypatch):
+    from tests.sources_fixtures import POST_TEXT
+
+    article = ("<html><head><title>What's new {i}</title></head><body><article><h1>What's new {i}</h1>"
+               + "".join(f"<p>{POST_TEXT} Part {j}.</p>" for j in range(4)) + "</article></body></html>")
+    files = {f"usr/share/doc/news/html/whatsnew/{i}.html": article.format(i=i) for i in ("3.1", "3.2")}
+    files["usr/share/doc/news/html/whatsnew/index.html"] = "<html><body><a href='3.1.html'>3.1</a></body></html>"
+    files["usr/share/doc/news/html/other.html"] = article.format(i="not an article")
+    build_deb(tmp_path, "newsdoc", files)
+    monkeypatch.setenv("MINISIGMA_CACHE", str(tmp_path / "cache"))
+    man = tmp_path / "local.yaml"
+    man.write_text(yaml.safe_dump({"sites": [{"name": "news", "package": "newsdoc", "root": "usr/share/doc/news/html",
+                                              "home": "whatsnew/index.html", "pages": ["whatsnew/3.*.html"],
+                                              "category": "languages_compilers"}]}))
+    src = BlogsSource.model_validate({"manifest": str(man), "crawl": CRAWL, "extract": {"min_chars": 200}})
+    m = run_stage(BlogsStage(src), [], tmp_path / "blogs", executor="local", progress=False)
+    docs = sorted(iter_docs(tmp_path / "blogs"), key=lambda d: d["url"])
+    assert [d["url"] for d in docs] == [f"localdocs://newsdoc/usr/share/doc/news/html/whatsnew/3.{i}.html"
+                                        for i in (1, 2)]  # port-free locators; index and other.html out of scope
+    assert all(d["source"] == "blogs" and d["metadata"]["package"] == "newsdoc" for d in docs)
+    assert m["counts"]["out"] == 2 and manifest.verify(tmp_path / "blogs") == []

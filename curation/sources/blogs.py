@@ -30,7 +30,7 @@ from pydantic import Field
 
 from curation.crawl import CrawlConfig, crawl
 from curation.extract import Extract, ExtractConfig
-from curation.sources import categories
+from curation.sources import categories, localdocs
 from curation.sources.common import SOURCE_MANIFESTS, load_manifest, stage_dir
 from minisigma.core.errors import UserError
 from minisigma.core.progress import log
@@ -40,8 +40,15 @@ from minisigma.core.shards import atomic_write_json, sha256_file, shard_name, tm
 
 
 class BlogSite(Section):
+    """A site of the manifest. With `package`, the site is a directory (`root`) of that Debian
+    package, served on 127.0.0.1 for the crawl (the embedded default): `home`, `feeds`, `sitemaps`
+    and `pages` (globs, seeded directly) are then paths relative to `root`."""
+
     name: str
     home: str
+    package: str | None = None
+    root: str = ""
+    pages: list[str] = []
     feeds: list[str] = []
     sitemaps: list[str] = []
     allowed_prefixes: list[str] = []  # default: the home page's URL as a prefix
@@ -90,6 +97,24 @@ class BlogsStage(Stage):
 
     def process(self, task: Task, sink: Sink) -> None:
         site = self.sites[task.index]
+        if site.package is None:
+            return self.crawl_and_extract(task, site, site, sink)
+        # a site shipped in a Debian package: fetch it into the localdocs cache, serve it over loopback
+        rec = localdocs.fetch_package(site.package, localdocs.cache_root(localdocs.LocalDocsSource()))
+        directory = Path(rec["root"]) / site.root
+        pages = sorted({str(f.relative_to(directory)) for pat in site.pages for f in directory.glob(pat) if f.is_file()})
+        with localdocs.serve_directory(directory, site.name) as base:
+            served = site.model_copy(update={
+                "home": base + site.home.lstrip("/"), "feeds": [base + f.lstrip("/") for f in site.feeds],
+                "sitemaps": [base + m.lstrip("/") for m in site.sitemaps],
+                "allowed_prefixes": [base + a.lstrip("/") for a in site.allowed_prefixes] or
+                [base + p for p in pages] or [base]})
+            extra = {"package": site.package, "version": rec["version"],
+                     "locator": f"localdocs://{site.package}/{site.root.strip('/')}"}
+            self.crawl_and_extract(task, served, site, sink, seeds=[base + p for p in pages], extra=extra)
+
+    def crawl_and_extract(self, task: Task, site: BlogSite, listed: BlogSite, sink: Sink,
+                          seeds: list[str] = (), extra: dict | None = None) -> None:
         warc = stage_dir(sink) / "warc" / shard_name(task.index, ".warc.gz")
         record = warc.with_name(shard_name(task.index, ".crawl.json"))
         warc.parent.mkdir(parents=True, exist_ok=True)
@@ -100,16 +125,16 @@ class BlogsStage(Stage):
             if problem:
                 log(f"blogs: {problem}: crawling {site.name} again")
                 sink.stat("crawl_warc_damaged")
-            crawled = self._crawl(site, warc, record)
+            crawled = self._crawl(site, warc, record, seeds)
         for outcome, n in crawled["outcomes"].items():
             sink.stat(f"crawl:{outcome}", n)
         for f in crawled["failures"]:
             sink.error({"url": f["url"], "site": site.name}, f"error:{f['reason']}", f["detail"])
-        meta = {warc.name: {"source": "blogs", "category": site.category, "site": site.name,
-                            **({"license": site.license} if site.license else {})}}
+        meta = {warc.name: {"source": "blogs", "category": site.category, "site": listed.name,
+                            **({"license": site.license} if site.license else {}), **(extra or {})}}
         Extract(self.config.extract, meta).process(Task(task.index, (str(warc),)), sink)
 
-    def _crawl(self, site: BlogSite, warc: Path, record: Path) -> dict:
+    def _crawl(self, site: BlogSite, warc: Path, record: Path, seeds=()) -> dict:
         cfg = self.config.crawl.model_copy(update={
             "allowed_prefixes": site.allowed_prefixes or [site.home],
             "allowed_hosts": [],
@@ -121,8 +146,8 @@ class BlogsStage(Stage):
             outcomes[outcome] += 1
 
         try:
-            stats = crawl(list(dict.fromkeys(site.feeds + site.sitemaps + [site.home])), cfg, partial,
-                          progress=settled)
+            stats = crawl(list(dict.fromkeys(site.feeds + site.sitemaps + [site.home] + list(seeds))), cfg,
+                          partial, progress=settled)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise

@@ -55,6 +55,10 @@ class PackageSpec(Section):
     # CMDGen-mini suite of the tasks mined from these pages: general (executed in the sandbox) or
     # gpu (scored textually: the tools need a GPU)
     suite: Literal["general", "gpu"] = "general"
+    # technical PDFs inside the package (papers, reports, specifications; globs, `.pdf.gz` served
+    # decompressed): served on 127.0.0.1, crawled as application/pdf, extracted by curation.pdftext
+    pdf_files: list[str] = []
+    pdf_source: str = "papers"  # the `source` of the PDF documents (the paper path, Table 9's papers)
     note: str = ""
 
     def program_package(self) -> str | None:
@@ -167,12 +171,19 @@ class FetchPackages(Stage):
         root = Path(rec["root"])
         rec.update(id=stable_id("localdocs", spec.name), source="localdocs", category=spec.category,
                    html_roots=[r for r in spec.html_roots if (root / r).is_dir()],
+                   pdf_files=package_pdfs(root, spec.pdf_files),
                    man_files=len(list(man_files(root, spec.man_sections))) if spec.man else 0)
         missing = [r for r in spec.html_roots if not (root / r).is_dir()]
         if missing:
             sink.stat("html_root_missing", len(missing))
         sink.stat("deb_bytes", rec["deb_bytes"])
         sink.write(rec)
+
+
+def package_pdfs(root: Path, patterns: list[str]) -> list[str]:
+    """The package's PDFs named by the globs, as paths relative to its root (sorted, no symlinks)."""
+    return sorted({str(f.relative_to(root)) for pat in patterns for f in root.glob(pat)
+                   if f.is_file() and not f.is_symlink()})
 
 
 # --------------------------------------------------------------------------- man pages
@@ -349,9 +360,40 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
+class _PdfHandler(http.server.BaseHTTPRequestHandler):
+    """Serves exactly the package's listed PDFs as application/pdf (a `.pdf.gz` as its `.pdf`),
+    with a robots.txt that allows everything; anything else is 404."""
+
+    files: dict[str, Path] = {}
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?", 1)[0]
+        if path == "/robots.txt":
+            return self._send(200, "text/plain", b"User-agent: *\nAllow: /\n")
+        f = self.files.get(path)
+        if f is None:
+            return self._send(404, "text/plain", b"not found")
+        data = f.read_bytes()
+        self._send(200, "application/pdf", gzip.decompress(data) if f.suffix == ".gz" else data)
+
+    def _send(self, status: int, ctype: str, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+def pdf_url_path(rel: str) -> str:
+    return "/" + (rel[:-3] if rel.endswith(".pdf.gz") else rel)
+
+
 @dataclass
 class Site:
-    """A documentation site: what the crawler is given for one package's HTML tree."""
+    """A documentation site: what the crawler is given for one package's HTML tree (or its PDFs)."""
 
     name: str
     category: str
@@ -360,6 +402,27 @@ class Site:
     allowed_prefixes: list[str]
     package: str
     version: str
+    source: str = "localdocs"
+
+
+def _start(srv, name: str, servers: list) -> str:
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True, name=f"serve-{name}").start()
+    servers.append(srv)
+    return f"http://127.0.0.1:{srv.server_address[1]}/"
+
+
+@contextlib.contextmanager
+def serve_directory(directory: Path, name: str = "dir") -> Iterator[str]:
+    """Serve one directory on an ephemeral 127.0.0.1 port for the block; yields its base URL."""
+    servers: list = []
+    try:
+        handler = functools.partial(_QuietHandler, directory=str(directory))
+        yield _start(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler), name, servers)
+    finally:
+        for srv in servers:
+            srv.shutdown()
+            srv.server_close()
 
 
 @contextlib.contextmanager
@@ -373,14 +436,18 @@ def serve_sites(fetch_records: list[dict], specs: dict[str, PackageSpec]) -> Ite
             for html_root in rec.get("html_roots", []):
                 directory = Path(rec["root"]) / html_root
                 handler = functools.partial(_QuietHandler, directory=str(directory))
-                srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-                srv.daemon_threads = True
-                threading.Thread(target=srv.serve_forever, daemon=True, name=f"serve-{spec.name}").start()
-                servers.append(srv)
-                base = f"http://127.0.0.1:{srv.server_address[1]}/"
+                base = _start(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler), spec.name, servers)
                 seeds = [base + s for s in spec.start_pages if (directory / s).is_file()] or [base]
                 sites.append(Site(name=f"{spec.name}:{html_root}", category=spec.category, base_url=base,
                                   seeds=seeds, allowed_prefixes=[base], package=spec.name, version=rec["version"]))
+            if rec.get("pdf_files"):
+                files = {pdf_url_path(r): Path(rec["root"]) / r for r in rec["pdf_files"]}
+                handler = type("PdfHandler", (_PdfHandler,), {"files": files})
+                base = _start(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler), spec.name, servers)
+                seeds = [base.rstrip("/") + p for p in sorted(files)]
+                sites.append(Site(name=f"{spec.name}:pdf", category=spec.category, base_url=base, seeds=seeds,
+                                  allowed_prefixes=seeds, package=spec.name, version=rec["version"],
+                                  source=spec.pdf_source))
         yield sites
     finally:
         for srv in servers:
