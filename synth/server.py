@@ -46,9 +46,11 @@ import asyncio
 import hmac
 import ipaddress
 import json
+import logging
 import math
 import os
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -692,6 +694,32 @@ def read_api_key(key_file: Path | None, env: dict | None = None) -> str | None:
     return key
 
 
+class _OneLine(logging.Filter):
+    """aiohttp logs a malformed request (bad request line, header too long, broken chunk) with its
+    traceback; here each is one line: the message and the exception, no traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None:
+            detail = " ".join(str(exc).split())
+            record.msg = f"{record.getMessage()}: {type(exc).__name__}: {detail[:200]}"
+            record.args = ()
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+def _one_line_logs() -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("minisigma serve: %(message)s"))
+    handler.addFilter(_OneLine())
+    for name in ("aiohttp.server", "aiohttp.web", "asyncio"):
+        log = logging.getLogger(name)
+        log.handlers = [handler]
+        log.propagate = False
+        log.setLevel(logging.WARNING)
+
+
 async def _serve_async(app: App, host: str, port: int, ready, stop: asyncio.Event | None = None) -> None:
     limits = app.limits
     runner = web.AppRunner(app.app, handle_signals=False, access_log=None,
@@ -735,6 +763,7 @@ def serve(checkpoint: str | Path, host: str = "127.0.0.1", port: int = 8000, mod
         raise UserError("--no-auth and an API key exclude each other")
     ms = ModelServer(checkpoint, model_name=model_name, max_batch=max_batch, device=device)
     app = App(ms, api_key, limits)
+    _one_line_logs()
     try:
         asyncio.run(_serve_async(app, host, port, ready))
     except KeyboardInterrupt:

@@ -273,3 +273,18 @@ def test_key_from_file_or_environment(tmp_path):
     f.write_text("")
     with pytest.raises(UserError, match="at least 16"):
         read_api_key(f, env={})
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64 + b"\r\n\r\n",  # TLS hello
+    b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",  # request line too long
+    b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 20000 + b"\r\n\r\n",  # header too long
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -1\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+], ids=["tls", "long-line", "long-header", "length-abc", "length-negative", "length-and-chunked", "bad-chunk"])
+def test_malformed_http_is_answered_400(server, request_bytes):
+    out = _raw(server.port, request_bytes)
+    assert out.split(b" ", 2)[1] in (b"400", b"413", b"431"), out[:200]
+    assert requests.get(server.url + "/health", timeout=30).status_code == 200
