@@ -203,6 +203,7 @@ def test_cmdgen_end_to_end_tiny_checkpoint(tmp_path, checkpoint):
     assert summary["per_tool"]["grep"]["accuracy"] == 0.0
     saved = json.loads((out / "summary.json").read_text())
     assert saved["overall"] == o and saved["reference_status"] == {"not_executable": 1, "ok": 5}
+    assert saved["sandbox_memory_limit"] in ("cgroup", "rlimit")  # how the sandbox bounded memory
 
 
 @needs_bwrap

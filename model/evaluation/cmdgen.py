@@ -423,6 +423,8 @@ def evaluate_answers(tasks: Sequence[Task], answers: Sequence[str], out_dir: str
         "threshold": section.threshold,
         "executed": section.execute,
         "sandbox": section.sandbox.model_dump() if section.execute else None,
+        # how memory outside the commands' address spaces was bounded (sandbox.py): cgroup | rlimit
+        "sandbox_memory_limit": evaluator.sandbox.memory_limit if evaluator.sandbox is not None else None,
         "reference_status": _counts(r.get("reference_status") for r in rows),
         "generated_status": _counts(r.get("generated_status") for r in rows),
         "score_seconds": round(time.time() - t0, 3),
