@@ -50,7 +50,7 @@ namespaces:
   (SandboxUnavailable), since memfd would then be unbounded.
 
 In both modes every writable mount is a sized tmpfs (``/scratch``, ``/tmp``, ``/dev/shm``:
-``scratch_bytes`` each) and the rest of the tree (bubblewrap's own root tmpfs holding ``/etc``, and
+``scratch_bytes`` each, and a task's fixture directories, sized alike) and the rest of the tree (bubblewrap's own root tmpfs holding ``/etc``, and
 the ``/dev`` tmpfs) is remounted read-only, so nothing else can be filled.
 
 A command whose program is not installed (``command not found``, exit status 126/127) is reported
@@ -311,12 +311,11 @@ class Sandbox:
             return self._result("empty", None, "", "", 0.0)
         # No program can receive a NUL byte in an argument or the environment (the kernel's strings
         # end there), so such a command cannot be run at all.
-        if "\0" in command or "\0" in (tool or ""):
-            return self._result("not_executable", None, "", f"minisigma-sandbox: the {'command' if chr(0) in command else 'tool'} "
-                                "contains a NUL byte, which no shell command can hold", 0.0)
-        if "\0" in (setup or ""):
-            return self._result("setup_failed", None, "", f"{SETUP_FAILED}: the setup contains a NUL byte, "
-                                "which no shell command can hold", 0.0)
+        for name, value in (("command", command), ("tool", tool), ("setup", setup)):
+            if "\0" in (value or ""):
+                prefix = SETUP_FAILED if name == "setup" else "minisigma-sandbox"
+                return self._result("setup_failed" if name == "setup" else "not_executable", None, "",
+                                    f"{prefix}: the {name} contains a NUL byte, which no shell command can hold", 0.0)
         argv = self.argv(tree.mounts) + tree.env
         pass_fds: tuple[int, ...] = ()
         cgroup = None
