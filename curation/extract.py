@@ -241,14 +241,8 @@ class Extract(Stage):
         sink.stat("pdf_documents")
         sink.stat("pdf_pages", doc_meta.get("pages", 0))
         locator = stable_locator(url, meta.get("locator"))
-        sink.write({
-            "id": stable_id(source, locator),
-            "text": text,
-            "source": source,
-            "url": locator,
-            "metadata": {**doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
-                         **({"served_url": url} if locator != url else {}), "format": "pdf",
-                         "fetched_at": rec.rec_headers.get_header("WARC-Date") or "",
-                         "warc": path.rsplit("/", 1)[-1],
-                         "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")},
-        })
+        sink.write(Document.create(source, locator, text, metadata={
+            **doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
+            **({"served_url": url} if locator != url else {}), "format": "pdf",
+            "fetched_at": rec.rec_headers.get_header("WARC-Date") or "", "warc": path.rsplit("/", 1)[-1],
+            "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")}).to_dict())
