@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
@@ -129,6 +130,24 @@ def test_stale_temporary_files_are_removed_on_the_next_run(tmp_path):
     assert m["stale_tmp_removed"] == 4 and m["resumed_shards"] == 1
     assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
     assert manifest.verify(out) == []
+
+
+class LeavesDebris(MinWords):
+    """MinWords whose task 1 finds the temporary file of an earlier attempt that was killed mid-shard
+    (as a Ray task retried in a new worker does)."""
+
+    def process(self, task, sink) -> None:
+        if task.index == 1:
+            (sink.out_final.parent / f".{sink.out_final.name}.tmp-{os.getpid() + 1}").write_bytes(b"half")
+        super().process(task, sink)
+
+
+def test_temporary_files_of_killed_attempts_are_removed_when_the_stage_ends(tmp_path):
+    inputs = make_inputs(tmp_path / "in", shards=2)
+    run_stage(MinWords(3), inputs, tmp_path / "a", executor="local", progress=False)
+    m = run_stage(LeavesDebris(3), inputs, tmp_path / "b", executor="local", progress=False)
+    assert m["stale_tmp_removed"] == 1 and not [p for p in (tmp_path / "b").rglob("*") if ".tmp-" in p.name]
+    assert all_hashes(tmp_path / "b") == all_hashes(tmp_path / "a") and manifest.verify(tmp_path / "b") == []
 
 
 def test_verify_detects_tampered_shard_and_broken_counts(tmp_path):

@@ -15,7 +15,8 @@ Files of a stage directory:
 Resume: a rerun skips a finished shard only when its files still match their commit marker (size,
 then sha256); a damaged one (truncated, edited, missing) is run again, with a log line and an entry
 in the manifest's `repairs`. Temporary files a killed writer left (".NAME.tmp-PID") are removed
-before the stage starts, and counted as `stale_tmp_removed`.
+before the stage starts and again when all its tasks have finished, and counted as
+`stale_tmp_removed`.
 
 Determinism: a task's output depends only on its inputs, its params and the stage config, and the
 shard writers are byte-deterministic, so a rerun (or a retried task after a worker died) writes
@@ -360,6 +361,9 @@ def run_stage(
                 _execute_local(stage, todo, out_dir, bar.advance)
             else:
                 raise ValueError(f"unknown executor {executor!r} (ray or local)")
+    # Every task has finished: temporary files still here belong to none of them (a worker killed
+    # mid-shard, its task retried under another process), so they go now, not on the next run.
+    stale += remove_stale_tmp(out_dir)
     # Remove shards of an earlier run that this plan no longer produces (e.g. fewer inputs now, or
     # documents now written in the other shard format).
     planned = {t.index for t in tasks}
