@@ -11,6 +11,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from rich.console import Console
 from warcio.archiveiterator import ArchiveIterator
 
 from curation.crawl import CrawlConfig
@@ -77,6 +78,11 @@ def test_retried_fetch_is_one_extraction_input_and_failed_urls_are_listed(tmp_pa
                                       "detail": "3 attempt(s), statuses 500 500 500; no retries left"}
     assert errors[site.url("/missing")]["detail"] == "status 404"
     assert crawled["stats"]["retries"] == 5 and manifest.verify(tmp_path / "crawl") == []
+    console = Console(record=True, width=200)
+    manifest.show(tmp_path / "crawl", console=console)
+    shown = console.export_text()
+    assert "crawl errors (2):" in shown
+    assert f"{site.url('/c')}  error:http_5xx_gave_up  (3 attempt(s), statuses 500 500 500; no retries left)" in shown
 
     (warc,) = list_shards(tmp_path / "crawl", ".warc.gz")
     pages = [r for r in warc_responses(warc) if r["purpose"] == "page"]

@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from minisigma.core import manifest
 from minisigma.core.runner import run_stage
@@ -99,6 +100,9 @@ def test_rerun_repairs_damaged_finished_shards_byte_identically(tmp_path, capsys
     assert err.count("is damaged") == 3 and shards[1].name in err
     assert all_hashes(b) == all_hashes(tmp_path / "a")
     assert manifest.verify(b) == []
+    console = Console(record=True, width=200)
+    manifest.show(b, console=console)
+    assert f"ran again the damaged shard {shards[1].name}: {problems[shards[1].name]}" in console.export_text()
     again = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
     assert again["resumed_shards"] == 4 and again["repaired_shards"] == 0
 

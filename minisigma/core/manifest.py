@@ -24,9 +24,10 @@ from rich.table import Table
 
 from minisigma import __version__
 from minisigma.core.errors import UserError
-from minisigma.core.shards import DOC_SUFFIXES, atomic_write_json, count_records, sha256_file
+from minisigma.core.shards import DOC_SUFFIXES, atomic_write_json, count_records, dumps, sha256_file
 
 MANIFEST = "manifest.json"
+SHOWN_ERRORS = 20  # `show` lists this many of a stage's failures by name; the manifest holds them all
 SCHEMA = "minisigma.core.manifest/1"
 
 
@@ -187,6 +188,20 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
     for d, stats in stats_rows:
         if stats:
             console.print(f"[bold]{d.name}[/bold] stats: " + _fmt_reasons(stats))
+    for d in stage_dirs(run_dir):
+        m = read_json(d / MANIFEST)
+        for r in m.get("repairs", []):
+            console.print(f"{d.name} ran again the damaged shard {r['shard']}: {r['problem']}", markup=False,
+                          highlight=False)
+        errors = m.get("errors", [])
+        if errors:
+            console.print(f"{d.name} errors ({len(errors):,}):", markup=False, highlight=False)
+        for e in errors[:SHOWN_ERRORS]:
+            what = e.get("url") or dumps({k: v for k, v in e.items() if k not in ("reason", "detail")})
+            console.print(f"  {what}  {e['reason']}" + (f"  ({e['detail']})" if e.get("detail") else ""),
+                          markup=False, highlight=False)
+        if len(errors) > SHOWN_ERRORS:
+            console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more in {d / MANIFEST}", markup=False)
 
 
 def verify_stage(stage_dir: Path) -> list[str]:
