@@ -5,7 +5,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
@@ -87,9 +86,8 @@ def _swallows_exceptions(seconds: float) -> int:
 def test_time_limit_is_not_swallowed_by_except_exception():
     # Without a limit this runs 20 s; the alarm after 0.05 s must get through its `except Exception`
     # (the signal alone, without the deadline check of `limited`: a swallowed alarm fails this test).
-    with pytest.raises(ExtractionTimeout):
-        with time_limit(0.05):
-            _swallows_exceptions(20.0)
+    with pytest.raises(ExtractionTimeout), time_limit(0.05):
+        _swallows_exceptions(20.0)
     assert not isinstance(ExtractionTimeout(), Exception)
     assert limited(0, _swallows_exceptions, 0.01) > 0  # 0 means no limit
 
