@@ -146,8 +146,22 @@ def test_sigkilled_crawl_leaves_a_temporary_file_the_rerun_removes(tmp_path):
             child.wait()
         assert not list_shards(out, ".warc.gz")
         released.append(True)
-        m = run_stage(Crawl(CrawlConfig(**FAST), [{"name": "docs", "seeds": [site.url("/")]}]), [], out,
-                      executor="local", progress=False)
-    assert m["stale_tmp_removed"] == 1 and m["counts"]["out"] == 3
-    assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
-    assert manifest.verify(out) == []
+        stage = Crawl(CrawlConfig(**FAST), [{"name": "docs", "seeds": [site.url("/")]}])
+        m = run_stage(stage, [], out, executor="local", progress=False)
+        assert m["stale_tmp_removed"] == 1 and m["counts"]["out"] == 3
+        assert not [p for p in out.rglob("*") if ".tmp-" in p.name]
+        assert manifest.verify(out) == []
+        # The finished WARC is then truncated: the next run crawls the site again instead of trusting it,
+        # and the extraction made from the old WARC is made again from the new one.
+        (warc,) = list_shards(out, ".warc.gz")
+        extracted = run_stage(Extract(ExtractConfig(min_chars=10)), [warc], tmp_path / "extract", executor="local",
+                              progress=False)
+        warc.write_bytes(warc.read_bytes()[:-50])
+        n = len(site.log)
+        m2 = run_stage(stage, [], out, executor="local", progress=False)
+        assert len(site.log) > n and m2["repaired_shards"] == 1 and "bytes" in m2["repairs"][0]["problem"]
+    again = run_stage(Extract(ExtractConfig(min_chars=10)), [warc], tmp_path / "extract", executor="local",
+                      progress=False)
+    assert again["repaired_shards"] == 1 and "changed since it was made" in again["repairs"][0]["problem"]
+    assert again["counts"] == extracted["counts"] and again["counts"]["out"] >= 1
+    assert manifest.verify(out) == [] and manifest.verify(tmp_path / "extract") == []

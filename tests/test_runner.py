@@ -97,14 +97,27 @@ def test_rerun_repairs_damaged_finished_shards_byte_identically(tmp_path, capsys
     assert sorted(problems) == [s.name for s in shards[1:]]
     assert "bytes, its commit marker says" in problems[shards[1].name]
     assert "sha256" in problems[shards[2].name] and "missing" in problems[shards[3].name]
-    assert err.count("is damaged") == 3 and shards[1].name in err
+    assert err.count("cannot be trusted") == 3 and shards[1].name in err
     assert all_hashes(b) == all_hashes(tmp_path / "a")
     assert manifest.verify(b) == []
     console = Console(record=True, width=200)
     manifest.show(b, console=console)
-    assert f"ran again the damaged shard {shards[1].name}: {problems[shards[1].name]}" in console.export_text()
+    assert f"ran again shard {shards[1].name}, not trusted: {problems[shards[1].name]}" in console.export_text()
     again = run_stage(MinWords(3), inputs, b, executor="local", progress=False)
     assert again["resumed_shards"] == 4 and again["repaired_shards"] == 0
+
+
+def test_shard_made_from_an_input_that_changed_since_is_made_again(tmp_path):
+    inputs = make_inputs(tmp_path / "in", shards=3)
+    out = tmp_path / "out"
+    run_stage(MinWords(3), inputs, out, executor="local", progress=False)
+    changed = make_inputs(tmp_path / "other", shards=3, seed=7)[1]
+    inputs[1].write_bytes(changed.read_bytes())  # an upstream shard made again with other bytes
+    m = run_stage(MinWords(3), inputs, out, executor="local", progress=False)
+    assert m["resumed_shards"] == 2 and [r["shard"] for r in m["repairs"]] == ["00001.jsonl.gz"]
+    assert "has changed since it was made" in m["repairs"][0]["problem"]
+    run_stage(MinWords(3), inputs, tmp_path / "fresh", executor="local", progress=False)
+    assert all_hashes(out) == all_hashes(tmp_path / "fresh") and manifest.verify(out) == []
 
 
 def test_unreadable_commit_marker_reruns_its_shard(tmp_path):

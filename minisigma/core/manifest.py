@@ -5,7 +5,7 @@ and byte counts), the counts {in, out, dropped{reason}, quarantined{reason}} wit
 in = out + sum(dropped) + sum(quarantined), summed per-shard statistics (e.g. a crawl's request
 log), failures by name (`errors`: e.g. each URL a crawl could not fetch, with its reason), the
 resolved recipe section, the code version, timings, where it ran, and how a rerun resumed
-(`resumed_shards`, damaged shards run again in `repairs`, `stale_tmp_removed`).
+(`resumed_shards`, damaged or stale shards run again in `repairs`, `stale_tmp_removed`).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from rich.console import Console
 from rich.table import Table
@@ -54,7 +54,7 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def describe_inputs(inputs: Iterable[Path]) -> list[dict]:
+def describe_inputs(inputs: Iterable[Path], sha256_of: Callable[[Path], str] = sha256_file) -> list[dict]:
     """Inputs with their sha256 and, when a sibling manifest lists them, their document counts."""
     known: dict[str, dict] = {}
     rows = []
@@ -66,7 +66,7 @@ def describe_inputs(inputs: Iterable[Path]) -> list[dict]:
         m = p.parent / MANIFEST
         if str(p.parent) not in known:
             known[str(p.parent)] = {o["path"]: o for o in read_json(m)["outputs"]} if m.exists() else {}
-        row = {"path": str(p), "sha256": sha256_file(p), "bytes": p.stat().st_size}
+        row = {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size}
         listed = known[str(p.parent)].get(p.name)
         if listed is not None:
             row["docs"] = listed["docs"]
@@ -76,7 +76,8 @@ def describe_inputs(inputs: Iterable[Path]) -> list[dict]:
 
 def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict], started: float,
                    resumed_shards: int = 0, repairs: list[dict] | None = None, stale_tmp_removed: int = 0,
-                   cluster: dict | None = None, extra: dict | None = None) -> dict:
+                   sha256_of: Callable[[Path], str] = sha256_file, cluster: dict | None = None,
+                   extra: dict | None = None) -> dict:
     dropped: Counter = Counter()
     quarantined: Counter = Counter()
     stats: Counter = Counter()
@@ -113,7 +114,7 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
         "stale_tmp_removed": stale_tmp_removed,
         "host": platform.node(),
         "cluster": cluster or {},
-        "inputs": describe_inputs(inputs),
+        "inputs": describe_inputs(inputs, sha256_of),
         "outputs": outputs,
         "rejects": rejects,
         "counts": {
@@ -191,7 +192,7 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
     for d in stage_dirs(run_dir):
         m = read_json(d / MANIFEST)
         for r in m.get("repairs", []):
-            console.print(f"{d.name} ran again the damaged shard {r['shard']}: {r['problem']}", markup=False,
+            console.print(f"{d.name} ran again shard {r['shard']}, not trusted: {r['problem']}", markup=False,
                           highlight=False)
         errors = m.get("errors", [])
         if errors:

@@ -13,8 +13,9 @@ Files of a stage directory:
     manifest.json           the stage's manifest (see minisigma.core.manifest)
 
 Resume: a rerun skips a finished shard only when its files still match their commit marker (size,
-then sha256); a damaged one (truncated, edited, missing) is run again, with a log line and an entry
-in the manifest's `repairs`. Temporary files a killed writer left (".NAME.tmp-PID") are removed
+then sha256) and the input files it was made from still have the sha256 the marker recorded; a
+damaged one (truncated, edited, missing) or a stale one (its input changed) is run again, with a
+log line and an entry in the manifest's `repairs`. Temporary files a killed writer left (".NAME.tmp-PID") are removed
 before the stage starts and again when all its tasks have finished, and counted as
 `stale_tmp_removed`.
 
@@ -217,10 +218,11 @@ class _OtherShard(Exception):
     """The commit marker is of a shard this plan does not write (e.g. the other document format)."""
 
 
-def damage(out_dir: Path, index: int, suffix: str) -> str | None:
+def damage(out_dir: Path, index: int, suffix: str, sha256_of: Callable[[str], str] = sha256_file) -> str | None:
     """Why finished shard `index` (its commit marker exists) cannot be trusted, or None when the shard
-    and its rejects still have the size and sha256 its commit marker recorded. Raises _OtherShard
-    when the marker commits a shard of another name (not damage: the plan changed)."""
+    and its rejects still have the size and sha256 its commit marker recorded and the input files it
+    was made from are unchanged. Raises _OtherShard when the marker commits a shard of another name
+    (not damage: the plan changed)."""
     marker = part_path(out_dir, index)
     try:
         part = json.loads(marker.read_text(encoding="utf-8"))
@@ -240,6 +242,9 @@ def damage(out_dir: Path, index: int, suffix: str) -> str | None:
             return f"{e['path']} has {size:,} bytes, its commit marker says {e['bytes']:,}"
         if sha256_file(p) != e["sha256"]:
             return f"{e['path']} does not match the sha256 in its commit marker"
+    for src, digest in (part.get("input_sha256") or {}).items():
+        if os.path.isfile(src) and sha256_of(src) != digest:
+            return f"its input {src} has changed since it was made"
     return None
 
 
@@ -255,13 +260,16 @@ def run_task(stage: Stage, task: Task, out_dir: str) -> dict:
     out = Path(out_dir)
     sink = Sink(out / shard_name(task.index, stage.output_suffix), stage.output_suffix)
     t0 = time.time()
+    # What the shard was made from: a rerun makes it again when one of these files has changed since
+    # (e.g. an upstream shard that was damaged and made again with other bytes, as a re-crawl does).
+    made_from = {p: sha256_file(p) for p in task.inputs if os.path.isfile(p)}
     try:
         stage.process(task, sink)
         part = sink.finish()
     except BaseException:
         sink.abort()
         raise
-    part.update(index=task.index, inputs=list(task.inputs), seconds=round(time.time() - t0, 3),
+    part.update(index=task.index, inputs=list(task.inputs), input_sha256=made_from, seconds=round(time.time() - t0, 3),
                 host=socket.gethostname(), pid=os.getpid())
     atomic_write_json(part_path(out, task.index), part)  # the commit marker: written last
     return part
@@ -331,6 +339,15 @@ def run_stage(
     tasks = stage.tasks(inputs)
     started = time.time()
 
+    hashed: dict[tuple, str] = {}
+
+    def sha256_of(path: str | Path) -> str:  # each input hashed once per run (resume check, manifest)
+        st = os.stat(path)
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in hashed:
+            hashed[key] = sha256_file(path)
+        return hashed[key]
+
     stale = remove_stale_tmp(out_dir)
     if stale:
         log(f"{stage.name}: removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}")
@@ -340,14 +357,14 @@ def run_stage(
         if not part_path(out_dir, t.index).exists():
             continue
         try:
-            problem = damage(out_dir, t.index, stage.output_suffix)
+            problem = damage(out_dir, t.index, stage.output_suffix, sha256_of)
         except _OtherShard:
             continue  # e.g. written in the other shard format before: run it, no repair to report
         if problem is None:
             finished.add(t.index)
             continue
         shard = shard_name(t.index, stage.output_suffix)
-        log(f"{stage.name}: finished shard {out_dir / shard} is damaged ({problem}): running it again")
+        log(f"{stage.name}: finished shard {out_dir / shard} cannot be trusted ({problem}): running it again")
         repairs.append({"shard": shard, "problem": problem})
         _discard(out_dir, t.index, stage.output_suffix)
     todo = [t for t in tasks if t.index not in finished]
@@ -384,6 +401,7 @@ def run_stage(
         resumed_shards=len(finished),
         repairs=repairs,
         stale_tmp_removed=len(stale),
+        sha256_of=sha256_of,
         cluster=cluster,
         extra=extra,
     )
