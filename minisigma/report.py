@@ -20,7 +20,7 @@ report. Inputs, by section:
                      as a list or under ``rows``/``results``
 - Ablations          ``**/ablation*.json``: records with a ``variant`` (or ``name``) and ``mean``
                      (optional ``std``, ``n``/``seeds``, ``metric``), shown next to the paper's
-                     numbers (Sigma paper, Tables 1-4; see docs in SIGMA_NOTES)
+                     numbers (the Sigma paper, arXiv 2501.13629, Tables 1-4)
 """
 
 from __future__ import annotations

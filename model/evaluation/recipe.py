@@ -4,13 +4,13 @@ Recipe (YAML, recipes/eval/*.yaml)::
 
     out: runs/mini/eval                  # results go to <out>/<model name>/
     checkpoints:                         # name -> exported model directory (model/io.py layout)
-      mini-sigma: runs/mini/sft/export
+      mini-sigma: runs/mini/sft/final
     perplexity:                          # omit (or null) to skip
       docs: runs/mini/curated            # shards dir or .jsonl(.gz)
       split: val                         # the training split's held-out documents
       val_fraction: 0.05
     cmdgen:                              # omit (or null) to skip
-      tasks: runs/mini/synth/cmdgen-mini.jsonl
+      tasks: runs/mini/synth/cmdgen/cmdgen.jsonl
       threshold: 0.8
       models: [mini-sigma]               # default: every checkpoint
       sandbox: {wall_seconds: 10, cpu_seconds: 5}
