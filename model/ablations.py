@@ -26,6 +26,11 @@ from pydantic import Field
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, load_recipe, load_yaml
+from minisigma.core.shards import sha256_file
+from model.data import TokenStream, load_tokens
+from model.io import load_pretrained
+from model.train import load_train_recipe
+from model.train import run as train_run
 
 
 class Variant(Section):
@@ -80,8 +85,6 @@ def _slug(name: str) -> str:
 def variant_recipe(ab: AblationRecipe, v: Variant, seed: int, steps: int, out: Path, tokens_dir: str | None = None):
     """The training recipe of one variant x seed: the base recipe with model, data, seed, budget changed.
     `tokens_dir` replaces the base recipe's data (not a variant's own)."""
-    from model.train import load_train_recipe
-
     base = load_train_recipe(ab.base)
     if tokens_dir:
         base = base.model_copy(update={"data": base.data.model_copy(update={"tokens_dir": str(tokens_dir)})})
@@ -101,9 +104,6 @@ def evaluate(model_dir: Path, tokens_dir: str, seq_len: int, n_windows: int, bat
     """Mean next-token loss of an exported model over the first n_windows of val.bin."""
     import torch
 
-    from model.data import TokenStream, load_tokens
-    from model.io import load_pretrained
-
     model, cfg, _ = load_pretrained(model_dir)
     stream = TokenStream(load_tokens(tokens_dir, "val"), seq_len)
     n = min(n_windows, len(stream))
@@ -121,8 +121,6 @@ def evaluate(model_dir: Path, tokens_dir: str, seq_len: int, n_windows: int, bat
 
 
 def _tokenizer_sha(tokens_dir: str) -> str:
-    from minisigma.core.shards import sha256_file
-
     p = Path(tokens_dir) / "tokenizer.json"
     if not p.is_file():
         raise UserError(f"{tokens_dir}: tokenizer.json missing")
@@ -131,8 +129,6 @@ def _tokenizer_sha(tokens_dir: str) -> str:
 
 def run(ab: AblationRecipe, quick: bool = False, out_dir: str | Path | None = None, tokens_dir: str | None = None,
         log=print) -> dict:
-    from model.train import run as train_run
-
     budget = ab.quick if quick and ab.quick else ab.budget
     if quick and ab.quick is None:
         raise UserError(f"{ab.name}: the recipe has no `quick:` budget")
@@ -141,7 +137,6 @@ def run(ab: AblationRecipe, quick: bool = False, out_dir: str | Path | None = No
     recipes = {(v.name, s): variant_recipe(ab, v, s, budget.max_steps, out / "runs" / _slug(v.name) / f"seed{s}",
                                            tokens_dir)
                for v in ab.variants for s in budget.seeds}
-    from model.train import load_train_recipe
 
     eval_dir = str(ab.eval.tokens_dir or tokens_dir or load_train_recipe(ab.base).data.tokens_dir)
     shas = {_tokenizer_sha(r.data.tokens_dir) for r in recipes.values()} | {_tokenizer_sha(eval_dir)}

@@ -36,6 +36,8 @@ from pydantic import Field
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
+from minisigma.core.shards import atomic_write_json, list_shards, read_docs, sha256_file
+from model.tokenizer import EOT
 
 ENCODE_BATCH = 256  # documents per encode_batch call (the Rust side parallelises within it)
 
@@ -79,9 +81,6 @@ def token_dtype(vocab_size: int):
 def tokenize_corpus(in_dir: str | Path, tok, out_dir: str | Path, section: DataSection,
                     progress: bool = False) -> dict:
     """Curated shards in `in_dir` -> out_dir/{train.bin,val.bin,manifest.json}; returns the manifest."""
-    from minisigma.core.shards import atomic_write_json, list_shards, read_docs, sha256_file
-    from model.tokenizer import EOT
-
     shards = list_shards(in_dir)
     if not shards:
         raise UserError(f"{in_dir}: no NNNNN.jsonl.gz shards to tokenize")

@@ -21,6 +21,7 @@ from pydantic import Field
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
+from minisigma.core.shards import atomic_write_bytes, atomic_write_json, list_shards, read_docs, sha256_file
 
 # Order matters: ids 0.. are assigned in this order. EOT separates documents in the packed
 # pretraining stream; PAD fills SFT rows (never a target); the rest are the chat roles (chat.py).
@@ -114,8 +115,6 @@ def build_tokenizer(section: TokenizerSection, in_dir: str | Path, out_dir: str 
 
     Writes out_dir/tokenizer.json and out_dir/tokenizer.manifest.json; returns the Tokenizer.
     """
-    from minisigma.core.shards import atomic_write_bytes, atomic_write_json, list_shards, read_docs, sha256_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -29,9 +29,13 @@ from pathlib import Path
 
 from minisigma.core.errors import UserError
 from minisigma.core.progress import log, quiet_third_party
-from model.sft import build_sft
+from model.data import StreamDataModule, TokenStream, load_tokens, stream_fingerprint
+from model.gpt import GPT, Block
+from model.io import save_pretrained
 from model.recipe import (OptimSection, TrainRecipe, TrainSection, build_model_config, load_init,  # noqa: F401
-                          load_train_recipe)
+                          load_train_recipe)  # re-exported: `model.train` is where callers find the recipe
+from model.sft import build_sft
+from model.tokenizer import load_tokenizer
 
 
 # ----------------------------------------------------------------------------- schedule
@@ -95,7 +99,6 @@ class LitGPT(_lightning().LightningModule):
         """Build the model here (not in __init__) so FSDP can shard it as it is created."""
         if self.model is not None:
             return
-        from model.gpt import GPT
 
         self.model = GPT(self.model_cfg)
         if self._init_state is not None:
@@ -233,7 +236,6 @@ def _strategy(t: TrainSection):
     if t.strategy != "fsdp":
         return t.strategy
     from lightning.pytorch.strategies import FSDPStrategy
-    from model.gpt import Block
 
     return FSDPStrategy(auto_wrap_policy={Block}, sharding_strategy=t.fsdp_sharding,
                         activation_checkpointing_policy={Block} if t.activation_checkpointing else None,
@@ -241,9 +243,6 @@ def _strategy(t: TrainSection):
 
 
 def build_pretrain_data(recipe: TrainRecipe):
-    from model.data import StreamDataModule, TokenStream, load_tokens, stream_fingerprint
-    from model.tokenizer import load_tokenizer
-
     tdir = Path(recipe.data.tokens_dir)
     tok = load_tokenizer(tdir)
     t = recipe.train
@@ -350,9 +349,6 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
 
 def _export(state: dict, cfg, tok, out_dir: Path) -> None:
     """Write model.safetensors + config.json + tokenizer.json from the LightningModule state dict."""
-    from model.gpt import GPT
-    from model.io import save_pretrained
-
     model = GPT(cfg)
     weights = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     model.load_state_dict({k: v.float().cpu() for k, v in weights.items()})

@@ -29,20 +29,22 @@ from __future__ import annotations
 import json
 import os
 import socket
-from abc import ABC, abstractmethod
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from minisigma.core.progress import filtered_stderr
+from minisigma.core import manifest as mf
+from minisigma.core.progress import StageProgress, filtered_stderr, log
 from minisigma.core.shards import (
     DOC_SUFFIXES,
     ShardWriter,
     atomic_write_json,
     dumps,
     list_shards,
+    read_docs,
     remove_stale_tmp,
     sha256_file,
     shard_name,
@@ -174,8 +176,6 @@ class Sink:
 def text_docs(path: str | Path, sink: Sink):
     """The documents of an input shard, each counted in; those without a text string are quarantined
     as "no_text" and not yielded. The common head of every document-to-document stage."""
-    from minisigma.core.shards import read_docs
-
     for doc in read_docs(path):
         sink.take(doc)
         if isinstance(doc.get("text"), str):
@@ -330,9 +330,6 @@ def run_stage(
     extra: dict | None = None,
 ) -> dict:
     """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk)."""
-    from minisigma.core import manifest as mf
-    from minisigma.core.progress import StageProgress, log
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     inputs = [Path(p) for p in inputs]

@@ -28,6 +28,11 @@ from pydantic import Field
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
+from minisigma.core.shards import list_shards, read_docs
+from model.chat import encode_text
+from model.data import is_val
+from model.io import load_pretrained
+from model.tokenizer import EOT
 
 
 class PerplexitySection(Section):
@@ -43,8 +48,6 @@ class PerplexitySection(Section):
 
 def iter_docs(path: str | Path) -> Iterator[dict]:
     """Documents from a shards directory (NNNNN.jsonl.gz) or a single .jsonl / .jsonl.gz file."""
-    from minisigma.core.shards import list_shards, read_docs
-
     p = Path(path)
     if p.is_dir():
         shards = list_shards(p)
@@ -70,8 +73,6 @@ def iter_docs(path: str | Path) -> Iterator[dict]:
 def select_docs(docs: Iterable[dict], split: str = "val", val_fraction: float = 0.05,
                 max_per_source: int = 200) -> list[dict]:
     """The held-out documents to score, at most `max_per_source` per source (in input order)."""
-    from model.data import is_val
-
     per_source: dict[str, int] = defaultdict(int)
     out = []
     for d in docs:
@@ -136,9 +137,6 @@ def _stats(nll: float, tokens: int, nbytes: int, docs: int) -> dict:
 def evaluate(model, tokenizer, docs: list[dict], context: int | None = None, batch_size: int = 8) -> dict:
     """Scores per document group: {"overall", "per_source", "per_category"}, each with
     docs, tokens, bytes, loss, ppl, bpb."""
-    from model.chat import encode_text
-    from model.tokenizer import EOT
-
     if not docs:
         raise UserError("no held-out documents to score (check perplexity.docs and split/val_fraction)")
     context = context or model.cfg.max_seq_len
@@ -163,8 +161,6 @@ def evaluate(model, tokenizer, docs: list[dict], context: int | None = None, bat
 
 def evaluate_checkpoint(checkpoint: str | Path, section: PerplexitySection, out_path: str | Path | None = None) -> dict:
     """Load a saved model, score the held-out documents, write perplexity.json (if out_path)."""
-    from model.io import load_pretrained
-
     if not section.docs:
         raise UserError("perplexity.docs: no documents given")
     model, cfg, tok = load_pretrained(checkpoint)

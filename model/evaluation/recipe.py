@@ -29,6 +29,7 @@ from pydantic import Field, field_validator
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, load_recipe
+from model.evaluation import cmdgen, perplexity
 from model.evaluation.cmdgen import CmdgenSection
 from model.evaluation.perplexity import PerplexitySection
 
@@ -70,13 +71,9 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
             entry: dict = {"checkpoint": ckpt}
             t0 = time.time()
             if recipe.perplexity is not None:
-                from model.evaluation import perplexity
-
                 res = perplexity.evaluate_checkpoint(ckpt, recipe.perplexity, out / name / "perplexity.json")
                 entry["perplexity"] = res["overall"]
             if recipe.cmdgen is not None and (recipe.cmdgen.models is None or name in recipe.cmdgen.models):
-                from model.evaluation import cmdgen
-
                 if evaluator is None:  # one embedder + reference cache for every checkpoint
                     evaluator = cmdgen.Evaluator(recipe.cmdgen)
                 res = cmdgen.evaluate_checkpoint(recipe.cmdgen.tasks, ckpt, out / name / "cmdgen", recipe.cmdgen,
