@@ -1,18 +1,21 @@
 """Synth backend throughput: concurrency N vs 1 against a local `minisigma serve`, side by side.
 
     python benchmarks/bench_synth.py [--checkpoint DIR] [--requests 48] [--concurrency 8] [--max-tokens 32]
+                                     [--out benchmarks/results/synth.json]
 
 Without --checkpoint a small model (random weights, a BPE tokenizer trained on a few sentences) is
 built in a temporary directory: throughput does not depend on what the weights say. The server
 runs as a real subprocess (`minisigma serve`), the client is synth.backends.OpenAIBackend with no
 cache, so every request is generated. Prints requests/s and completion tokens/s for both
-settings and their ratio.
+settings and their ratio, and stores them with the machine's description in --out.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import platform
 import secrets
 import socket
 import subprocess
@@ -66,6 +69,7 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=48)
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "synth.json")
     args = ap.parse_args()
 
     import requests
@@ -103,6 +107,19 @@ def main() -> None:
     for key, label in (("req_s", "requests/s"), ("tok_s", "tokens/s")):
         print(f"{label:>16} {one[key]:>15.2f} {many[key]:>15.2f} {many[key] / one[key]:>7.2f}x")
     print(f"{'seconds':>16} {one['seconds']:>15.2f} {many['seconds']:>15.2f}")
+    import aiohttp
+
+    result = {"command": "python benchmarks/bench_synth.py", "requests": args.requests,
+              "max_tokens": args.max_tokens, "server_max_batch": args.concurrency,
+              "server": f"minisigma serve (aiohttp {aiohttp.__version__}, API key on)",
+              "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                          "load_average_1m": round(os.getloadavg()[0], 2)},
+              "concurrency_1": {k: round(v, 3) for k, v in one.items()},
+              f"concurrency_{args.concurrency}": {k: round(v, 3) for k, v in many.items()},
+              "ratio_req_s": round(many["req_s"] / one["req_s"], 3)}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"stored in {args.out}")
 
 
 if __name__ == "__main__":
