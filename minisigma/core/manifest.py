@@ -81,6 +81,7 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
     dropped: Counter = Counter()
     quarantined: Counter = Counter()
     stats: Counter = Counter()
+    by_source: dict[str, Counter] = {}
     c_in = c_out = t_in = t_out = 0
     outputs, rejects, errors = [], [], []
     for part in parts:
@@ -91,6 +92,8 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
         t_out += c.get("tokens_out", 0)
         dropped.update(c["dropped"])
         quarantined.update(c["quarantined"])
+        for src, n in (c.get("by_source") or {}).items():
+            by_source.setdefault(src, Counter()).update(n)
         stats.update(part.get("stats", {}))
         outputs.extend(part["outputs"])
         if part.get("rejects"):
@@ -125,6 +128,8 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
             "tokens_in": t_in,
             "tokens_out": t_out,
             "token_unit": "whitespace-delimited words",
+            # documents and tokens written per document `source` (the report groups them by Table 9's types)
+            "by_source": {k: dict(sorted(v.items())) for k, v in sorted(by_source.items())},
         },
         "stats": dict(sorted(stats.items())),
         "errors": errors,  # failures by name (e.g. each URL a crawl could not fetch, with its reason)
@@ -203,6 +208,10 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
                           markup=False, highlight=False)
         if len(errors) > SHOWN_ERRORS:
             console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more in {d / MANIFEST}", markup=False)
+    curated = run_dir / "curated" / MANIFEST
+    if curated.is_file() and (by := read_json(curated)["counts"].get("by_source")):
+        console.print("[bold]curated[/bold] by source (documents / tokens as words): " +
+                      ", ".join(f"{k}={v.get('docs', 0):,}/{v.get('tokens', 0):,}" for k, v in by.items()))
 
 
 def verify_stage(stage_dir: Path) -> list[str]:

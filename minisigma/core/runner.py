@@ -84,6 +84,7 @@ class Sink:
         self.quarantined: Counter = Counter()
         self.stats: Counter = Counter()
         self.errors: list[dict] = []
+        self.by_source: dict[str, list[int]] = {}  # a document's `source` -> [documents, tokens] written
         self._writer = shard_writer(out_final) if suffix in DOC_SUFFIXES else None
         rejects = out_final.parent / "rejects" / shard_name(_index_of(out_final))
         self._rejects = ShardWriter(rejects)
@@ -100,7 +101,11 @@ class Sink:
             raise TypeError(f"stage writes raw {self.suffix} outputs: write to sink.path and call count_out()")
         self._writer.write(doc)
         self.docs_out += 1
-        self.tokens_out += count_tokens(doc.get("text", ""))
+        tokens = count_tokens(doc.get("text", ""))
+        self.tokens_out += tokens
+        per = self.by_source.setdefault(str(doc.get("source") or "unknown"), [0, 0])
+        per[0] += 1
+        per[1] += tokens
 
     def count_out(self, n: int = 1) -> None:
         """For raw outputs written to `self.path` (e.g. WARC records)."""
@@ -160,6 +165,7 @@ class Sink:
                 "quarantined": dict(sorted(self.quarantined.items())),
                 "tokens_in": self.tokens_in,
                 "tokens_out": self.tokens_out,
+                "by_source": {k: {"docs": d, "tokens": t} for k, (d, t) in sorted(self.by_source.items())},
             },
             "stats": dict(sorted(self.stats.items())),
             # sorted: a crawl settles its URLs in an order that depends on timing
