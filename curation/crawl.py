@@ -37,7 +37,8 @@ from pydantic import Field, field_validator
 from curation.addresses import AddressRefused, PolicyResolver, check_host
 from curation.crawl_http import Exchange, FetchError, fetch_once, gunzip_capped, retry_after_seconds
 from curation.pdftext import PDF_TYPES
-from curation.links import FEED_TYPES, HTML_TYPES, SITEMAP_TYPES, decodes, html_links, parse_discovery, sniff_charset
+from curation.links import (FEED_TYPES, HTML_TYPES, SITEMAP_TYPES, citation_pdf_urls, decodes, html_links,
+                            parse_discovery, sniff_charset)
 from curation.urls import BadURL, Scope, canonicalize, host_key
 from curation.warclog import WarcLog
 from minisigma.core.recipes import Section
@@ -79,6 +80,9 @@ class CrawlConfig(Section):
     follow_links: bool = True
     use_sitemaps: bool = Field(True, description="expand sitemaps (and robots.txt Sitemap: lines)")
     use_feeds: bool = Field(True, description="expand RSS/Atom feeds")
+    follow_pdf_meta: bool = Field(False, description="an HTML page's <meta name=citation_pdf_url> (the "
+                                  "Highwire tag of USENIX, ACM, IEEE, arXiv ... landing pages) is fetched "
+                                  "too, even outside the allowed prefixes (robots and rate still apply)")
 
     @field_validator("user_agent")
     @classmethod
@@ -197,6 +201,7 @@ class _Crawler:
         self.page_types = set(cfg.allowed_content_types)
         self.fetch_types = self.page_types | ((SITEMAP_TYPES | FEED_TYPES) if discovery else set())
         self.scope: Scope | None = None
+        self.pdf_links: set[str] = set()  # citation_pdf_url targets admitted beyond the scope
 
     # ------------------------------------------------------------------ frontier
     def admit(self, raw: str, depth: int, base: str | None = None) -> None:
@@ -205,7 +210,7 @@ class _Crawler:
         except BadURL:
             self.stats.filtered["bad_url"] += 1
             return
-        if not self.scope.allows(url):
+        if not self.scope.allows(url) and url not in self.pdf_links:
             self.stats.filtered["out_of_scope"] += 1
         elif depth > self.cfg.max_depth:
             self.stats.filtered["too_deep"] += 1
@@ -346,6 +351,13 @@ class _Crawler:
         charset = sniff_charset(body, ex.charset)
         if not decodes(body, charset):
             self.stats.invalid_utf8 += 1
+        if cfg.follow_pdf_meta and ex.mime in HTML_TYPES:
+            for link in citation_pdf_urls(body, ex.url):
+                try:
+                    self.pdf_links.add(canonicalize(link))
+                except BadURL:
+                    continue
+                self.admit(link, depth + 1)
         if cfg.follow_links and ex.mime in HTML_TYPES and depth < cfg.max_depth:
             for link in html_links(body, ex.url, charset):
                 self.admit(link, depth + 1)

@@ -60,6 +60,23 @@ def html_links(body: bytes, base_url: str, charset: str | None = None) -> list[s
     return out
 
 
+_CITATION_PDF = re.compile(rb"""<meta\s[^>]*name\s*=\s*["']?citation_pdf_url["']?[^>]*>""", re.I)
+_CONTENT = re.compile(rb"""content\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+))""", re.I)
+
+
+def citation_pdf_urls(body: bytes, base_url: str) -> list[str]:
+    """The `<meta name="citation_pdf_url" content=...>` links of a landing page (Highwire Press tags,
+    what Google Scholar reads: USENIX, ACM, IEEE, Springer and arXiv pages carry them)."""
+    out = []
+    for tag in _CITATION_PDF.findall(body[:262144]):
+        m = _CONTENT.search(tag)
+        if m:
+            url = next(g for g in m.groups() if g is not None).decode("utf-8", "replace").strip()
+            if url:
+                out.append(urljoin(base_url, url))
+    return out
+
+
 _XML_PARSER = dict(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False)
 
 

@@ -4,6 +4,7 @@ recipe itself, spacing shortened; the recipe's stages and refine section are kep
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from model.evaluation.recipe import EvalRecipe
 from model.recipe import TrainRecipe
 from synth.recipe import SynthRecipe
 from tests.sources_fixtures import HTTP_CONFIG, BlogApp, DblpApp, LoopbackServer, OaiApp, se_xml
-from tests.pdf_fixtures import source_paragraphs
+from tests.pdf_fixtures import paper_pdf, source_paragraphs
 from tests.test_sources_arxiv import records
 from tests.test_sources_blogs import CRAWL, blog_manifest
 from tests.test_sources_ccf import papers
@@ -45,16 +46,20 @@ def test_every_curation_recipe_has_a_refine_section():
     assert all(load(p).refine is not None for p in CURATION), "a recipe without refine never writes curated/"
 
 
-def internet_overrides(recipe: dict, tmp_path: Path, oai: str, dblp: str, blog: str, dump: Path) -> dict:
-    """internet.yaml pointed at the loopback services: arXiv's OAI-PMH, DBLP's search API, a Stack
-    Exchange dump directory, a blog; one local executor, short spacing; stages untouched."""
+def internet_overrides(recipe: dict, tmp_path: Path, oai: str, dblp: str, blog: str, dump: Path,
+                       papers_host: str) -> dict:
+    """internet.yaml pointed at the loopback services: arXiv's OAI-PMH and PDFs, DBLP's search API
+    (its `ee` links on a loopback paper host), a Stack Exchange dump directory, a blog; one local
+    executor, short spacing; stages untouched."""
     recipe["ray"] = {"executor": "local"}
     recipe["refine"]["executor"] = "local"
     for src in recipe["sources"]:
         if src["type"] == "arxiv":
             src.update(endpoint=f"{oai}/oai", http=HTTP_CONFIG, until="2024-01-31", **{"from": "2024-01-01"})
+            src["fulltext"].update(arxiv_base=papers_host, crawl={**src["fulltext"]["crawl"], **FT_CRAWL})
         elif src["type"] == "ccf":
             src.update(endpoint=f"{dblp}/search/publ/api", http=HTTP_CONFIG, venues=["OSDI"], years=[2022, 2023])
+            src["fulltext"].update(crawl={**src["fulltext"]["crawl"], **FT_CRAWL})
         elif src["type"] == "stackexchange":
             src.pop("dump_dir")
             src.update(dumps=[{"site": "unix.stackexchange.com", "path": str(dump)}], parts=1)
@@ -63,7 +68,13 @@ def internet_overrides(recipe: dict, tmp_path: Path, oai: str, dblp: str, blog: 
     return recipe
 
 
+FT_CRAWL = {"allow_loopback": True, "per_host_rate": 50.0, "retries": 1, "backoff_base": 0.01}
+
+
 def test_internet_recipe_runs_to_curated_over_loopback(tmp_path):
+    from tests.test_sources_fulltext import PaperHost
+
+    pdf = paper_pdf(source_paragraphs(8))[0]
     dump = tmp_path / "se"
     dump.mkdir()
     (dump / "Posts.xml").write_bytes(se_xml("posts", posts()))
@@ -78,13 +89,19 @@ def test_internet_recipe_runs_to_curated_over_loopback(tmp_path):
         if r["categories"] != ["cs.LG", "stat.ML"]:
             r["categories"] = [("cs.OS", "cs.NI")[i % 2]]
     shipped = yaml.safe_load((ROOT / "recipes" / "curation" / "internet.yaml").read_text())
-    with LoopbackServer(OaiApp(recs)) as oai, LoopbackServer(DblpApp(papers())) as dblp, \
+    with LoopbackServer(PaperHost(pdf)) as host, LoopbackServer(OaiApp(recs)) as oai, \
             LoopbackServer(app) as site:
-        app.base = site.url
-        recipe = internet_overrides(shipped, tmp_path, oai.url, dblp.url, site.url, dump)
-        (tmp_path / "internet.yaml").write_text(yaml.safe_dump(recipe))
-        run = curate(load(tmp_path / "internet.yaml"), tmp_path / "run", progress=False)
+        listing = {k: [json.loads(json.dumps(h).replace("https://www.usenix.org", host.url)) for h in v]
+                   for k, v in papers().items()}
+        with LoopbackServer(DblpApp(listing)) as dblp:
+            app.base = site.url
+            recipe = internet_overrides(shipped, tmp_path, oai.url, dblp.url, site.url, dump, host.url)
+            (tmp_path / "internet.yaml").write_text(yaml.safe_dump(recipe))
+            run = curate(load(tmp_path / "internet.yaml"), tmp_path / "run", progress=False)
+        assert not any("usenix" in str(h.query) for h in dblp.log)
     assert list(iter_docs(run / "curated"))
+    ft = {n: manifest.read_json(run / "sources" / n / "manifest.json")["stats"] for n in ("arxiv", "ccf")}
+    assert ft["arxiv"]["fulltext:pdf"] == 1 and ft["ccf"]["title_only"] >= 1  # counted either way
     entered = manifest.read_json(run / "refine" / "normalize" / "manifest.json")["counts"]["by_source"]
     assert set(entered) == {"arxiv", "ccf", "stackexchange", "blogs"}  # every source reached refine
     by_source = manifest.read_json(run / "curated" / "manifest.json")["counts"]["by_source"]

@@ -29,6 +29,7 @@ from pydantic import Field, model_validator
 from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, date_windows, iso_utc, load_manifest,
                                      make_doc, parse_xml, harvest_task)
+from curation.sources.fulltext import FullTextConfig
 from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
@@ -67,8 +68,8 @@ class ArxivSource(Section):
     max_restarts: int = Field(1, ge=0, description="re-harvests of a window after badResumptionToken")
     malformed_refetches: int = Field(1, ge=0)
     max_pages: int | None = Field(None, ge=1, description="pages per window at most (None = all)")
-    fulltext_html: bool = Field(False, description="crawl each paper's HTML version (pipeline crawl stage)")
-    html_base: str = "https://arxiv.org/html/"
+    # full text of the kept records from arXiv's PDF (or HTML rendering): curation.sources.fulltext
+    fulltext: FullTextConfig | None = None
     http: HttpConfig
 
     model_config = {**Section.model_config, "populate_by_name": True}
@@ -290,21 +291,3 @@ class ArxivStage(Stage):
                 else:
                     kind, reason = status.split(":", 1)
                     (sink.drop if kind == "dropped" else sink.quarantine)(doc, reason)
-
-
-def html_sites(stage_dir_: Path, src: ArxivSource) -> list[dict]:
-    """One crawl site (the crawl stage wants one per host) whose seeds are the HTML versions of the
-    harvested papers; each URL is its own allowed prefix, so nothing else on the host is fetched.
-    The extract stage labels the pages with the most common category of the papers."""
-    from collections import Counter
-
-    from minisigma.core.shards import iter_docs
-
-    urls, cats = [], Counter()
-    for d in iter_docs(stage_dir_):
-        urls.append(src.html_base.rstrip("/") + "/" + d["metadata"]["arxiv_id"])
-        cats[d["metadata"]["category"]] += 1
-    if not urls:
-        return []
-    return [{"name": f"{src.name}:html", "seeds": urls, "allowed_prefixes": urls, "source": src.name,
-             "category": cats.most_common(1)[0][0]}]

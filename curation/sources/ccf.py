@@ -14,7 +14,7 @@ listed in manifests/sources/ccf_venues.yaml. A recipe picks ranks, areas or venu
 
 Documents: text is the title (DBLP has no abstracts); metadata has venue, rank, area, year,
 authors, DOI, electronic-edition links (`ee`), the DBLP key and, from the API, the access flag.
-With `landing_pages: true` the open-access `ee` pages become crawl sites (see `landing_page_sites`).
+With `fulltext:` the open-access `ee` links are followed to a PDF (curation.sources.fulltext).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from pydantic import Field, model_validator
 from curation.sources import categories
 from curation.sources.common import (SOURCE_MANIFESTS, Checkpoint, harvest_task, iso_utc, load_manifest,
                                      make_doc)
+from curation.sources.fulltext import FullTextConfig
 from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
@@ -93,7 +94,8 @@ class CcfSource(Section):
     max_hits_per_query: int = Field(10000, ge=1, description="DBLP serves at most the first 10000 hits")
     malformed_refetches: int = Field(1, ge=0)
     dump: Path | None = None  # dblp.xml or dblp.xml.gz (dblp.dtd beside it)
-    landing_pages: bool = False
+    # full text from the records' open-access `ee` links (PDF, USENIX/publisher pages, arXiv versions)
+    fulltext: FullTextConfig | None = None
     http: HttpConfig | None = None
 
     @model_validator(mode="after")
@@ -324,23 +326,3 @@ def iter_dump(path: Path) -> Iterator[tuple[str, etree._Element]]:
             el.clear(keep_tail=False)
             while el.getprevious() is not None:
                 del el.getparent()[0]
-
-
-# --------------------------------------------------------------------------- landing pages
-def landing_page_sites(stage_dir_: Path, source_name: str = "ccf") -> list[dict]:
-    """Crawl sites (one per host, as the crawl stage wants) for the open-access `ee` links of the
-    harvested papers; each link is its own allowed prefix, so the crawler fetches those pages only."""
-    by_host: dict[str, list[str]] = defaultdict(list)
-    cats: dict[str, str] = {}
-    for shard in list_shards(stage_dir_):
-        for d in read_docs(shard):
-            m = d["metadata"]
-            if m.get("access") not in (None, "open"):
-                continue
-            for ee in m.get("ee", []):
-                host = urlsplit(ee).netloc
-                if host and not host.endswith("doi.org"):  # DOI links redirect off-host
-                    by_host[host].append(ee)
-                    cats.setdefault(host, m["category"])
-    return [{"name": f"{source_name}:{h}", "seeds": sorted(set(u)), "allowed_prefixes": sorted(set(u)),
-             "source": source_name, "category": cats[h]} for h, u in sorted(by_host.items())]

@@ -1,30 +1,31 @@
 """How `minisigma curate` (curation.pipeline) runs the internet source adapters.
 
-Each runner runs its adapter's stage into <run>/sources/<name>/ and returns the crawl sites it
-wants the pipeline's shared crawl stage to visit: the open-access landing pages of CCF papers
-(`landing_pages: true`) and the HTML full texts of arXiv papers (`fulltext_html: true`); the
-pipeline's extract stage turns those pages into documents of the same source.
+Each runner runs its adapter's stage into <run>/sources/<name>/. An arXiv or CCF source with a
+`fulltext:` section is harvested into <run>/harvest/<name>/ instead, and the full-text stage
+(curation.sources.fulltext: the polite crawler to each paper's PDF, PDF/HTML text extraction)
+writes the same records, with their full text where one was reached, into <run>/sources/<name>/.
 """
 
 from __future__ import annotations
 
-from curation.sources.arxiv import ArxivStage, html_sites
+from curation.sources.arxiv import ArxivStage
 from curation.sources.blogs import BlogsStage
-from curation.sources.ccf import CcfStage, landing_page_sites
-from curation.sources.datatrove_reader import DatatroveStage
+from curation.sources.ccf import CcfStage
+from curation.sources.fulltext import FullText
 from curation.sources.stackexchange import StackExchangeStage
+from minisigma.core.shards import list_shards
 
-STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeStage, "blogs": BlogsStage,
-          "datatrove": DatatroveStage}
+STAGES = {"arxiv": ArxivStage, "ccf": CcfStage, "stackexchange": StackExchangeStage, "blogs": BlogsStage}
 
 
 def run_adapter(src, ctx) -> list[dict]:
-    out = ctx.run_dir / "sources" / src.name
-    ctx.run(ctx.docs(STAGES[src.type](src)), [], out, recipe_section=src.model_dump(mode="json", by_alias=True))
-    if src.type == "ccf" and src.landing_pages:
-        return landing_page_sites(out, src.name)
-    if src.type == "arxiv" and src.fulltext_html:
-        return html_sites(out, src)
+    section = src.model_dump(mode="json", by_alias=True)
+    fulltext = getattr(src, "fulltext", None)
+    out = ctx.run_dir / ("harvest" if fulltext is not None else "sources") / src.name
+    ctx.run(STAGES[src.type](src), [], out, recipe_section=section)
+    if fulltext is not None:
+        ctx.run(FullText(fulltext, src.type), list_shards(out), ctx.run_dir / "sources" / src.name,
+                recipe_section=section)
     return []
 
 
