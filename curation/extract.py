@@ -223,6 +223,9 @@ class Extract(Stage):
     def process_pdf(self, rec, url: str, path: str, meta: dict, source: str, sink: Sink) -> None:
         """One PDF response -> a document, or its quarantine reason (curation.pdftext)."""
         where = {"url": url}
+        attempts = _attempts(rec)
+        if attempts > 1:
+            where["attempts"] = attempts
         body = rec.content_stream().read()
         try:
             text, doc_meta = limited(self.config.timeout_s, pdf_to_text, body, self.config.pdf)
@@ -244,5 +247,6 @@ class Extract(Stage):
         sink.write(Document.create(source, locator, text, metadata={
             **doc_meta, **{k: v for k, v in meta.items() if k not in ("source", "locator")},
             **({"served_url": url} if locator != url else {}), "format": "pdf",
+            **({"fetch_attempts": attempts} if attempts > 1 else {}),
             "fetched_at": rec.rec_headers.get_header("WARC-Date") or "", "warc": path.rsplit("/", 1)[-1],
             "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")}).to_dict())
