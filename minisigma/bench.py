@@ -1,19 +1,23 @@
-"""The benchmark scripts of benchmarks/ (a folder next to the packages, not installed), loaded by path."""
+"""The benchmark scripts of benchmarks/ (a package next to the installed ones, not installed: the peers
+they compare against are not needed at run time), imported from the source checkout."""
 
 from __future__ import annotations
 
-import importlib.util
+import importlib
+import sys
 
 from minisigma.core.errors import UserError
 from minisigma.core.paths import REPO_ROOT
 
 
 def load_benchmark(name: str):
-    """The module benchmarks/<name>.py; a one-line error outside a source checkout."""
+    """The module benchmarks/<name>.py; a one-line error outside a source checkout or without a peer."""
     path = REPO_ROOT / "benchmarks" / f"{name}.py"
     if not path.is_file():
         raise UserError(f"{path}: benchmark script not found (run from a source checkout)")
-    spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    if str(REPO_ROOT) not in sys.path:
+        sys.path.insert(0, str(REPO_ROOT))
+    try:
+        return importlib.import_module(f"benchmarks.{name}")
+    except ImportError as e:
+        raise UserError(f"{path}: {e} (install the peers: pip install -e '.[bench]')") from None

@@ -354,15 +354,18 @@ def report_cmd(
 
 @bench_app.command("curation")
 def bench_curation(
-    crawl_dir: Path = typer.Argument(..., help="a crawl stage directory (NNNNN.warc.gz), e.g. runs/tiny/crawl"),
-    shards: int = typer.Option(8, help="equal WARC shards the pages are dealt into"),
-    limit: int = typer.Option(1200, help="pages to use (0 = all)"),
-    scaling: bool = typer.Option(True, help="also time the Ray stage with 1 and 2 workers"),
+    src: Path = typer.Argument(..., help="a crawl directory (NNNNN.warc.gz, e.g. runs/tiny/crawl) or a folder of HTML files"),
+    limit: int = typer.Option(400, help="pages to use, spread over the input (0 = all)"),
+    rounds: int = typer.Option(3, min=1, help="alternating timed rounds per side (A B A B ...)"),
+    shards: int = typer.Option(4, min=1, help="WARC shards the pages are dealt into"),
+    peer: bool = typer.Option(True, help="also time datatrove (same trafilatura settings, fast=True and fast=False)"),
+    scaling: bool = typer.Option(False, help="also time the Ray stage with 1 and 2 workers"),
 ):
-    """Extraction docs/s per core vs datatrove (same WARCs), and 1 vs 2 Ray workers."""
-    from curation import bench
-
-    bench.run(crawl_dir, shards, limit or None, scaling)
+    """Extraction pages/s per core vs datatrove with the same trafilatura settings: pages kept, identical
+    texts, ratios; writes benchmarks/results/curation.json."""
+    if not src.is_dir():
+        raise UserError(f"{src}: not a directory")
+    load_benchmark("bench_curation").run(src, limit or None, rounds, shards, peer=peer, scaling=scaling)
 
 
 # --------------------------------------------------------------------------- refine (curation.refine)
@@ -410,17 +413,18 @@ def bench_dedup_cmd(
     executor: str = typer.Option("ray", help="ray or local"),
 ):
     """MinHash dedup quality vs brute-force exact Jaccard, and clustering memory at 1x vs 10x corpus size."""
-    from curation.refine import bench
-
-    bench.dedup(docs, scale_docs, executor)
+    load_benchmark("bench_dedup").run(docs, scale_docs, executor)
 
 
 @bench_app.command("minhash")
-def bench_minhash_cmd(docs: int = typer.Option(2000, help="man-page documents to sign")):
-    """MinHash signatures/s per core: ours vs datatrove's MinhashDedupSignature vs datasketch's update loop."""
-    from curation.refine import bench
-
-    bench.minhash(docs)
+def bench_minhash_cmd(
+    docs: int = typer.Option(2000, help="man-page documents to sign"),
+    rounds: int = typer.Option(5, min=1, help="alternating timed rounds per side (A B A B ...)"),
+    peer: bool = typer.Option(True, help="also time datatrove (in its own venv: datatrove's pin xxhash<4)"),
+):
+    """MinHash signatures/s per core: ours vs datasketch update_batch on the same shingle hashes, and vs
+    datatrove with a matched tokenizer; prints settings, agreement, ratios; writes benchmarks/results/minhash.json."""
+    load_benchmark("bench_minhash").run(docs, rounds, peer=peer)
 
 
 def main() -> None:

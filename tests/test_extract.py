@@ -158,3 +158,42 @@ def test_charset_declared_only_in_meta_is_honoured(tmp_path):
     (doc,) = list(iter_docs(tmp_path / "out"))
     assert jp in doc["text"] and "\ufffd" not in doc["text"] and doc["metadata"]["title"] == "ページキャッシュ"
     assert "invalid_encoding_repaired" not in m["stats"]
+
+
+# A DocBook-style section (short paragraphs in div.para between navigation lists): trafilatura's fast
+# mode returns nothing for pages built like this, its full algorithm finds the text.
+DOCBOOK = """<?xml version="1.0" encoding="UTF-8"?>
+<html xmlns="http://www.w3.org/1999/xhtml"><head><title>3. Reporting problems</title></head><body>
+<ul class="docnav top"><li class="previous"><a href="a.html"><strong>Back</strong></a></li><li class="next"><a href="c.html"><strong>Next</strong></a></li></ul>
+<div class="section"><div class="titlepage"><div><div><h2 class="title"><a id="x"></a>3. Reporting problems</h2></div></div></div><div class="para">
+  When a package misbehaves, first read its changelog and the list of open bugs, since the problem may already be known and a workaround may be described there. If it is new, write down the exact version, the command you ran and what it printed, then send a report to the maintainers with these details.
+</div><div class="para">
+  The bug tracker keeps every report and its discussion: <div class="url"><a href="https://bugs.example.org/">https://bugs.example.org/</a></div>
+</div></div>
+<ul class="docnav"><li class="previous"><a href="a.html"><strong>Back</strong>2. Installing</a></li><li class="next"><a href="c.html"><strong>Next</strong>4. Upgrading</a></li></ul></body></html>"""
+
+
+def test_fast_mode_falls_back_page_by_page_when_it_returns_nothing(tmp_path):
+    import trafilatura
+
+    from curation.extract import extract_html
+
+    cfg = ExtractConfig()
+    assert cfg.fast and cfg.fast_fallback  # the defaults: fast first, the full algorithm for an empty page
+    kw = dict(favor_precision=cfg.favor_precision, include_tables=cfg.include_tables, deduplicate=cfg.deduplicate)
+    assert not trafilatura.extract(DOCBOOK, fast=True, **kw)  # the case the fallback exists for
+    full = trafilatura.extract(DOCBOOK, fast=False, **kw)
+    assert "When a package misbehaves" in full
+    assert extract_html(DOCBOOK, "http://docs.test/b.html", cfg)[0] == full
+    assert extract_html(DOCBOOK, "http://docs.test/b.html", ExtractConfig(fast_fallback=False))[0] == ""
+    text, meta = extract_html(DOCBOOK, "http://docs.test/b.html", ExtractConfig(with_metadata=True))
+    assert "When a package misbehaves" in text and meta["title"] == "3. Reporting problems"
+    # through the stage: the page is kept (with the fallback off it is dropped as empty)
+    warc = tmp_path / "00000.warc.gz"
+    write_warc(warc, [("http://docs.test/b.html", 200, "text/html", DOCBOOK.encode()),
+                      ("http://docs.test/p.html", 200, "text/html", ARTICLE.format(PARA * 3).encode())])
+    m = run_stage(Extract(ExtractConfig(min_chars=50)), [str(warc)], tmp_path / "on", executor="local", progress=False)
+    assert m["counts"]["out"] == 2
+    m = run_stage(Extract(ExtractConfig(min_chars=50, fast_fallback=False)), [str(warc)], tmp_path / "off",
+                  executor="local", progress=False)
+    assert m["counts"]["out"] == 1 and m["counts"]["dropped"].get("empty") == 1

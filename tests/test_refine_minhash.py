@@ -9,7 +9,7 @@ import random
 import numpy as np
 import pytest
 
-from curation.refine.bench import base_texts, clustering_memory, found_pairs_and_clusters, write_shards
+from benchmarks.dedup_bench import base_texts, clustering_memory, found_pairs_and_clusters, write_shards
 from curation.refine.components import connected_components
 from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
 from curation.refine.dedup_run import run_minhash

@@ -10,7 +10,7 @@ import pytest
 from curation.refine.classifiers import (CategoryTrainConfig, FastTextParams, QualityTrainConfig, make_negatives,
                                          predict, train_category, train_quality)
 from curation.refine.pipeline import load_refine_config, refine
-from curation.refine.realtext import stdlib_docs, stdlib_sources
+from benchmarks.realtext import stdlib_docs, stdlib_sources
 from minisigma.core import manifest
 from minisigma.core.shards import ShardWriter, list_shards, read_docs
 

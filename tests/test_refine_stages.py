@@ -15,7 +15,7 @@ from curation.refine.decontam import Decontam, DecontamConfig, EvalSet
 from curation.refine.heuristics import Heuristics, HeuristicsConfig, check
 from curation.refine.langid import LangId, LangIdConfig
 from curation.refine.normalize import Normalize, normalize_text
-from curation.refine.realtext import stdlib_docs, stdlib_sources
+from benchmarks.realtext import stdlib_docs, stdlib_sources
 from minisigma.core import manifest
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import ShardWriter, list_shards, read_docs

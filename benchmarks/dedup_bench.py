@@ -1,5 +1,5 @@
-"""Benchmarks of the dedup stages (printed side by side; run by `minisigma bench dedup|minhash`
-and benchmarks/bench_dedup.py, benchmarks/bench_minhash.py)."""
+"""The dedup benchmark's parts (planted-duplicate quality run, clustering memory at 1x / 10x), used by
+benchmarks/bench_dedup.py (`minisigma bench dedup`) and by tests/test_refine_minhash.py."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from minisigma.core.shards import ShardWriter, read_docs
 
 from curation.refine.dedup_eval import evaluate, exact_pairs, planted_corpus
 from curation.refine.minhash import MinHashConfig, SignatureComputer
-from curation.refine.realtext import man_pages, stdlib_docs
+from benchmarks.realtext import man_pages, stdlib_docs
 
 
 def base_texts(n: int, words_per_doc: int = 150) -> list[str]:
@@ -189,47 +189,3 @@ def dedup(n_bases: int = 3000, scale_docs: int = 3000, executor: str = "ray") ->
         return {"quality": q, "memory": {"1x": small, "10x": large, "ratios": ratios}}
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def minhash(n_docs: int = 2000, num_perm: int = 128, ngram: int = 5) -> dict:
-    """Signatures per second on one core, same documents, same n-gram size and number of hashes."""
-    from datasketch import MinHash
-    from datatrove.data import Document
-    from datatrove.pipeline.dedup.minhash import MinhashConfig as DTConfig, MinhashDedupSignature
-    from datatrove.utils.hashing import HashConfig
-
-    from curation.refine.textutil import words
-
-    texts = [d["text"] for d in man_pages(n_docs)] or [d["text"] for d in stdlib_docs()]
-    n = len(texts)
-    # ours
-    t0 = time.perf_counter()
-    comp = SignatureComputer(num_perm=num_perm, ngram=ngram)
-    comp.signatures([comp.shingles(t) for t in texts])
-    ours = n / (time.perf_counter() - t0)
-    # datatrove, 16 buckets x 8 hashes = 128 hashes, 5-grams. Its default xxhash shingle hash passes str to
-    # xxhash, which the installed xxhash rejects ("Strings must be encoded"), so it uses its sha1 option.
-    tmp = Path(tempfile.mkdtemp(prefix="bench-mh-"))
-    try:
-        step = MinhashDedupSignature(output_folder=str(tmp), config=DTConfig(
-            n_grams=ngram, num_buckets=num_perm // 8, hashes_per_bucket=8,
-            hash_config=HashConfig(precision=32, hash_fc="sha1")))
-        docs = [Document(text=t, id=str(i)) for i, t in enumerate(texts)]
-        t0 = time.perf_counter()
-        step.run(iter(docs), rank=0, world_size=1)  # signs, writes per-bucket files, sorts them
-        dt = n / (time.perf_counter() - t0)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    # datasketch, the plain loop: one update per shingle
-    t0 = time.perf_counter()
-    for t in texts:
-        w = words(t)
-        m = MinHash(num_perm=num_perm)
-        for i in range(max(1, len(w) - ngram + 1)):
-            m.update(" ".join(w[i:i + ngram]).encode("utf-8"))
-    plain = n / (time.perf_counter() - t0)
-    print(f"MinHash signatures/s on one core, {n} man pages, {ngram}-grams, {num_perm} hashes:")
-    print(f"  minisigma (vectorised, datasketch affine32) {ours:10.1f}")
-    print(f"  datatrove MinhashDedupSignature             {dt:10.1f}   ratio {ours / dt:.2f}x (target >= 1.0x)")
-    print(f"  datasketch MinHash.update loop              {plain:10.1f}   ratio {ours / plain:.2f}x (target >= 3x)")
-    return {"docs": n, "ours": ours, "datatrove": dt, "plain": plain}
