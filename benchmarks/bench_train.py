@@ -1,10 +1,17 @@
 """Training throughput: the `mini` preset (DiffQKV 8/1/4 heads + AugQ 1.5d) vs `gqa` (its Std
-baseline: 8/4/4 heads, no AugQ) of the same width and depth, tokens/s side by side.
+baseline: 8/4/4 heads, no AugQ) of the same width and depth, tokens/s side by side, and the model
+FLOPs utilisation (MFU) against the matmul peak measured on this machine.
 
 What is timed is one optimizer step of the model itself -- forward, backward, gradient clipping and
-AdamW -- on a fixed batch, in the precision the training recipes use (fp32 on CPU, bf16 autocast on
-CUDA). The two models are measured in alternating rounds and the median round is reported, so a
-load change on a shared machine hits both alike.
+AdamW -- on a fixed batch, in float32 and, where the device multiplies bf16 natively (CUDA, or a CPU
+with AVX512-BF16 / AMX-BF16), in bf16 autocast (what `precision: auto` trains in). The two models are
+measured in alternating rounds (A B A B ...) and min and median are reported, so a load change on a
+shared machine hits both alike.
+
+The peak is measured, not taken from a datasheet: the best of several square matmuls (`torch.mm`,
+n = 1024 and 2048 on a CPU, 8192 on a GPU) in each precision, with the threads training uses. MFU =
+tokens/s x training FLOPs per token (`ModelConfig.flops_per_token`, 3x forward) / that peak. Writes
+benchmarks/results/train.json.
 
     python benchmarks/bench_train.py [--steps 4 --batch 4 --seq-len 256 --rounds 3]
     minisigma bench train
@@ -14,10 +21,51 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine, write_result  # noqa: E402
 
 
-def _step_fn(name: str, batch: int, seq_len: int, device: str):
+def precisions(device: str) -> list[str]:
+    import torch
+
+    from model.train import cpu_has_native_bf16
+
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else cpu_has_native_bf16()
+    return ["float32", "bfloat16"] if native else ["float32"]
+
+
+def matmul_peak(dtype: str, device: str, sizes: tuple[int, ...] | None = None, reps: int = 5) -> dict:
+    """The best FLOP/s of square matmuls in `dtype` (2 n^3 FLOPs each)."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    sizes = sizes or ((8192,) if device == "cuda" else (1024, 2048))
+    best = {}
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(dt)
+        b = torch.randn(n, n, device=device).to(dt)
+        torch.mm(a, b)  # warm-up (kernel choice, allocation)
+        times = []
+        for _ in range(reps):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            torch.mm(a, b)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        best[n] = 2 * n ** 3 / min(times)
+    n_best = max(best, key=best.get)
+    return {"flops": best[n_best], "n": n_best, "by_size": {str(k): round(v / 1e9, 1) for k, v in best.items()}}
+
+
+def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str):
     import torch
 
     from model.gpt import GPT, ModelConfig
@@ -28,10 +76,10 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g).to(device)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else torch.autocast("cpu", enabled=False)
+    amp_device = "cuda" if device == "cuda" else "cpu"
 
     def step():
-        with amp:
+        with torch.autocast(amp_device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
             loss = model(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -43,47 +91,60 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str):
     return cfg, step
 
 
-def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, device: str | None = None) -> dict:
+def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, device: str | None = None,
+        dtypes: list[str] | None = None, write: bool = True) -> dict:
     import torch
 
+    started = machine()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtypes = dtypes or precisions(device)
     names = ("mini", "gqa")
-    models = {n: _step_fn(n, batch, seq_len, device) for n in names}
-    for _, step in models.values():  # warm-up (allocator, kernels)
-        step()
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for _ in range(rounds):
-        for n in names:
-            t0 = time.perf_counter()
-            for _ in range(steps):
-                models[n][1]()
-            times[n].append(time.perf_counter() - t0)
     tokens = steps * batch * seq_len
-    res = {}
-    for n in names:
-        cfg = models[n][0]
-        tps = tokens / statistics.median(times[n])
-        res[n] = {"tok_s": tps, "params": cfg.num_params(), "flops_per_token": cfg.flops_per_token(seq_len),
-                  "kv_bytes_per_token": cfg.kv_bytes_per_token(), "heads": f"{cfg.n_q}/{cfg.n_k}/{cfg.n_v}",
-                  "d_aug": cfg.d_aug}
-    where = torch.cuda.get_device_name() if device == "cuda" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"training throughput on {where}: batch {batch} x {seq_len} tokens, {steps} steps x {rounds} rounds (median)")
-    print(f"{'model':<6} {'Q/K/V heads':>11} {'AugQ':>5} {'params':>12} {'GFLOP/token':>12} {'KV B/token':>11} {'tokens/s':>10}")
-    for n in names:
-        r = res[n]
-        print(f"{n:<6} {r['heads']:>11} {r['d_aug']:>5} {r['params']:>12,} {r['flops_per_token'] / 1e9:>12.4f} "
-              f"{r['kv_bytes_per_token']:>11,} {r['tok_s']:>10,.0f}")
-    ratio = res["mini"]["tok_s"] / res["gqa"]["tok_s"]
-    print(f"mini / gqa tokens/s: {ratio:.3f}  (FLOPs per token ratio {res['mini']['flops_per_token'] / res['gqa']['flops_per_token']:.3f})")
-    res["ratio"] = ratio
+    where = torch.cuda.get_device_name() if device == "cuda" else f"{started['cpu']}, {torch.get_num_threads()} threads"
+    res: dict = {"device": where, "batch": batch, "seq_len": seq_len, "steps": steps, "rounds": rounds, "precisions": {}}
+    print(f"training throughput on {where}: batch {batch} x {seq_len} tokens, {steps} steps a round, {rounds} "
+          f"alternating rounds, load average {started['load_average']}")
+    for dtype in dtypes:
+        peak = matmul_peak(dtype, device)
+        models = {n: _step_fn(n, batch, seq_len, device, dtype) for n in names}
+        for _, step in models.values():  # warm-up (allocator, kernels)
+            step()
+        times: dict[str, list[float]] = {n: [] for n in names}
+        for _ in range(rounds):
+            for n in names:
+                t0 = time.perf_counter()
+                for _ in range(steps):
+                    models[n][1]()
+                times[n].append(time.perf_counter() - t0)
+        out = {"matmul_peak_gflops": round(peak["flops"] / 1e9, 1), "matmul_peak_n": peak["n"],
+               "matmul_gflops_by_size": peak["by_size"]}
+        for n in names:
+            cfg = models[n][0]
+            fpt = cfg.flops_per_token(seq_len)
+            best, med = tokens / min(times[n]), tokens / statistics.median(times[n])
+            out[n] = {"tok_s_best": round(best, 1), "tok_s_median": round(med, 1),
+                      "rounds_s": [round(t, 3) for t in times[n]], "params": cfg.num_params(),
+                      "flops_per_token": fpt, "mfu_best": round(best * fpt / peak["flops"], 4),
+                      "mfu_median": round(med * fpt / peak["flops"], 4), "heads": f"{cfg.n_q}/{cfg.n_k}/{cfg.n_v}",
+                      "d_aug": cfg.d_aug, "kv_bytes_per_token": cfg.kv_bytes_per_token()}
+        out["ratio_mini_gqa_median"] = round(out["mini"]["tok_s_median"] / out["gqa"]["tok_s_median"], 3)
+        res["precisions"][dtype] = out
+        print(f"{dtype}: measured matmul peak {out['matmul_peak_gflops']:,.1f} GFLOP/s (torch.mm n={peak['n']}; "
+              f"by n: {peak['by_size']})")
+        print(f"  {'model':<6} {'Q/K/V':>7} {'AugQ':>5} {'params':>11} {'GFLOP/tok':>10} {'tok/s best':>11} "
+              f"{'tok/s med':>10} {'MFU best':>9} {'MFU med':>8}")
+        for n in names:
+            r = out[n]
+            print(f"  {n:<6} {r['heads']:>7} {r['d_aug']:>5} {r['params']:>11,} {r['flops_per_token'] / 1e9:>10.4f} "
+                  f"{r['tok_s_best']:>11,.0f} {r['tok_s_median']:>10,.0f} {r['mfu_best']:>9.1%} {r['mfu_median']:>8.1%}")
+        print(f"  mini / gqa tokens/s (median): {out['ratio_mini_gqa_median']:.3f}  (FLOPs per token ratio "
+              f"{out['mini']['flops_per_token'] / out['gqa']['flops_per_token']:.3f})")
+    if write:
+        write_result("train", res, ("torch",), started)
     return res
 
 
 if __name__ == "__main__":
-    import os
-    import sys
-
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--batch", type=int, default=4)

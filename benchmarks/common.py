@@ -16,6 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def results_dir() -> Path:
+    """benchmarks/results/, or the folder MINISIGMA_BENCH_RESULTS names (scripts/gpu-check.sh, tests)."""
+    return Path(os.environ.get("MINISIGMA_BENCH_RESULTS") or RESULTS)
 PEER_ENVS = Path(os.environ.get("MINISIGMA_BENCH_ENVS", Path.home() / ".cache" / "minisigma" / "bench-peers"))
 
 
@@ -83,10 +88,11 @@ def ratio(ours: dict, peer: dict) -> dict:
 
 
 def write_result(name: str, result: dict, packages: tuple[str, ...], started: dict) -> Path:
-    """benchmarks/results/NAME.json: the result, the command line, the machine (load average at the start
-    and at the end) and the package versions."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """benchmarks/results/NAME.json (see `results_dir`): the result, the command line, the machine (load
+    average at the start and at the end) and the package versions."""
+    out = results_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
     end = machine()
     record = {"benchmark": name, "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
               "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

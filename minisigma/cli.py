@@ -328,12 +328,14 @@ def ablate_cmd(
 
 @bench_app.command("train")
 def bench_train_cmd(
-    steps: int = typer.Option(4, "--steps", min=1, help="timed optimizer steps per model"),
+    steps: int = typer.Option(4, "--steps", min=1, help="timed optimizer steps per model and round"),
     batch: int = typer.Option(4, "--batch", min=1),
     seq_len: int = typer.Option(256, "--seq-len", min=8),
+    rounds: int = typer.Option(3, "--rounds", min=1, help="alternating rounds (mini, gqa, mini, gqa, ...)"),
 ):
-    """Training tokens/s of the `mini` preset (DiffQKV + AugQ) vs the GQA baseline of the same size."""
-    load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len)
+    """Training tokens/s and MFU of the `mini` preset (DiffQKV + AugQ) vs the GQA baseline of the same size,
+    in float32 and bf16 (where native), against the matmul peak measured here; writes benchmarks/results/train.json."""
+    load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len, rounds=rounds)
 
 
 @app.command("report")
