@@ -156,7 +156,7 @@ def test_bad_datatrove_sections_are_one_line_errors(tmp_path):
 
 def test_shipped_datatrove_recipe_runs(tmp_path):
     """recipes/curation/datatrove.yaml, pointed at a folder of minisigma shards, curates them again."""
-    from curation.refine.realtext import stdlib_docs
+    from benchmarks.realtext import stdlib_docs
 
     docs = [d for d in stdlib_docs() if len(d["text"].split()) > 200][:12]
     with ShardWriter(tmp_path / "curated" / "00000.jsonl.gz") as w:
