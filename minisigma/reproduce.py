@@ -1,6 +1,7 @@
 """`minisigma reproduce`: the whole pipeline, from package registries to an HTML report.
 
-    curate (embedded default corpus, refine included) -> synth -> tokenizer + packing -> pretrain
+    curate (embedded default corpus, refine included) -> synth (pairs, Q&A, CMDGen-mini, and in the mini
+    recipe model rewrites) -> decontaminate (curated + kept rewrites) -> tokenizer + packing -> pretrain
     -> SFT (for every model of the recipe: mini-Sigma and its baselines) -> attention bench
     -> evaluate (perplexity, CMDGen-mini) -> report
 
@@ -165,6 +166,12 @@ def resumable(run_dir: Path) -> bool:
     return False
 
 
+def _stage_out(stage_dir: Path) -> int:
+    """Documents a finished stage wrote (0 when it did not run)."""
+    m = stage_dir / "manifest.json"
+    return json.loads(m.read_text())["counts"]["out"] if m.exists() else 0
+
+
 def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bool) -> list[tuple[str, Callable]]:
     prefix = r.runs_prefix
 
@@ -194,9 +201,22 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
         tasks = out / "synth" / "cmdgen" / "cmdgen.jsonl"
         cfg = DecontamConfig(eval_sets=[EvalSet(name="cmdgen", path=str(tasks))] if tasks.exists() else [])
         index = build_index(cfg)
-        m = run_stage(Decontam(cfg, index), list_shards(out / "curated"), out / "train_corpus",
-                      ray_address=ray_address, progress=progress, extra={"decontam": describe(cfg, index)})
-        return {"kept": m["counts"]["out"], "dropped": m["counts"]["dropped"]}
+        curated = list_shards(out / "curated")
+        # the synth stage's kept rewrites (its dropped ones are under rewrites/rejects/) join the corpus
+        rewrites = list_shards(out / "synth" / "rewrites")
+        sources = {"curated": _stage_out(out / "curated"), "synthetic_rewrites": _stage_out(out / "synth" / "rewrites")}
+        rw = out / "synth" / "rewrites" / "manifest.json"
+        if rw.exists():
+            st = json.loads(rw.read_text()).get("stats", {})
+            sources["synthetic_rewrites_by_source"] = {k[len("kept_from_"):]: v for k, v in st.items()
+                                                       if k.startswith("kept_from_")}
+            sources["synthetic_rewrites_by_template"] = {k[len("kept_"):]: v for k, v in st.items()
+                                                         if k.startswith("kept_") and not k.startswith("kept_from_")}
+        m = run_stage(Decontam(cfg, index), curated + rewrites, out / "train_corpus",
+                      ray_address=ray_address, progress=progress,
+                      extra={"decontam": describe(cfg, index), "sources": sources})
+        return {"kept": m["counts"]["out"], "dropped": m["counts"]["dropped"],
+                "synthetic_rewrites_in": sources["synthetic_rewrites"]}
 
     def corpus(name: str, recipe_path: Path):
         def run():

@@ -9,6 +9,8 @@
   The API key is read from the environment variable the recipe names, sent only in the
   Authorization header, and never stored (the cache keeps response bodies only, the stats keep
   counts only).
+- `LocalBackend` (synth/local.py): a GGUF or Hugging Face model run in this process (transformers,
+  or llama-cpp-python where installed), with the same cache and accounting.
 - `OfflineBackend`: deterministic and model-free (an extractive responder), for dry runs and for
   pipelines that must run without any LLM.
 
@@ -361,9 +363,16 @@ def make_backend(cfg, cache_dir: str | Path | None = None) -> Backend:
     """Build a backend from a recipe's `backend` section (see synth.recipe.BackendConfig)."""
     if cfg.kind == "offline":
         return OfflineBackend()
+    cache = cfg.cache_path or (Path(cache_dir) / "llm_cache.sqlite" if cache_dir else None)
+    if cfg.kind == "local":
+        from synth.local import LocalBackend, resolve_model  # synth.local builds on this module
+
+        return LocalBackend(resolve_model(cfg.model_package, cfg.model_path), runtime=cfg.runtime,
+                            cache_path=cache, batch_size=cfg.batch_size, threads=cfg.threads,
+                            temperature=cfg.temperature, top_p=cfg.top_p,
+                            repetition_penalty=cfg.repetition_penalty, seed=cfg.seed)
     if not cfg.base_url:
         raise UserError("backend.base_url: required for kind 'openai'")
-    cache = cfg.cache_path or (Path(cache_dir) / "llm_cache.sqlite" if cache_dir else None)
     return OpenAIBackend(cfg.base_url, cfg.model, api_key_env=cfg.api_key_env,
                          max_concurrency=cfg.max_concurrency, timeout=cfg.timeout_s,
                          retry=RetryPolicy(cfg.max_retries, cfg.backoff_s, cfg.max_backoff_s),

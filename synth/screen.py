@@ -13,8 +13,9 @@ Command pairs (`PairScreen.check` returns None to keep, or the drop reason):
 - `eval_overlap`      decontamination: the command equals an evaluation command, or the pair shares a
                       word n-gram (n from the recipe) with an evaluation task/command.
 
-Rewrites (`RewriteScreen.check`): `too_short` (under min_words), `lost_key_terms` (too few of the source's key terms
-kept), `low_quality` (a fastText quality classifier, when the recipe names one).
+Rewrites (`RewriteScreen.check`): degeneration (`empty`, `truncated`, `repetition_loop`, `prompt_echo`,
+`too_short`), faithfulness (`invented_option`, `invented_url`, `invented_number`, `lost_key_terms`) and
+`low_quality` (a fastText quality classifier, when the recipe names one); see the class.
 """
 
 from __future__ import annotations
@@ -218,32 +219,126 @@ def key_terms(text: str, k: int = 12) -> list[str]:
     return terms
 
 
+_URL = re.compile(r"(?:https?|ftp)://[^\s<>()\"'`]+|\bwww\.[^\s<>()\"'`]+", re.I)
+_REWRITE_OPT = re.compile(r"(?<![\w/.=:+-])(--[A-Za-z][\w-]*|-[A-Za-z][A-Za-z0-9]{0,3})(?![\w-])")
+_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+(?:\.\d+)*|\d{3,})(?![\w.]*\d)")
+_UNIT = re.compile(r"(\S.{1,40}?)\1{3,}", re.S)
+
+
+def urls(text: str) -> set[str]:
+    return {u.rstrip(".,;:!?'\")]}").lower() for u in _URL.findall(text)}
+
+
+def host(url: str) -> str:
+    return re.sub(r"^(?:https?|ftp)://", "", url).split("/", 1)[0].removeprefix("www.")
+
+
+def repeated_share(words: list[str], n: int = 4) -> float:
+    """Share of the word n-grams that repeat an earlier one (0 for varied text, near 1 for a loop)."""
+    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+def looping_unit(text: str) -> str | None:
+    """A short unit repeated 4+ times back to back ("bash:bash:bash:bash:"), with a letter in it."""
+    for m in _UNIT.finditer(text):
+        if re.search(r"[A-Za-z]", m.group(1)):
+            return m.group(1)
+    return None
+
+
 class RewriteScreen:
+    """Screens a model's rewrite of a passage; `check` returns (drop reason or None, info).
+
+    In order (the first that applies is the reason counted):
+    - degeneration: `empty` (no words), `truncated` (the model hit max_tokens: finish_reason
+      "length"), `repetition_loop` (a short unit repeated 4+ times back to back, or more than
+      `max_repeated_ngram_share` of the word 4-grams repeat), `prompt_echo` (more than
+      `max_echo_share` of the word 6-grams copied from the instruction and passage: the model gave
+      the input back), `too_short` (under min_words);
+    - faithfulness: `invented_option` (an option neither the tool's man page nor the passage
+      documents; clusters and attached values as for command pairs), `invented_url` (a URL whose
+      host the source does not name), `invented_number` (a number of 3+ digits or with a dot absent
+      from the source), `lost_key_terms` (too few of the passage's key terms kept);
+    - `low_quality`: a fastText quality classifier's score under min_quality (when there is one).
+    """
+
     def __init__(self, min_key_term_recall: float = 0.5, quality_model: str | None = None,
-                 quality_label: str = "__label__high", min_quality: float = 0.5, min_words: int = 20):
+                 quality_label: str = "__label__high", min_quality: float = 0.5, min_words: int = 20,
+                 max_repeated_ngram_share: float = 0.3, max_echo_share: float = 0.6, check_options: bool = True,
+                 check_urls: bool = True, check_numbers: bool = True):
+        from pathlib import Path
+
         self.min_recall = min_key_term_recall
         self.min_words = min_words
         self.quality_label = quality_label
         self.min_quality = min_quality
+        self.max_repeat = max_repeated_ngram_share
+        self.max_echo = max_echo_share
+        self.check_options, self.check_urls, self.check_numbers = check_options, check_urls, check_numbers
         self.model = None
+        self.max_words = None
         if quality_model:
-            import fasttext
+            import fasttext  # optional: only when a classifier is named
 
-            self.model = fasttext.load_model(str(quality_model))
+            qm = Path(quality_model)
+            if qm.is_dir():  # a curated run's classifier folder (curation.refine.classifiers layout)
+                info = qm / "info.json"
+                if info.is_file():
+                    import json
+
+                    self.max_words = json.loads(info.read_text())["config"]["fasttext"]["max_words"]
+                qm = qm / "model.bin"
+            self.model = fasttext.load_model(str(qm))
 
     def quality(self, text: str) -> float:
-        labels, probs = self.model.predict(" ".join(text.split()), k=-1)
+        words = text.split()
+        if self.max_words:
+            words = words[: self.max_words]
+        labels, probs = self.model.predict(" ".join(words), k=-1)
         return float(dict(zip(labels, probs)).get(self.quality_label, 0.0))
 
-    def check(self, source_text: str, rewrite: str) -> tuple[str | None, dict]:
-        if len(rewrite.split()) < self.min_words:
+    def check(self, source_text: str, rewrite: str, *, finish_reason: str | None = None, prompt: str = "",
+              documented_options: set[str] | None = None, min_key_term_recall: float | None = None
+              ) -> tuple[str | None, dict]:
+        words = rewrite.split()
+        if not words:
+            return "empty", {}
+        if finish_reason == "length":
+            return "truncated", {}
+        unit = looping_unit(rewrite)
+        share = repeated_share([w.lower() for w in words])
+        if unit is not None or share > self.max_repeat:
+            return "repetition_loop", {"repeated_4gram_share": round(share, 3), **({"unit": unit} if unit else {})}
+        if prompt:
+            mine = ngrams(rewrite, 6)
+            echo = len(mine & ngrams(prompt, 6)) / len(mine) if mine else 0.0
+            if echo > self.max_echo:
+                return "prompt_echo", {"echo_share": round(echo, 3)}
+        if len(words) < self.min_words:
             return "too_short", {}
+        if self.check_options:
+            known = set(documented_options or ()) | {m.group(1) for m in _REWRITE_OPT.finditer(source_text)}
+            bad = sorted({o for o in (m.group(1) for m in _REWRITE_OPT.finditer(rewrite)) if not option_ok(o, known)})
+            if bad:
+                return "invented_option", {"options": bad[:10]}
+        if self.check_urls:
+            src_hosts = {host(u) for u in urls(source_text)}
+            bad = sorted(u for u in urls(rewrite) if host(u) not in src_hosts)
+            if bad:
+                return "invented_url", {"urls": bad[:5]}
+        if self.check_numbers:
+            src_nums = set(_NUMBER.findall(source_text))
+            bad = sorted(set(_NUMBER.findall(rewrite)) - src_nums)
+            if bad:
+                return "invented_number", {"numbers": bad[:10]}
         terms = key_terms(source_text)
         low = rewrite.lower()
         kept = [t for t in terms if t.lower() in low]
         recall = len(kept) / len(terms) if terms else 1.0
         info = {"key_terms": terms, "key_term_recall": round(recall, 3)}
-        if recall < self.min_recall:
+        floor = self.min_recall if min_key_term_recall is None else min_key_term_recall
+        if recall < floor:
             return "lost_key_terms", info
         if self.model is not None:
             q = self.quality(rewrite)

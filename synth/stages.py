@@ -291,7 +291,15 @@ class QAPairs(Stage):
                     sink.write(q)
 
 
+def _order(doc: dict) -> str:
+    return hashlib.sha256(str(doc.get("id")).encode()).hexdigest()
+
+
 class Rewrite(Stage):
+    """LLM rewrites of passages, screened (synth.screen.RewriteScreen). The unit counted is a request
+    (document x template); what the backend answered and the screen dropped is in rejects/ with its
+    reason. With `max_docs` the stage is one task over all shards (a bounded, fixed sample)."""
+
     name = "synth.rewrites"
     cpus_per_task = 1
 
@@ -300,45 +308,92 @@ class Rewrite(Stage):
                           "backend": recipe.backend.model_dump(), "cache_dir": str(cache_dir)})
         self.recipe = recipe
 
+    def tasks(self, inputs: list[Path]) -> list[Task]:
+        if self.recipe.rewrite.max_docs:
+            return [Task(0, tuple(str(p) for p in inputs))]
+        return super().tasks(inputs)
+
+    def _docs(self, task: Task) -> list[dict]:
+        c = self.recipe.rewrite
+        docs = []
+        for shard in task.inputs:
+            ds = [d for d in read_docs(shard) if not c.sources or d.get("source") in c.sources]
+            docs += ds[: c.max_docs_per_shard] if c.max_docs_per_shard else ds
+        if c.max_docs:
+            docs = sorted(docs, key=_order)
+        return docs
+
     def process(self, task: Task, sink: Sink) -> None:
+        from pathlib import Path as _P
+
         from synth.backends import BackendError, make_backend
-        from synth.rewrite import build_messages, rewrite_record
+        from synth.rewrite import build_messages, command_of, page_of, passage_of, rewrite_record
         from synth.screen import RewriteScreen
 
         c = self.recipe.rewrite
         backend = make_backend(self.recipe.backend, self.config["cache_dir"])
-        screen = RewriteScreen(c.min_key_term_recall, c.quality_model, c.quality_label, c.min_quality, c.min_words)
-        docs = [d for d in read_docs(task.inputs[0]) if not c.sources or d.get("source") in c.sources]
-        if c.max_docs_per_shard:
-            docs = docs[: c.max_docs_per_shard]
+        quality = c.quality_model
+        if quality and not (_P(quality).is_file() or (_P(quality) / "model.bin").is_file()):
+            sink.stat("quality_model_missing")
+            quality = None
+        screen = RewriteScreen(c.min_key_term_recall, quality, c.quality_label, c.min_quality, c.min_words,
+                               max_repeated_ngram_share=c.max_repeated_ngram_share, max_echo_share=c.max_echo_share,
+                               check_options=c.check_options, check_urls=c.check_urls, check_numbers=c.check_numbers)
+        manpage_sources = tuple(self.recipe.commands.manpage_sources)
         jobs = []
-        for d in docs:
+        chosen = 0
+        for d in self._docs(task):
+            if c.max_docs and chosen >= c.max_docs:
+                break
+            page = page_of(d, manpage_sources)
+            passage = passage_of(d, page, c.passage)
+            if len(passage.split()) < c.min_passage_words:
+                sink.stat("short_passage")
+                continue
+            chosen += 1
+            sink.stat("docs_rewritten")
+            command = command_of(page, d)
+            documented = set(page.known_options) if page is not None else set()
             for t in c.templates:
-                msgs, body, truncated = build_messages(t, d, c.max_chars)
-                jobs.append((d, t, msgs, body, truncated))
+                if "{command}" in t.prompt and not command:
+                    sink.stat(f"no_command_{t.name}")
+                    continue
+                msgs, body, truncated = build_messages(t, d, c.max_chars, passage, command)
+                source_text = body + ("\n" + command if "{command}" in t.prompt else "")
+                jobs.append((d, t, msgs, source_text, truncated, documented, command))
+        openai = self.recipe.backend.kind == "openai"
         for start in range(0, len(jobs), c.batch_size):
             chunk = jobs[start:start + c.batch_size]
             groups: dict[tuple, list[int]] = {}
             for i, (_, t, *_rest) in enumerate(chunk):
-                groups.setdefault((t.max_tokens, t.temperature), []).append(i)
+                temp = t.temperature if t.temperature is not None else (0.0 if openai else None)
+                groups.setdefault((t.max_tokens, temp), []).append(i)
             results: list = [None] * len(chunk)
             for (max_tokens, temperature), idxs in groups.items():
                 outs = backend.chat_many([chunk[i][2] for i in idxs], return_exceptions=True,
                                          max_tokens=max_tokens, temperature=temperature)
                 for i, o in zip(idxs, outs):
                     results[i] = o
-            for (d, t, msgs, body, truncated), res in zip(chunk, results):
+            for (d, t, msgs, source_text, truncated, documented, command), res in zip(chunk, results):
                 rec_stub = {"source_id": d.get("id"), "template": t.name}
                 sink.take(d)
                 if isinstance(res, BackendError):
                     sink.quarantine(rec_stub | {"error": str(res)[:300]}, "backend_error")
                     continue
-                reason, info = screen.check(body, res.text)
-                rec = rewrite_record(t, d, res.text, res.model or backend.model, truncated,
-                                     {"finish_reason": res.finish_reason, **info})
+                # the offline backend is extractive by design (its answer is copied from the passage)
+                prompt = "" if self.recipe.backend.kind == "offline" else "\n".join(m["content"] for m in msgs)
+                reason, info = screen.check(source_text, res.text, finish_reason=res.finish_reason, prompt=prompt,
+                                            documented_options=documented, min_key_term_recall=t.min_key_term_recall)
+                extra = {"finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens, **info}
+                if command:
+                    extra["command"] = command
+                rec = rewrite_record(t, d, res.text, res.model or backend.model, truncated, extra)
                 if reason:
                     sink.drop(rec, reason)
+                    sink.stat(f"dropped_{t.name}")
                 else:
                     sink.write(rec)
+                    sink.stat(f"kept_{t.name}")
+                    sink.stat(f"kept_from_{d.get('source')}")
         for k, v in backend.stats().items():
             sink.stat(f"backend_{k}", v)

