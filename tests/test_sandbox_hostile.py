@@ -409,3 +409,26 @@ def test_a_command_cannot_forge_its_file_state(sandbox):
              "2>/dev/null; rm notes.txt")
     r = sandbox.run(forge, fixtures=FIXTURES, track=True)
     assert r.changes() is None or r.changes()["deleted"] == ["/scratch/notes.txt"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="as a normal user every sandbox runs as that user")
+def test_concurrent_sandboxes_do_not_share_the_process_limit():
+    """One sandbox at its process limit does not stop another from starting (each run has a host
+    user id of its own; RLIMIT_NPROC counts per user id, host-wide)."""
+    lim = Limits(wall_seconds=20, cpu_seconds=10, processes=12)
+    full = {}
+    with Sandbox(lim) as a, Sandbox(lim) as b:
+        t = threading.Thread(target=lambda: full.update(r=a.run(
+            "for i in $(seq 1 40); do sleep 4 & done 2>/dev/null; wait")))
+        t.start()
+        try:
+            for _ in range(200):  # until the first sandbox holds its processes (bounded: 20 s)
+                if int(subprocess.run(["sh", "-c", "ps -e -o args | grep -c '^sleep 4$'"], capture_output=True,
+                                      text=True).stdout or 0) >= lim.processes - 4:
+                    break
+                threading.Event().wait(0.1)
+            r = b.run("echo alive; (sleep 0.1 &) ; true")
+        finally:
+            t.join()
+    assert (r.status, r.stdout) == ("ok", "alive\n"), r
+    assert full["r"].status in {"ok", "error", "timeout", "killed"}, full["r"]

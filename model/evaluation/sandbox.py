@@ -25,8 +25,9 @@ namespaces:
   type, mode, sha256 of each regular file, symlink targets) before and after the command into a
   pipe the command itself has no descriptor of; ``Result.files_before`` / ``Result.files`` hold
   them and ``changes()`` the created, deleted and changed paths;
-- **no privileges**: when the evaluator runs as root it drops to ``nobody`` on the host before
-  starting bubblewrap; inside, the process has no capabilities and may not create namespaces;
+- **no privileges**: when the evaluator runs as root it drops, before starting bubblewrap, to a
+  host user id that no account has, drawn anew for each run (so that concurrent sandboxes do not
+  share RLIMIT_NPROC's per-user count, and none is ``nobody``, which daemons share); inside, the process has no capabilities and may not create namespaces;
 - **limits**: CPU seconds, address space, file size, open files and process count (setrlimit,
   inherited by everything inside), a cap on captured output, and a wall-clock timeout after which
   the whole sandbox is killed (killing bubblewrap tears down the PID namespace with every process
@@ -78,6 +79,10 @@ from typing import Sequence
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_UID = 1000  # the user id seen inside (mapped onto the unprivileged host user)
 NOBODY = 65534
+# As root, each run drops to a host user id of its own, drawn from this range (no account has
+# one): RLIMIT_NPROC counts the processes of a user id host-wide, so sandboxes sharing one user
+# (nobody) would exhaust each other's process limit when several run at once.
+RUN_UID_BASE, RUN_UID_SPAN = 1 << 30, 1 << 29
 
 # What /etc holds inside: enough for the dynamic linker, `alternatives` links (awk, editor ...),
 # time zone and libmagic; never credentials or host configuration.
@@ -266,7 +271,7 @@ class Sandbox:
               "--setenv", "TMPDIR", "/tmp"]
         return a
 
-    def _preexec(self, cgroup: "_Cgroup | None") -> None:
+    def _preexec(self, cgroup: "_Cgroup | None", run_uid: int) -> None:
         # Runs in the child between fork and exec: the cgroup and the limits first (as root they
         # can still be set), then drop root for good. Everything inside inherits all of them.
         if cgroup is not None:
@@ -280,8 +285,8 @@ class Sandbox:
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if self._drop_to_nobody:
             os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
+            os.setgid(run_uid)
+            os.setuid(run_uid)
 
     # ---------------------------------------------------------------- running
     def run(self, command: str, setup: str | None = None, tool: str | None = None,
@@ -329,12 +334,13 @@ class Sandbox:
             argv += ["--seccomp", str(r)]
         argv += ["--setenv", "MS_CMD", command, "--setenv", "MS_SETUP", setup or "",
                  "--setenv", "MS_TOOL", tool or "", "--", "/bin/bash", "-c", DRIVER]
+        run_uid = RUN_UID_BASE + int.from_bytes(os.urandom(4), "little") % RUN_UID_SPAN
         t0 = time.monotonic()
         try:
             try:
                 proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                         stderr=subprocess.PIPE, cwd="/", start_new_session=True,
-                                        preexec_fn=lambda: self._preexec(cgroup), close_fds=True,
+                                        preexec_fn=lambda: self._preexec(cgroup, run_uid), close_fds=True,
                                         pass_fds=pass_fds + tree.pass_fds,
                                         # bubblewrap itself is PID 1 inside and its /proc/1/environ is
                                         # readable there: it must not carry the evaluator's environment.
