@@ -43,6 +43,7 @@ from synth.commands import _WRAPPERS, command_words, family
 
 EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
 GPU_NO_EXECUTE = "a GPU tool: needs a GPU and its driver, which the sandbox has not (scored by exact match and CMD score)"
+UNRUNNABLE = "the reference does not run in the sandbox: "  # + the probe's status and stderr line
 
 
 def is_heldout(key: str, fraction: float, seed: str) -> bool:
@@ -127,7 +128,8 @@ def order_key(pair: dict) -> tuple:
     return (0 if rule.startswith("example") else 1, hashlib.sha256(pair["id"].encode()).hexdigest())
 
 
-def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None = None) -> dict:
+def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None = None,
+              no_execute: str | None = None) -> dict:
     info = info or {}
     item = {"id": f"cmdgen-{pair['id']}", "task": pair["task"], "command": pair["command"], "tool": pair["tool"],
             "suite": info.get("suite") or "general"}
@@ -135,6 +137,8 @@ def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None 
         item["package"] = info["package"]
     if item["suite"] == "gpu":
         item["no_execute"] = GPU_NO_EXECUTE
+    elif no_execute:
+        item["no_execute"] = no_execute
     if fixtures:
         item["fixtures"] = fixtures
     return item
@@ -319,20 +323,22 @@ class FixtureProbe:
     def available(self) -> bool:
         return self.sandbox is not None
 
-    def choose(self, pair: dict, candidates: list[list[dict]]) -> tuple[list[dict], str | None]:
-        """(fixtures, status of the reference under them); status None when nothing could be run."""
-        from model.evaluation.cmdgen import _fixtures_from
+    def choose(self, pair: dict, candidates: list[list[dict]]) -> tuple[list[dict], str | None, str]:
+        """(fixtures, status of the reference under them, why it did not run: the status and the
+        first line of its stderr); status None when nothing could be run."""
+        from model.evaluation.cmdgen import _fixtures_from, program_of
 
         if self.sandbox is None:
-            return candidates[0], None
+            return candidates[0], None, ""
         first = None
         for fixtures in candidates:
-            r = self.sandbox.run(pair["command"], tool=pair["tool"], fixtures=_fixtures_from(fixtures, "probe"),
-                                 track=True)
+            r = self.sandbox.run(pair["command"], tool=program_of(pair["command"]),
+                                 fixtures=_fixtures_from(fixtures, "probe"), track=True)
             if first is None:
-                first = (fixtures, r.status)
+                line = next((x.strip() for x in r.stderr.splitlines() if x.strip()), "")
+                first = (fixtures, r.status, f"{r.status} (exit {r.exit_code}): {line[:160]}" if line else r.status)
             if r.status == "ok":
-                return fixtures, "ok"
+                return fixtures, "ok", ""
         return first
 
     def close(self) -> None:
@@ -341,4 +347,4 @@ class FixtureProbe:
 
 
 __all__ = ["Split", "is_heldout", "eval_problem", "family", "order_key", "eval_item", "write_jsonl", "read_jsonl",
-           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE"]
+           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE", "UNRUNNABLE"]

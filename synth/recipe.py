@@ -71,6 +71,12 @@ class CmdgenConfig(Section):
     answerable_only: bool = True  # drop items whose task cannot determine the command (eval_problem)
     fixtures: bool = True  # give each item the files its command names (synth/cmdgen_set.derive_fixtures)
     probe: bool = True  # run each reference in the sandbox with and without them, keep what runs
+    # the caps take a tool's runnable candidates first (synth/stages.CmdgenSet._select)
+    prefer_executable: bool = True
+    # a general item whose reference the probe could not run (needs root, a device, the network, an
+    # operand the option line does not give) gets no_execute with the probe's reason: it is scored
+    # by exact match and CMD score, and the executed share runs what it scores
+    execute_only_runnable: bool = True
 
 
 class QAConfig(Section):

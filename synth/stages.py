@@ -22,7 +22,7 @@ from pathlib import Path
 
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import list_shards, read_docs
-from synth.cmdgen_set import FixtureProbe, Split, derive_fixtures, eval_item, eval_problem, order_key, program_info, read_jsonl
+from synth.cmdgen_set import UNRUNNABLE, FixtureProbe, Split, derive_fixtures, eval_item, eval_problem, order_key, program_info, read_jsonl
 from synth.commands import family, mine_manpage, mine_snippets
 from synth.recipe import SynthRecipe
 
@@ -154,25 +154,18 @@ class CmdgenSet(Stage):
 
     def _select(self, task, sink, split, index, train_cmds, train_ngrams, train_tools, candidates, checker,
                 tool_info, probe) -> None:
-        """Keep the answerable candidates within the caps; give each its package, suite and fixtures."""
+        """Keep the answerable candidates within the caps; give each its package, suite and fixtures.
+
+        With `cmdgen.prefer_executable`, the caps take first, tool by tool, the candidates whose
+        reference exits 0 in the sandbox (probed with their fixtures), then the others in the usual
+        order (examples first): a tool keeps its tasks, and the set runs what it scores where the
+        tool's documentation allows it."""
         from synth.screen import ngrams, normalize_command
 
         r = self.recipe
-        per_tool: dict[str, int] = {}
-        per_family: dict[str, int] = {}
-        kept = 0
+        eligible = []
         for p in sorted(candidates, key=order_key):
             sink.take(p)
-            fam = family(p["tool"])
-            if kept >= r.cmdgen.max_tasks:
-                sink.drop(p, "over_max_tasks")
-                continue
-            if per_tool.get(p["tool"], 0) >= r.cmdgen.max_per_tool:
-                sink.drop(p, "over_max_per_tool")
-                continue
-            if per_family.get(fam, 0) >= r.cmdgen.max_per_family:
-                sink.drop(p, "over_max_per_family")
-                continue
             if split.level == "item" and p["tool"] not in train_tools:
                 sink.drop(p, "tool_unseen_in_training")  # item level asks about tools the model was taught
                 continue
@@ -184,21 +177,50 @@ class CmdgenSet(Stage):
             if reason:
                 sink.drop(p, reason)
                 continue
+            eligible.append(p)
+
+        def prepare(p: dict) -> tuple[dict, list | None, str | None, str]:
+            info = tool_info.get(p["tool"]) or {"package": None, "suite": "general"}
+            if info["suite"] == "gpu" or not r.cmdgen.fixtures:
+                return info, None, None, ""
+            derived = derive_fixtures(p)
+            if probe is None or not probe.available:
+                return info, derived, None, ""
+            return (info, *probe.choose(p, [derived, []] if derived else [[]]))
+
+        prepared = {id(p): prepare(p) for p in eligible} if r.cmdgen.prefer_executable else {}
+        if prepared:
+            eligible.sort(key=lambda p: (prepared[id(p)][0]["suite"] == "general" and prepared[id(p)][2] != "ok",
+                                         order_key(p)))
+        per_tool: dict[str, int] = {}
+        per_family: dict[str, int] = {}
+        kept = 0
+        for p in eligible:
+            fam = family(p["tool"])
+            if kept >= r.cmdgen.max_tasks:
+                sink.drop(p, "over_max_tasks")
+                continue
+            if per_tool.get(p["tool"], 0) >= r.cmdgen.max_per_tool:
+                sink.drop(p, "over_max_per_tool")
+                continue
+            if per_family.get(fam, 0) >= r.cmdgen.max_per_family:
+                sink.drop(p, "over_max_per_family")
+                continue
             per_tool[p["tool"]] = per_tool.get(p["tool"], 0) + 1
             per_family[fam] = per_family.get(fam, 0) + 1
             kept += 1
-            info = tool_info.get(p["tool"]) or {"package": None, "suite": "general"}
-            fixtures = None
+            info, fixtures, status, why = prepared.get(id(p)) or prepare(p)
+            no_execute = None
             if info["suite"] == "gpu":
                 sink.stat("suite_gpu")
             elif r.cmdgen.fixtures:
-                derived = derive_fixtures(p)
-                fixtures = derived
-                if probe is not None and probe.available:
-                    fixtures, status = probe.choose(p, [derived, []] if derived else [[]])
+                if status is not None:
                     sink.stat(f"reference_{status}")
+                    if status != "ok" and r.cmdgen.execute_only_runnable:
+                        no_execute = UNRUNNABLE + why
                 sink.stat("with_fixtures" if fixtures else "without_fixtures")
-            sink.write({**eval_item(p, info, fixtures), "text": p["text"], "metadata": p.get("metadata", {})})
+            sink.write({**eval_item(p, info, fixtures, no_execute), "text": p["text"],
+                        "metadata": p.get("metadata", {})})
 
 
 class ScreenPairs(Stage):

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
-from synth.cmdgen_set import GPU_NO_EXECUTE, FixtureProbe, derive_fixtures, program_info
+from synth.cmdgen_set import GPU_NO_EXECUTE, UNRUNNABLE, FixtureProbe, derive_fixtures, program_info
 
 REPO = Path(__file__).resolve().parent.parent
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -64,11 +64,14 @@ def test_probe_keeps_the_fixtures_under_which_the_reference_runs():
         ]
         for pair, with_fixtures in cases:
             derived = derive_fixtures(pair)
-            fixtures, status = probe.choose(pair, [derived, []])
+            fixtures, status, _ = probe.choose(pair, [derived, []])
             assert status == "ok", pair
             assert bool(fixtures) is with_fixtures, pair
-        fixtures, status = probe.choose({"task": "t", "command": "cat missing.txt.gz", "tool": "cat"}, [[]])
-        assert status == "error" and fixtures == []
+        fixtures, status, why = probe.choose({"task": "t", "command": "cat missing.txt.gz", "tool": "cat"}, [[]])
+        assert status == "error" and fixtures == [] and why.startswith("error (exit 1): cat: missing.txt.gz")
+        # a man page's tool name is not the program: git-commit runs as git
+        _, status, why = probe.choose({"task": "t", "command": "git --version", "tool": "git-version"}, [[]])
+        assert status == "ok" and why == ""
     finally:
         probe.close()
 
@@ -83,8 +86,8 @@ def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
     from tests.synth_manpages import build_corpus
 
     corpus = tmp_path / "corpus"
-    summary = build_corpus(corpus, ["rocm-smi", "grep", "gzip"], per_shard=100)
-    assert summary["packages"] == 3, summary
+    summary = build_corpus(corpus, ["rocm-smi", "coreutils", "grep", "gzip"], per_shard=100)
+    assert summary["packages"] == 4, summary
     recipe = tmp_path / "synth.yaml"
     base = yaml.safe_load((REPO / "recipes" / "synth" / "default.yaml").read_text())
     base.update(executor="local")
@@ -98,8 +101,12 @@ def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
     assert gpu and general, items
     assert all(i["tool"] == "rocm-smi" and i["package"] == "rocm-smi" and i["no_execute"] == GPU_NO_EXECUTE
                and "fixtures" not in i for i in gpu)
-    assert all(i["package"] in ("grep", "gzip") and "no_execute" not in i for i in general)
+    assert all(i["package"] in ("coreutils", "grep", "gzip") for i in general)
     stats = ms["cmdgen"]["stats"]
+    # a general item is executed exactly when the builder's probe ran its reference
+    runnable = [i for i in general if "no_execute" not in i]
+    assert len(runnable) == stats.get("reference_ok", 0) and runnable
+    assert all(i["no_execute"].startswith(UNRUNNABLE) for i in general if "no_execute" in i)
     assert stats["suite_gpu"] == len(gpu)
     tasks = load_tasks(tmp_path / "run" / "cmdgen" / "cmdgen.jsonl")
     ev = Evaluator(CmdgenSection())
@@ -109,4 +116,4 @@ def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
         ev.close()
     g = s["per_suite"]["gpu"]
     assert g["exact_match"] == 1.0 and g["executable"] == 0 and g["dropped"] == {"no_execute": len(gpu)}
-    assert s["per_suite"]["general"]["executable"] == stats.get("reference_ok", 0)
+    assert s["per_suite"]["general"]["executable"] == len(runnable)  # every probed reference runs again

@@ -55,6 +55,7 @@ import base64
 import hashlib
 import json
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,19 @@ def generate_answers(model, tokenizer, tasks: Sequence[Task], max_new_tokens: in
 
 
 # ----------------------------------------------------------------------------------- scoring
+def program_of(command: str) -> str | None:
+    """The program a command starts (its first shell word), for the sandbox's "is it installed"
+    check; None when the first word is not a plain program name (an assignment, a subshell ...).
+    A task's `tool` names the man page ("git-commit"); the program is what runs ("git")."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    if not words or not re.fullmatch(r"[\w.+/-]+", words[0]) or "=" in words[0]:
+        return None
+    return words[0]
+
+
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n] + f"... [{len(s) - n} more characters]"
 
@@ -330,9 +344,9 @@ class Evaluator:
         return self.sandbox.run(command, setup=task.setup, tool=tool, fixtures=task.fixtures, track=True)
 
     def _reference(self, task: Task, command: str):
-        key = (command, task.setup, task.tool, task.fixtures)
+        key = (command, task.setup, task.fixtures)
         if key not in self._refs:
-            self._refs[key] = self._run(task, command, tool=task.tool)
+            self._refs[key] = self._run(task, command, tool=program_of(command))
         return self._refs[key]
 
     def references(self, task: Task) -> list:
