@@ -12,11 +12,61 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 
 from minisigma.bench import load_benchmark
 from minisigma.core.errors import UserError
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
+
+def error_line(exc: BaseException) -> str | None:
+    """The one line a user sees for an expected failure, or None for a bug (which keeps its traceback).
+
+    Expected: a UserError (bad input, raised where the input is read) and an OSError that names a
+    file (a path that is in the way, a read-only or full file system, a permission refused)."""
+    if isinstance(exc, UserError):
+        return f"error: {exc}"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        where = f"{exc.filename}" + (f" -> {exc.filename2}" if exc.filename2 is not None else "")
+        return f"error: {where}: {exc.strerror or exc}"
+    return None
+
+
+class _Commands(TyperGroup):
+    """The command group: the one place a command's expected failure becomes `error: ...` and exit 2.
+
+    It wraps every command's invocation (sub-groups included), inside Typer's own handling, which
+    would otherwise print a traceback or, for an EOFError, a bare "Aborted!" with exit 1."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as e:  # noqa: BLE001 - re-raised below unless it is an expected failure
+            line = error_line(e)
+            if line is None:
+                raise
+            print(line.replace("\n", " "), file=sys.stderr)
+            raise typer.Exit(2) from None
+
+
+def out_dir(path: Path, option: str = "--out", _dirs_of: Path | None = None) -> Path:
+    """An output directory argument: neither it nor a parent may be an existing file."""
+    for p in (path, *path.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{p}: {option} {_dirs_of or path} needs a directory here, but this is a file")
+            break
+    return path
+
+
+def out_file(path: Path, option: str = "--out") -> Path:
+    """An output file argument: not an existing directory, and no parent an existing file."""
+    if path.is_dir():
+        raise UserError(f"{path}: {option} names the file to write, but this is a directory")
+    out_dir(path.parent, option, _dirs_of=path)
+    return path
+
+
+app = typer.Typer(cls=_Commands, no_args_is_help=True, add_completion=False, help=__doc__.splitlines()[0])
 manifest_app = typer.Typer(no_args_is_help=True, help="Inspect, verify and compare run manifests.")
 bench_app = typer.Typer(no_args_is_help=True, help="Side-by-side performance benchmarks.")
 app.add_typer(manifest_app, name="manifest")
@@ -37,6 +87,8 @@ def reproduce_cmd(
     """Curate -> synth -> tokenize -> pretrain -> SFT -> evaluate -> report, resuming where a previous run stopped."""
     from minisigma.reproduce import reproduce
 
+    if out is not None:
+        out_dir(out)
     reproduce(recipe, out, ray_address=ray_address, progress=not quiet, seed=seed)
 
 
@@ -54,7 +106,7 @@ def curate_cmd(
     from minisigma.core import manifest
 
     r = curation_recipe.load(recipe)
-    run_dir = pipeline.curate(r, out, ray_address=ray_address, progress=not quiet)
+    run_dir = pipeline.curate(r, out_dir(out), ray_address=ray_address, progress=not quiet)
     manifest.show(run_dir)
 
 
@@ -107,13 +159,14 @@ def manifest_diff(
 def synth_cmd(
     recipe: Path = typer.Argument(..., help="a synth recipe (recipes/synth/*.yaml)"),
     in_dir: Path = typer.Option(..., "--in", help="curated shards (NNNNN.jsonl.gz)"),
-    out_dir: Path = typer.Option(..., "--out", help="run directory for the synth stages"),
+    out: Path = typer.Option(..., "--out", help="run directory for the synth stages"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join this Ray cluster"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ):
     """Make instruction pairs, Q&A pairs and rewrites from curated documents, screened, with manifests."""
     from synth.pipeline import run_synth
 
-    run_synth(recipe, in_dir, out_dir, ray_address=ray_address)
+    run_synth(recipe, in_dir, out_dir(out), ray_address=ray_address, progress=not quiet)
 
 
 @app.command("serve")
@@ -204,6 +257,7 @@ def bench_attention_cmd(
     """DiffQKV (4 K / 16 V heads) vs GQA (16/16): KV bytes/token, decode latency vs context, prefill and
     training-step time, printed side by side with the paper's targets; writes a latency PNG."""
     bench_attention = load_benchmark("bench_attention")
+    out_dir(out)
 
     def ints(s: str, what: str) -> list[int]:
         try:
@@ -256,10 +310,10 @@ def eval_cmd(
             raise UserError(f"{checkpoint}: checkpoint directory not found")
         section = cmdgen.CmdgenSection(tasks=str(tasks), threshold=threshold, max_new_tokens=max_new_tokens,
                                        execute=not no_execute)
-        out_dir = out or Path("runs/eval/cmdgen")
-        s = cmdgen.evaluate_checkpoint(tasks, checkpoint, out_dir, section, show_progress=True)
+        dest = out_dir(out or Path("runs/eval/cmdgen"))
+        s = cmdgen.evaluate_checkpoint(tasks, checkpoint, dest, section, show_progress=True)
         o = s["overall"]
-        print(f"{o['tasks']} tasks -> {out_dir}/results.jsonl, {out_dir}/summary.json")
+        print(f"{o['tasks']} tasks -> {dest}/results.jsonl, {dest}/summary.json")
         print("  " + "  ".join(f"{m}={'-' if o[m] is None else f'{o[m]:.3f}'}" for m in
                                 ("accuracy", "exact_match", "success", "cmd_score", "output_score", "calibration")))
         return
@@ -288,7 +342,8 @@ def tokenize_cmd(
 
     r = train.load_train_recipe(recipe)
     if not in_dir.is_dir():
-        raise UserError(f"--in {in_dir}: not a directory")
+        raise UserError(f"{in_dir}: --in must be a directory of curated shards")
+    out_dir(out)
     tok = tokenizer.build_tokenizer(r.tokenizer, in_dir, out)
     m = data.tokenize_corpus(in_dir, tok, out, r.data)
     print(f"vocab {m['vocab_size']}  train {m['train_tokens']:,} tokens  val {m['val_tokens']:,} tokens -> {out}")
@@ -322,7 +377,7 @@ def ablate_cmd(
     """Train every variant x seed of an ablation with equal budgets; write a table (mean, spread) and a plot."""
     from model import ablations
 
-    res = ablations.main(recipe, quick=quick, out_dir=out, tokens_dir=tokens)
+    res = ablations.main(recipe, quick=quick, out_dir=out_dir(out) if out is not None else None, tokens_dir=tokens)
     print(res["table_md"])
 
 
@@ -348,7 +403,9 @@ def report_cmd(
     evaluation tables, attention efficiency and the ablation table next to the paper's numbers."""
     from minisigma import report
 
-    path = report.build(run_dir, out)
+    if screenshot is not None:
+        out_file(screenshot, "--screenshot")
+    path = report.build(run_dir, out_file(out) if out is not None else None)
     print(path)
     if screenshot is not None:
         print(report.screenshot(path, screenshot, height=5600))
@@ -430,12 +487,8 @@ def bench_minhash_cmd(
 
 
 def main() -> None:
-    """Console entry point: turns a UserError anywhere into one line and exit code 2."""
-    try:
-        app()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    """Console entry point (expected failures become one line and exit code 2 in `_Commands.invoke`)."""
+    app()
 
 
 if __name__ == "__main__":

@@ -11,10 +11,12 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from minisigma.core.errors import UserError
 from model.gpt import GPT, ModelConfig
+from model.tokenizer import read_tokenizer_file
 
 FORMAT = "minisigma-diffqkv"
 FORMAT_VERSION = 1
@@ -41,10 +43,13 @@ def load_config(ckpt_dir) -> ModelConfig:
     if not path.is_file():
         raise UserError(f"{ckpt_dir}: not a model checkpoint (no config.json)")
     try:
-        meta = json.loads(path.read_text())
+        meta = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: invalid UTF-8 at byte {e.start}") from None
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
-    if meta.get("format") != FORMAT:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        meta = meta if isinstance(meta, dict) else {}
         raise UserError(f"{path}: format is {meta.get('format')!r}, expected {FORMAT!r}")
     try:
         return ModelConfig.from_dict(meta["model"])
@@ -60,10 +65,17 @@ def load_pretrained(ckpt_dir, device="cpu", dtype: torch.dtype | None = None):
     if not weights.is_file():
         raise UserError(f"{ckpt}: model.safetensors is missing")
     model = GPT(cfg)
-    state = load_file(str(weights))
-    if cfg.tie_embeddings:
+    try:
+        state = load_file(str(weights))
+    except SafetensorError as e:  # a truncated file, a bad header, not safetensors at all
+        raise UserError(f"{weights}: not a readable safetensors file ({e})") from None
+    if cfg.tie_embeddings and "embed.weight" in state:
         state["lm_head.weight"] = state["embed.weight"]
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # a tensor of the wrong shape for config.json
+        first = str(e).splitlines()[-1].strip()
+        raise UserError(f"{weights}: weights do not match config.json ({first})") from None
     if missing or unexpected:
         raise UserError(f"{weights}: weights do not match config.json "
                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
@@ -71,9 +83,7 @@ def load_pretrained(ckpt_dir, device="cpu", dtype: torch.dtype | None = None):
     model.eval()
     tok = None
     if (ckpt / "tokenizer.json").is_file():
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_file(str(ckpt / "tokenizer.json"))
+        tok = read_tokenizer_file(ckpt / "tokenizer.json")
     return model, cfg, tok
 
 

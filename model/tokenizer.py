@@ -87,6 +87,18 @@ def train_tokenizer(docs: Iterable[dict], vocab_size: int, min_frequency: int = 
     return tok, stats
 
 
+def read_tokenizer_file(path: str | Path):
+    """`tokenizers.Tokenizer.from_file`, with a damaged file (bad JSON, not a tokenizer, unreadable) as a
+    UserError naming it."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for every malformed file
+        first = (str(e).splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a valid tokenizer.json ({first})") from None
+
+
 def load_tokenizer(path: str | Path):
     """Load tokenizer.json (a file, or a directory that holds one) and check the special tokens."""
     from tokenizers import Tokenizer
@@ -96,10 +108,7 @@ def load_tokenizer(path: str | Path):
         p = p / "tokenizer.json"
     if not p.is_file():
         raise UserError(f"{p}: tokenizer.json not found")
-    try:
-        tok = Tokenizer.from_file(str(p))
-    except Exception as e:  # tokenizers raises a bare Exception on malformed JSON
-        raise UserError(f"{p}: not a tokenizer.json ({str(e).splitlines()[0]})") from None
+    tok = read_tokenizer_file(p)
     missing = [s for s in SPECIAL_TOKENS if tok.token_to_id(s) is None]
     if missing:
         raise UserError(f"{p}: tokenizer lacks the special tokens {', '.join(missing)}")

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import time
+import zipfile
 from pathlib import Path
 
 from minisigma.core.errors import UserError
@@ -270,6 +271,44 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
     return steps[-1] if steps else None
 
 
+CKPT_KEYS = ("state_dict", "global_step", "optimizer_states", "loops")
+
+
+def check_checkpoint(path: Path) -> None:
+    """Fail with a UserError naming `path` unless it is a loadable Lightning checkpoint.
+
+    Lightning would otherwise fail deep inside `fit` with a traceback, or resume from damaged weights.
+    The file is memory-mapped (mmap=True), so checking a large checkpoint costs no second copy of its
+    tensors. A sharded (FSDP) checkpoint is a directory; Lightning's strategy checks those itself.
+    """
+    import torch
+
+    if path.is_dir():
+        return
+    # torch.save writes a zip archive; a truncated one has lost its central directory at the end
+    if not zipfile.is_zipfile(path):
+        raise UserError(f"{path}: not a readable checkpoint (truncated, or not written by torch.save)")
+    # torch.load does not check the members' CRC-32: damaged tensor bytes would load as bad weights
+    # (one sequential read of the file, which Lightning then reads again)
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise UserError(f"{path}: not a readable checkpoint ({e})") from None
+    if bad is not None:
+        raise UserError(f"{path}: damaged checkpoint ({bad} fails its CRC-32 check)")
+    try:
+        # weights_only=False: Lightning's own resume loads it the same way (optimizer and loop state
+        # are not plain tensors); this is the run's own checkpoint, written by this project.
+        ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch.load's errors for a damaged file have no common type
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
+    missing = [k for k in CKPT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise UserError(f"{path}: not a Lightning training checkpoint (no {', '.join(missing)})")
+
+
 def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None, callbacks=()) -> dict:
     """Train per the recipe; returns a summary dict (also written to out_dir/summary.json)."""
     import lightning.pytorch as pl
@@ -286,6 +325,7 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
         ckpt_path = latest_checkpoint(ckpt_dir)
         if ckpt_path is None:
             raise UserError(f"--resume: no checkpoint in {ckpt_dir}")
+        check_checkpoint(ckpt_path)
     elif _is_launcher_rank() and ((out / "steps.jsonl").exists() or latest_checkpoint(ckpt_dir)):
         raise UserError(f"{out} already holds a run; use --resume to continue it or choose another out_dir")
     out.mkdir(parents=True, exist_ok=True)

@@ -19,11 +19,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from rich.console import Console
 from rich.table import Table
 
 from minisigma import __version__
 from minisigma.core.errors import UserError
+from minisigma.core.recipes import format_validation_error
 from minisigma.core.shards import DOC_SUFFIXES, atomic_write_json, count_records, dumps, sha256_file
 
 MANIFEST = "manifest.json"
@@ -31,8 +33,66 @@ SHOWN_ERRORS = 20  # `show` lists this many of a stage's failures by name; the m
 SCHEMA = "minisigma.core.manifest/1"
 
 
-def read_json(path: str | Path) -> dict:
-    return json.loads(Path(path).read_text(encoding="utf-8"))
+def read_json(path: str | Path):
+    """A JSON file's value; a missing, unreadable or malformed file is a UserError naming it (and the line)."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a directory, not a JSON file") from None
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: invalid UTF-8 at byte {e.start}") from None
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+
+
+class _Entry(BaseModel):
+    """One output or rejects shard listed in a stage manifest."""
+
+    model_config = ConfigDict(extra="allow")
+    path: str
+    sha256: str
+    docs: int = Field(ge=0)
+
+    @field_validator("path")
+    @classmethod
+    def _inside_stage(cls, v: str) -> str:
+        # verify joins it to the stage directory: it must not point outside it
+        if not v or Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError("must be a relative path inside the stage directory")
+        return v
+
+
+class _Counts(BaseModel):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    in_: int = Field(alias="in", ge=0)
+    out: int = Field(ge=0)
+    dropped: dict[str, int]
+    quarantined: dict[str, int]
+
+
+class _StageManifest(BaseModel):
+    """The fields of a stage manifest that show, verify and diff rely on (others are kept as they are)."""
+
+    model_config = ConfigDict(extra="allow")
+    counts: _Counts
+    outputs: list[_Entry]
+    rejects: list[_Entry] = []
+
+
+def load_manifest(path: str | Path) -> dict:
+    """A stage manifest (as written by build_manifest), checked: a malformed one is a UserError naming the
+    file and the first bad key, e.g. ``run/crawl/manifest.json: outputs: Field required``."""
+    m = read_json(path)
+    if not isinstance(m, dict):
+        raise UserError(f"{path}: a manifest must be a JSON object")
+    try:
+        _StageManifest.model_validate(m)
+    except ValidationError as e:
+        raise UserError(format_validation_error(str(path), e)) from None
+    return m
 
 
 def code_version() -> dict:
@@ -65,7 +125,7 @@ def describe_inputs(inputs: Iterable[Path], sha256_of: Callable[[Path], str] = s
             continue
         m = p.parent / MANIFEST
         if str(p.parent) not in known:
-            known[str(p.parent)] = {o["path"]: o for o in read_json(m)["outputs"]} if m.exists() else {}
+            known[str(p.parent)] = {o["path"]: o for o in load_manifest(m)["outputs"]} if m.exists() else {}
         row = {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size}
         listed = known[str(p.parent)].get(p.name)
         if listed is not None:
@@ -153,11 +213,15 @@ def stage_dirs(run_dir: str | Path) -> list[Path]:
     if (run_dir / MANIFEST).exists():
         return [run_dir]
     # Stage manifests carry `counts`; other manifest.json files (tokenizer, training) are not stages.
-    dirs = [p.parent for p in run_dir.rglob(MANIFEST)
-            if "rejects" not in p.parts and "counts" in read_json(p)]
+    dirs = [p.parent for p in run_dir.rglob(MANIFEST) if "rejects" not in p.parts and _is_stage(p)]
     if not dirs:
         raise UserError(f"{run_dir}: no stage manifests (manifest.json) found")
-    return sorted(dirs, key=lambda d: (read_json(d / MANIFEST).get("started_at", ""), str(d)))
+    return sorted(dirs, key=lambda d: (str(load_manifest(d / MANIFEST).get("started_at", "")), str(d)))
+
+
+def _is_stage(path: Path) -> bool:
+    m = read_json(path)
+    return isinstance(m, dict) and "counts" in m
 
 
 def _fmt_reasons(d: dict) -> str:
@@ -183,14 +247,14 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
                    ("quarantined", "left"), ("seconds", "right")]:
         table.add_column(col, justify=j)
     for d in stage_dirs(run_dir):
-        m = read_json(d / MANIFEST)
+        m = load_manifest(d / MANIFEST)
         c = m["counts"]
         rel = str(d.relative_to(run_dir)) if d != run_dir else d.name
         table.add_row(rel, str(len(m["outputs"])), f"{c['in']:,}", f"{c['out']:,}", f"{c.get('tokens_out', 0):,}",
                       _mb(sum(o.get("text_bytes", 0) for o in m["outputs"])), _fmt_reasons(c["dropped"]),
                       _fmt_reasons(c["quarantined"]), f"{m.get('seconds', 0):,.1f}")
     console.print(table)
-    stats_rows = [(d, read_json(d / MANIFEST).get("stats", {})) for d in stage_dirs(run_dir)]
+    stats_rows = [(d, load_manifest(d / MANIFEST).get("stats", {})) for d in stage_dirs(run_dir)]
     for d, stats in stats_rows:
         if stats:
             console.print(f"[bold]{d.name}[/bold] stats: " + _fmt_reasons(stats))
@@ -217,7 +281,7 @@ def show(run_dir: str | Path, console: Console | None = None) -> None:
 def verify_stage(stage_dir: Path) -> list[str]:
     """Problems found in one stage directory (empty list = verified)."""
     problems = []
-    m = read_json(stage_dir / MANIFEST)
+    m = load_manifest(stage_dir / MANIFEST)
     name = m.get("stage", stage_dir.name)
     c = m["counts"]
     dropped = sum(c["dropped"].values())
@@ -266,8 +330,9 @@ def diff(run_dir: str | Path, reference_dir: str | Path, rel_tol: float = 0.10,
     `rel_tol` (relative) are reported."""
     console = console or _console()
     run_dir, reference_dir = Path(run_dir), Path(reference_dir)
-    ours = {str(d.relative_to(run_dir)) if d != run_dir else ".": read_json(d / MANIFEST) for d in stage_dirs(run_dir)}
-    ref = {str(d.relative_to(reference_dir)) if d != reference_dir else ".": read_json(d / MANIFEST)
+    ours = {str(d.relative_to(run_dir)) if d != run_dir else ".": load_manifest(d / MANIFEST)
+            for d in stage_dirs(run_dir)}
+    ref = {str(d.relative_to(reference_dir)) if d != reference_dir else ".": load_manifest(d / MANIFEST)
            for d in stage_dirs(reference_dir)}
     table = Table(title=f"{run_dir} vs reference {reference_dir}")
     for col in ["stage", "metric", "run", "reference", "delta"]:

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from minisigma.core import manifest as mf
+from minisigma.core.errors import UserError
 from minisigma.core.progress import StageProgress, filtered_stderr, log
 from minisigma.core.shards import (
     DOC_SUFFIXES,
@@ -314,7 +315,23 @@ def _execute_ray(stage: Stage, tasks: list[Task], out_dir: Path, on_done: Callab
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
-            on_done(ray.get(ref))
+            on_done(ray_result(ref))
+
+
+def ray_result(ref):
+    """`ray.get(ref)`, except that a task's UserError (or OSError naming a file: bad input) reaches the
+    driver as itself, not wrapped in a RayTaskError whose message carries the worker's traceback, so
+    the CLI prints it as one line like any other UserError."""
+    import ray
+    from ray.exceptions import RayTaskError
+
+    try:
+        return ray.get(ref)
+    except RayTaskError as e:
+        cause = e.cause
+        if isinstance(cause, UserError) or (isinstance(cause, OSError) and cause.filename):
+            raise cause from None
+        raise
 
 
 def _execute_local(stage: Stage, tasks: list[Task], out_dir: Path, on_done: Callable[[dict], None]) -> None:
@@ -412,4 +429,5 @@ def run_stage(
     return m
 
 
-__all__ = ["Stage", "Task", "Sink", "run_stage", "text_docs", "run_task", "ensure_ray", "count_tokens", "TOKEN_UNIT", "dumps"]
+__all__ = ["Stage", "Task", "Sink", "run_stage", "text_docs", "run_task", "ensure_ray", "count_tokens", "TOKEN_UNIT", "dumps",
+           "ray_result"]

@@ -21,8 +21,11 @@ import io
 import json
 import os
 import re
+import zlib
 from pathlib import Path
 from typing import Iterable, Iterator
+
+from minisigma.core.errors import UserError
 
 SHARD_GLOB = "[0-9][0-9][0-9][0-9][0-9].jsonl.gz"
 JSONL = ".jsonl.gz"
@@ -46,16 +49,42 @@ def dumps(record: dict) -> str:
 
 
 def read_docs(path: str | os.PathLike) -> Iterator[dict]:
-    """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet."""
+    """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet.
+
+    A damaged jsonl shard raises UserError naming the file and the line: a line that is not a JSON
+    object, invalid UTF-8, or a gzip stream that is cut short or corrupt (the records before it are
+    yielded).
+    """
     path = Path(path)
     if path.name.endswith(PARQUET):
         yield from read_parquet(path)
         return
     opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                yield json.loads(line)
+    lineno = 0
+    try:
+        # Binary lines decoded one at a time, so an encoding error names its own line (a text-mode
+        # reader decodes in chunks, ahead of the line being parsed). surrogatepass: what ShardWriter
+        # encodes with.
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                line = raw.decode("utf-8", "surrogatepass")
+                if line.strip():
+                    record = json.loads(line)
+                    if not isinstance(record, dict):
+                        raise UserError(f"{path}:{lineno}: not a JSON object")
+                    yield record
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}:{lineno}: invalid UTF-8") from None
+    except (EOFError, zlib.error, gzip.BadGzipFile) as e:
+        # EOFError: the gzip stream ends before its end marker (a truncated file).
+        what = "truncated" if isinstance(e, EOFError) else f"not a valid gzip file ({e})"
+        raise UserError(f"{path}: {what}, after line {lineno}") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: a directory, not a shard") from None
+    except FileNotFoundError:
+        raise UserError(f"{path}: shard not found") from None
 
 
 def iter_docs(stage_dir: str | os.PathLike) -> Iterator[dict]:
@@ -81,9 +110,9 @@ def count_records(path: str | os.PathLike) -> int:
         import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
 
         return pq.ParquetFile(path).metadata.num_rows
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return sum(1 for line in f if line.strip())
+    # Every line parsed: a shard that lists the right count but holds a damaged record is not intact
+    # (read_docs names the file and line of the damage).
+    return sum(1 for _ in read_docs(path))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
@@ -264,9 +293,13 @@ class ParquetShardWriter:
 
 def read_parquet(path: str | os.PathLike, batch_size: int = 1024) -> Iterator[dict]:
     """Yield the Documents of a Parquet shard (null columns left out, metadata decoded)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
 
-    f = pq.ParquetFile(path)
+    try:
+        f = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:  # a truncated file has lost its footer
+        raise UserError(f"{path}: not a readable Parquet shard ({e})") from None
     meta = f.schema_arrow.metadata or {}
     json_meta = meta.get(b"minisigma.metadata") == b"json"
     for batch in f.iter_batches(batch_size=batch_size):
