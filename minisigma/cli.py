@@ -137,7 +137,7 @@ def manifest_snapshot(
     """Keep the small record of a run (stage manifests, stage times, evaluation summaries) for `manifest diff`."""
     from minisigma.core import manifest
 
-    files = manifest.snapshot(run_dir, dest)
+    files = manifest.snapshot(run_dir, out_dir(dest, "DEST"))
     print(f"{len(files)} files -> {dest}")
 
 
@@ -172,7 +172,7 @@ def synth_cmd(
 @app.command("serve")
 def serve_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="a model directory (model.safetensors + config.json)"),
-    port: int = typer.Option(8000, "--port", help="TCP port (0 = any free port)"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="TCP port (0 = any free port)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on"),
     model_name: Optional[str] = typer.Option(None, "--model-name", help="model id reported by /v1/models"),
     max_batch: int = typer.Option(8, "--max-batch", help="largest batch of concurrent requests"),
@@ -414,7 +414,7 @@ def report_cmd(
 @bench_app.command("curation")
 def bench_curation(
     src: Path = typer.Argument(..., help="a crawl directory (NNNNN.warc.gz, e.g. runs/tiny/crawl) or a folder of HTML files"),
-    limit: int = typer.Option(400, help="pages to use, spread over the input (0 = all)"),
+    limit: int = typer.Option(400, min=0, help="pages to use, spread over the input (0 = all)"),
     rounds: int = typer.Option(3, min=1, help="alternating timed rounds per side (A B A B ...)"),
     shards: int = typer.Option(4, min=1, help="WARC shards the pages are dealt into"),
     peer: bool = typer.Option(True, help="also time datatrove (same trafilatura settings, fast=True and fast=False)"),
@@ -467,17 +467,19 @@ def classifier_train_cmd(
 
 @bench_app.command("dedup")
 def bench_dedup_cmd(
-    docs: int = typer.Option(3000, help="base documents of the quality corpus (variants are added)"),
-    scale_docs: int = typer.Option(3000, help="documents of the 1x corpus for the memory check (10x is also run)"),
+    docs: int = typer.Option(3000, min=1, help="base documents of the quality corpus (variants are added)"),
+    scale_docs: int = typer.Option(3000, min=1, help="documents of the 1x corpus for the memory check (10x is also run)"),
     executor: str = typer.Option("ray", help="ray or local"),
 ):
     """MinHash dedup quality vs brute-force exact Jaccard, and clustering memory at 1x vs 10x corpus size."""
+    if executor not in ("ray", "local"):
+        raise UserError(f"--executor: expected ray or local, got {executor!r}")
     load_benchmark("bench_dedup").run(docs, scale_docs, executor)
 
 
 @bench_app.command("minhash")
 def bench_minhash_cmd(
-    docs: int = typer.Option(2000, help="man-page documents to sign"),
+    docs: int = typer.Option(2000, min=1, help="man-page documents to sign"),
     rounds: int = typer.Option(5, min=1, help="alternating timed rounds per side (A B A B ...)"),
     peer: bool = typer.Option(True, help="also time datatrove (in its own venv: datatrove's pin xxhash<4)"),
 ):

@@ -74,7 +74,8 @@ def read_docs(path: str | os.PathLike) -> Iterator[dict]:
                         raise UserError(f"{path}:{lineno}: not a JSON object")
                     yield record
     except json.JSONDecodeError as e:
-        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        # e.pos, not e.colno: the line still ends in its newline, which colno would count as a line
+        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.pos + 1})") from None
     except UnicodeDecodeError:
         raise UserError(f"{path}:{lineno}: invalid UTF-8") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
