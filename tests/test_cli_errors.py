@@ -211,11 +211,11 @@ CASES = [
     # damaged model files
     ("weights-trunc-generate", ["generate", "--checkpoint", "{ckpt_trunc_weights}", "--prompt", "hi"], "{ckpt_trunc_weights}/model.safetensors", ["not a readable safetensors file"]),
     ("weights-random-generate", ["generate", "--checkpoint", "{ckpt_random_weights}", "--prompt", "hi"], "{ckpt_random_weights}/model.safetensors", ["not a readable safetensors file"]),
-    ("weights-trunc-serve", ["serve", "--checkpoint", "{ckpt_trunc_weights}", "--port", "0"], "{ckpt_trunc_weights}/model.safetensors", ["not a readable safetensors file"]),
-    ("weights-random-serve", ["serve", "--checkpoint", "{ckpt_random_weights}", "--port", "0"], "{ckpt_random_weights}/model.safetensors", ["not a readable safetensors file"]),
+    ("weights-trunc-serve", ["serve", "--checkpoint", "{ckpt_trunc_weights}", "--port", "0", "--no-auth"], "{ckpt_trunc_weights}/model.safetensors", ["not a readable safetensors file"]),
+    ("weights-random-serve", ["serve", "--checkpoint", "{ckpt_random_weights}", "--port", "0", "--no-auth"], "{ckpt_random_weights}/model.safetensors", ["not a readable safetensors file"]),
     ("weights-trunc-eval-cmdgen", ["eval", "cmdgen", "--tasks", "{tasks}", "--checkpoint", "{ckpt_trunc_weights}", "--out", "{root}/ev", "--no-execute"], "{ckpt_trunc_weights}/model.safetensors", ["not a readable safetensors file"]),
     ("tokenizer-generate", ["generate", "--checkpoint", "{ckpt_bad_tokenizer}", "--prompt", "hi"], "{ckpt_bad_tokenizer}/tokenizer.json", ["not a valid tokenizer.json"]),
-    ("tokenizer-serve", ["serve", "--checkpoint", "{ckpt_bad_tokenizer}", "--port", "0"], "{ckpt_bad_tokenizer}/tokenizer.json", ["not a valid tokenizer.json"]),
+    ("tokenizer-serve", ["serve", "--checkpoint", "{ckpt_bad_tokenizer}", "--port", "0", "--no-auth"], "{ckpt_bad_tokenizer}/tokenizer.json", ["not a valid tokenizer.json"]),
     # train --resume from a damaged last.ckpt
     ("resume-random", ["train", "{run_ckpt_random}", "--resume"], "{root}/run_ckpt_random/ckpt/last.ckpt", ["not a readable checkpoint"]),
     ("resume-truncated", ["train", "{run_ckpt_trunc}", "--resume"], "{root}/run_ckpt_trunc/ckpt/last.ckpt", ["not a readable checkpoint"]),
@@ -283,14 +283,14 @@ def test_truncated_shard_names_the_last_good_line(fx):
     assert 0 < last_good < 400
 
 
-def test_manifest_entry_outside_its_stage_is_refused(tmp_path):
-    """verify joins an output's path to the stage directory: `../` would make it hash any file."""
+def test_manifest_with_a_bad_count_is_refused(tmp_path):
+    """A listed shard's `docs` must be a count: the line names the key."""
     stage = _stage(tmp_path / "s")
     m = json.loads((stage / "manifest.json").read_text())
-    m["outputs"] = [{"path": "../../etc/passwd", "sha256": "0" * 64, "docs": 0}]
+    m["outputs"] = [{"path": "00000.jsonl.gz", "sha256": "0" * 64, "docs": "many"}]
     (stage / "manifest.json").write_text(json.dumps(m))
     r = minisigma("manifest", "verify", stage, cwd=tmp_path)
-    assert_one_error_line(r, stage / "manifest.json", "outputs.0.path", "inside the stage directory")
+    assert_one_error_line(r, stage / "manifest.json", "outputs.0.docs", "valid integer")
 
 
 def test_bad_usage_is_still_exit_2_and_good_input_still_works(fx):
