@@ -143,3 +143,26 @@ def test_a_registered_stage_runs_in_a_recipe_without_touching_the_pipeline(tmp_p
 
     with pytest.raises(UserError, match=r"refine.drop_mentions.wrod: unknown key"):
         load_refine_config(tmp_path / "bad.yaml")
+
+
+def test_quality_threshold_per_source_keeps_the_top_fraction_of_each_source(docs, tmp_path):
+    """A source unlike the training documents (here: the same pages with their words shuffled, which
+    the quality model scores low) keeps its own top fraction instead of being dropped wholesale."""
+    from curation.refine.classify import Classify, ClassifyConfig, resolve_threshold
+
+    train_quality(docs, QualityTrainConfig(), tmp_path / "q")
+    real = [{**d, "source": "pydoc"} for d in docs[:100]]  # the odd source is a small minority
+    odd = [{**n, "id": f"odd{i}", "source": "odd", "metadata": {}}
+           for i, n in enumerate(make_negatives(docs[100:112], ["shuffled_words"], 1.0, seed=3))]
+    shard = tmp_path / "00000.jsonl.gz"
+    with ShardWriter(shard) as w:
+        w.write_all(real + odd)
+    kept = {}
+    for per_source in (False, True):
+        cfg = ClassifyConfig(quality_keep_fraction=0.9, quality_per_source=per_source)
+        thr, how = resolve_threshold(cfg, tmp_path / "q", [shard])
+        assert isinstance(thr, dict) == per_source and how["keep_fraction"] == 0.9
+        f = Classify(cfg, tmp_path / "q", None, thr)
+        kept[per_source] = Counter(d["source"] for d in real + odd if f.decide(dict(d)) is None)
+    assert kept[False]["odd"] < 0.5 * len(odd)  # one threshold: the odd source mostly goes
+    assert kept[True]["odd"] >= 0.85 * len(odd) and kept[True]["pydoc"] >= 0.85 * len(real)

@@ -33,6 +33,10 @@ class ClassifyConfig(Section):
     quality_min_score: Optional[float] = None
     quality_keep_fraction: Optional[float] = 0.9  # used when quality_min_score is not set
     percentile_sample: int = 20_000
+    # Sigma processes each source separately: with this, the keep fraction applies within each
+    # document `source` (its own percentile threshold), so a source unlike the rest (PDF papers
+    # scored by a classifier trained mostly on documentation pages) is not dropped wholesale.
+    quality_per_source: bool = False
     drop_categories: list[str] = []
 
 
@@ -58,7 +62,7 @@ class Classify(Filter, RefineStep):
     Config = ClassifyConfig
 
     def __init__(self, config: ClassifyConfig, quality_dir: str | Path, category_dir: str | Path | None,
-                 threshold: float | None):
+                 threshold: float | dict[str, float] | None):
         super().__init__(config)
         self.quality_dir = str(quality_dir)
         self.category_dir = str(category_dir) if category_dir else None
@@ -76,7 +80,9 @@ class Classify(Filter, RefineStep):
             scores(doc)["category"] = round(p, 5)
             if lab in self.config.drop_categories:
                 return f"category_{lab}"
-        if self.threshold is not None and q < self.threshold:
+        thr = self.threshold.get(str(doc.get("source")), self.threshold.get("*")) \
+            if isinstance(self.threshold, dict) else self.threshold
+        if thr is not None and q < thr:
             return "quality_below_threshold"
         return None
 
@@ -116,17 +122,24 @@ def resolve_threshold(c: ClassifyConfig, quality_dir: str | Path, inputs: list[P
         return c.quality_min_score, {"rule": "quality_min_score", "threshold": c.quality_min_score}
     if c.quality_keep_fraction is None or c.quality_keep_fraction >= 1.0:
         return None, {"rule": "none"}
-    # Deterministic sample: every k-th document over all shards.
-    sample = []
+    # Deterministic sample: every k-th document over all shards (within each source, per source).
+    by_source: dict[str, list[str]] = {}
     for p in inputs:
         for d in read_docs(p):
             if isinstance(d.get("text"), str):
-                sample.append(d["text"])
-    step = max(1, len(sample) // c.percentile_sample)
-    sample = sample[::step]
-    if not sample:
+                key = str(d.get("source")) if c.quality_per_source else "*"
+                by_source.setdefault(key, []).append(d["text"])
+    if not by_source:
         return None, {"rule": "quality_keep_fraction", "sample": 0}
-    vals = np.array([quality_score(str(quality_dir), t) for t in sample])
-    thr = float(np.quantile(vals, 1.0 - c.quality_keep_fraction, method="lower"))
-    return thr, {"rule": "quality_keep_fraction", "keep_fraction": c.quality_keep_fraction, "sample": len(sample),
-                 "threshold": round(thr, 6)}
+    thresholds, sizes = {}, {}
+    for key, texts in sorted(by_source.items()):
+        sample = texts[::max(1, len(texts) // c.percentile_sample)]
+        vals = np.array([quality_score(str(quality_dir), t) for t in sample])
+        thresholds[key] = float(np.quantile(vals, 1.0 - c.quality_keep_fraction, method="lower"))
+        sizes[key] = len(sample)
+    if not c.quality_per_source:
+        thr = thresholds["*"]
+        return thr, {"rule": "quality_keep_fraction", "keep_fraction": c.quality_keep_fraction,
+                     "sample": sizes["*"], "threshold": round(thr, 6)}
+    return thresholds, {"rule": "quality_keep_fraction per source", "keep_fraction": c.quality_keep_fraction,
+                        "sample": sizes, "threshold": {k: round(v, 6) for k, v in thresholds.items()}}
