@@ -299,7 +299,7 @@ class Sandbox:
         failure, the sandbox's own included, is a Result with a status.
         """
         try:
-            with FixtureTree(fixtures, track, self.limits.scratch_bytes, self._drop_to_nobody) as tree:
+            with FixtureTree(fixtures, track, self.limits.scratch_bytes) as tree:
                 return self._run(command, setup, tool, tree)
         except Exception as e:  # a failure of the sandbox itself, never of what the command did
             return self._result("sandbox_error", None, "", f"minisigma-sandbox: {type(e).__name__}: {e}", 0.0)
@@ -521,11 +521,10 @@ class FixtureTree:
     """The host side of one run's fixtures and state tracking (module docstring): the per-task tree
     bound read-only at /.fixtures, the tmpfs mounts for its top-level directories, and the state pipe."""
 
-    def __init__(self, fixtures: Sequence[Fixture], track: bool, tmpfs_bytes: int, readable_by_all: bool):
+    def __init__(self, fixtures: Sequence[Fixture], track: bool, tmpfs_bytes: int):
         self.fixtures = list(fixtures)
         self.track = track
         self.tmpfs_bytes = tmpfs_bytes
-        self.readable_by_all = readable_by_all
         self.mounts: list[str] = []
         self.env: list[str] = []
         self.pass_fds: tuple[int, ...] = ()
