@@ -188,7 +188,7 @@ def serve_cmd(
     max_connections: int = typer.Option(64, "--max-connections", min=1, help="more are answered 503"),
 ):
     """Serve a checkpoint over an OpenAI-compatible HTTP API (chat/completions, streaming), with an API key."""
-    from synth.server import Limits, read_api_key, serve
+    from model.server import Limits, read_api_key, serve
 
     if not checkpoint.is_dir():
         raise UserError(f"{checkpoint}: checkpoint directory not found")

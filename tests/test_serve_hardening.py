@@ -15,7 +15,7 @@ import pytest
 import requests
 
 from synth.backends import BackendError, OpenAIBackend
-from synth.server import read_api_key
+from model.server import read_api_key
 from minisigma.core.errors import UserError
 from tests.synth_helpers import REPO, ServeProcess, build_tiny_checkpoint
 

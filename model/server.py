@@ -62,6 +62,9 @@ from pathlib import Path
 from aiohttp import web
 
 from minisigma.core.errors import UserError
+from model.chat import answer_text, render_prompt, stop_ids
+from model.generation import eos_ids_of, stream_ids
+from model.io import load_pretrained
 
 DEFAULT_MAX_TOKENS = 64
 API_KEY_ENV = "MINISIGMA_API_KEY"
@@ -155,8 +158,6 @@ class ModelServer:
     def __init__(self, checkpoint: str | Path, model_name: str | None = None, max_batch: int = 8,
                  batch_wait_s: float = 0.005, device: str = "auto"):
         import torch
-
-        from model.io import load_pretrained
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -272,8 +273,6 @@ class ModelServer:
 
     def prompt_ids(self, kind: str, body: dict) -> tuple[list[int], str]:
         """Validated, length-checked, then tokenized (run in a worker thread)."""
-        from model.chat import render_prompt
-
         if kind == "chat":
             msgs = self.chat_messages(body.get("messages"))
             self.count("prompts_tokenized")
@@ -298,14 +297,9 @@ class ModelServer:
 
     # -- generation
     def _eos(self) -> list[int]:
-        from model.chat import stop_ids
-        from model.generation import eos_ids_of
-
         return sorted(set(stop_ids(self.tok)) | set(eos_ids_of(self.tok)))
 
     def _run(self, prompts: list[list[int]], params: tuple):
-        from model.generation import stream_ids
-
         max_tokens, temperature, top_k, top_p, stop, seed = params
         stop_fn = None
         if stop:
@@ -357,7 +351,6 @@ class ModelServer:
 
     def _text(self, gen_ids: list[int], chat: bool) -> str:
         # a chat answer is encoded after one space (model/chat.py); a text completion is not
-        from model.chat import answer_text
 
         return answer_text(self.tok, gen_ids) if chat else self.tok.decode(gen_ids)
 
