@@ -39,6 +39,7 @@ import re
 import shlex
 from pathlib import Path
 
+from minisigma.core.sandbox import Limits, Sandbox, SandboxUnavailable, check_available, fixtures_from, program_of
 from synth.commands import _WRAPPERS, command_words, family
 
 EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
@@ -310,8 +311,6 @@ class FixtureProbe:
     `available` is False where no sandbox can be made; then derived fixtures are kept unprobed."""
 
     def __init__(self, wall_seconds: float = 10.0):
-        from model.evaluation.sandbox import Limits, Sandbox, SandboxUnavailable, check_available
-
         try:
             check_available()
         except SandboxUnavailable:
@@ -326,14 +325,12 @@ class FixtureProbe:
     def choose(self, pair: dict, candidates: list[list[dict]]) -> tuple[list[dict], str | None, str]:
         """(fixtures, status of the reference under them, why it did not run: the status and the
         first line of its stderr); status None when nothing could be run."""
-        from model.evaluation.cmdgen import _fixtures_from, program_of
-
         if self.sandbox is None:
             return candidates[0], None, ""
         first = None
         for fixtures in candidates:
             r = self.sandbox.run(pair["command"], tool=program_of(pair["command"]),
-                                 fixtures=_fixtures_from(fixtures, "probe"), track=True)
+                                 fixtures=fixtures_from(fixtures, "probe"), track=True)
             if first is None:
                 line = next((x.strip() for x in r.stderr.splitlines() if x.strip()), "")
                 first = (fixtures, r.status, f"{r.status} (exit {r.exit_code}): {line[:160]}" if line else r.status)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 
-from model.evaluation import sandbox as sandbox_module
-from model.evaluation.sandbox import Fixture, Limits, Sandbox, SandboxUnavailable, check_available
+from minisigma.core import sandbox as sandbox_module
+from minisigma.core.sandbox import Fixture, Limits, Sandbox, SandboxUnavailable, check_available
 
 
 def _unavailable() -> str | None:

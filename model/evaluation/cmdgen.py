@@ -22,7 +22,7 @@ Task file format (JSON Lines, UTF-8, one object per line, blank lines ignored)::
                 ``{"path", "type": file|dir|symlink (default file), "content" (text) or "base64",
                 "mode": "0644" (octal text), "target" (symlinks)}``; relative paths are in the
                 working directory /scratch, absolute ones under a top-level directory such as
-                /data (model/evaluation/sandbox.py: Fixture)
+                /data (minisigma/core/sandbox.py: Fixture)
 - ``setup``     optional bash run after the fixtures, in the same sandbox (its output is discarded)
 - ``no_execute`` optional: why the task is scored without execution (exact match, CMD score and
                 Calibration only), e.g. "needs a GPU"
@@ -39,7 +39,7 @@ Success and Output score with its reason (``dropped_reason``: ``reference_error`
 For every task the model is prompted with the chat template (``build_messages`` -- the same
 template SFT trains on, model/chat.py), the first line of its answer is taken as the command
 (``extract_command``), the generated and the reference command run in fresh sandboxes
-(model/evaluation/sandbox.py) after the task's setup, and the metrics of
+(minisigma/core/sandbox.py) after the task's setup, and the metrics of
 model/evaluation/metrics.py are computed. Outputs, in the output directory:
 
 - ``results.jsonl``  one line per task: the task, the raw and extracted generation, the executions
@@ -55,7 +55,6 @@ import base64
 import hashlib
 import json
 import re
-import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,18 +63,30 @@ from typing import Callable, Sequence
 from pydantic import Field
 
 from minisigma.core.errors import UserError
+from minisigma.core.progress import StageProgress
 from minisigma.core.recipes import Section
-from model.evaluation.sandbox import Fixture
+from minisigma.core.sandbox import (
+    Fixture,
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    check_available,
+    fixtures_from,
+    program_of,
+)
+from model.chat import answer_text, pair_to_messages, render_prompt, stop_ids
+from model.evaluation.metrics import Embedder, Execution, score_task, summarize
+from model.generation import generate_ids
+from model.io import load_pretrained
 
 REQUIRED = ("id", "task", "tool")  # plus one of "command" / "commands"
 OPTIONAL = ("command", "commands", "setup", "fixtures", "package", "suite", "no_execute")
 RESERVED = ("metadata",)  # and every key starting with "x-"
-FIXTURE_KEYS = ("path", "type", "content", "base64", "mode", "target")
 _SUITE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 class SandboxSection(Section):
-    """Resource limits of each command execution (model/evaluation/sandbox.Limits)."""
+    """Resource limits of each command execution (minisigma.core.sandbox.Limits)."""
 
     wall_seconds: float = Field(10.0, gt=0, le=600)
     cpu_seconds: int = Field(5, ge=1, le=600)
@@ -86,8 +97,6 @@ class SandboxSection(Section):
     scratch_mb: int = Field(32, ge=1)
 
     def limits(self):
-        from model.evaluation.sandbox import Limits
-
         return Limits(wall_seconds=self.wall_seconds, cpu_seconds=self.cpu_seconds,
                       memory_bytes=self.memory_mb << 20, output_bytes=self.output_kb << 10,
                       processes=self.processes, file_bytes=self.file_mb << 20,
@@ -191,57 +200,11 @@ def _task_from(obj, p: Path, lineno: int) -> Task:
     suite = obj.get("suite", "general")
     if not isinstance(suite, str) or not _SUITE.match(suite):
         raise UserError(f"{where}: 'suite' must be a lower-case name like 'general' or 'gpu'")
-    fixtures = _fixtures_from(obj.get("fixtures", []), where)
+    fixtures = fixtures_from(obj.get("fixtures", []), where)
     return Task(id=obj["id"], task=obj["task"].strip(), commands=tuple(dict.fromkeys(c.strip() for c in commands)),
                 tool=obj["tool"].strip(), setup=obj.get("setup") or None, fixtures=fixtures,
                 package=(obj.get("package") or "").strip() or None, suite=suite,
                 no_execute=(obj.get("no_execute") or "").strip() or None)
-
-
-def _fixtures_from(raw, where: str) -> tuple[Fixture, ...]:
-    if not isinstance(raw, list):
-        raise UserError(f"{where}: 'fixtures' must be a list of objects")
-    out = []
-    seen = set()
-    for n, f in enumerate(raw):
-        at = f"{where}: fixtures[{n}]"
-        if not isinstance(f, dict):
-            raise UserError(f"{at}: expected an object")
-        unknown = sorted(set(f) - set(FIXTURE_KEYS))
-        if unknown:
-            raise UserError(f"{at}: unknown key {unknown[0]!r} (allowed: {', '.join(FIXTURE_KEYS)})")
-        if not isinstance(f.get("path"), str):
-            raise UserError(f"{at}: 'path' must be a string")
-        if "content" in f and "base64" in f:
-            raise UserError(f"{at}: give 'content' or 'base64', not both")
-        content: str | bytes = ""
-        if "content" in f:
-            if not isinstance(f["content"], str):
-                raise UserError(f"{at}: 'content' must be a string")
-            content = f["content"]
-        elif "base64" in f:
-            try:
-                content = base64.b64decode(f["base64"], validate=True)
-            except (ValueError, TypeError):
-                raise UserError(f"{at}: 'base64' is not valid base64") from None
-        mode = f.get("mode")
-        if mode is not None:
-            if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3,4}", mode):
-                raise UserError(f"{at}: 'mode' must be octal text such as \"0644\"")
-            mode = int(mode, 8)
-        target = f.get("target")
-        if target is not None and not isinstance(target, str):
-            raise UserError(f"{at}: 'target' must be a string")
-        fx = Fixture(path=f["path"], type=f.get("type", "file"), content=content, mode=mode, target=target)
-        try:
-            fx.check()
-        except ValueError as e:
-            raise UserError(f"{at}: {e}") from None
-        if fx.location() in seen:
-            raise UserError(f"{at}: path {fx.path!r} is declared twice")
-        seen.add(fx.location())
-        out.append(fx)
-    return tuple(out)
 
 
 # ----------------------------------------------------------------------------------- prompting
@@ -249,15 +212,11 @@ def build_messages(task: Task | str) -> list[dict]:
     """The conversation the model sees for a task: exactly the user turn of an SFT pair
     {"task", "command"} rendered by model.chat.pair_to_messages (no system message), so evaluation
     prompts and SFT data share one template."""
-    from model.chat import pair_to_messages
-
     text = task.task if isinstance(task, Task) else task
     return pair_to_messages({"task": text, "command": "-"})[:-1]
 
 
 def prompt_ids(task: Task | str, tokenizer) -> list[int]:
-    from model.chat import render_prompt
-
     return render_prompt(build_messages(task), tokenizer)
 
 
@@ -282,9 +241,6 @@ def extract_command(text: str) -> str:
 def generate_answers(model, tokenizer, tasks: Sequence[Task], max_new_tokens: int = 64,
                      batch_size: int = 8, on_batch: Callable[[int], None] | None = None) -> list[str]:
     """Greedy answers of the model for each task (raw text, before extract_command)."""
-    from model.chat import answer_text, stop_ids
-    from model.generation import generate_ids
-
     out: list[str] = []
     stops = stop_ids(tokenizer)
     for i in range(0, len(tasks), batch_size):
@@ -298,19 +254,6 @@ def generate_answers(model, tokenizer, tasks: Sequence[Task], max_new_tokens: in
 
 
 # ----------------------------------------------------------------------------------- scoring
-def program_of(command: str) -> str | None:
-    """The program a command starts (its first shell word), for the sandbox's "is it installed"
-    check; None when the first word is not a plain program name (an assignment, a subshell ...).
-    A task's `tool` names the man page ("git-commit"); the program is what runs ("git")."""
-    try:
-        words = shlex.split(command)
-    except ValueError:
-        words = command.split()
-    if not words or not re.fullmatch(r"[\w.+/-]+", words[0]) or "=" in words[0]:
-        return None
-    return words[0]
-
-
 def _clip(s: str, n: int) -> str:
     return s if len(s) <= n else s[:n] + f"... [{len(s) - n} more characters]"
 
@@ -320,15 +263,11 @@ class Evaluator:
     so evaluating several checkpoints on one task file runs each reference once."""
 
     def __init__(self, section: CmdgenSection | None = None, embedder=None):
-        from model.evaluation.metrics import Embedder
-
         self.section = section or CmdgenSection()
         # embedder=False: only the sandbox is wanted (check_references), no scoring model
         self.embedder = None if embedder is False else (embedder or Embedder())
         self.sandbox = None
         if self.section.execute:
-            from model.evaluation.sandbox import Sandbox, SandboxUnavailable, check_available
-
             try:
                 check_available()
             except SandboxUnavailable as e:
@@ -367,8 +306,6 @@ class Evaluator:
         return f"reference_{refs[0].status}"
 
     def score(self, task: Task, answer: str) -> dict:
-        from model.evaluation.metrics import Execution, score_task
-
         generated = extract_command(answer)
         refs = self.references(task)
         gen = None
@@ -412,8 +349,6 @@ def evaluate_answers(tasks: Sequence[Task], answers: Sequence[str], out_dir: str
                      evaluator: Evaluator, meta: dict | None = None,
                      progress: Callable[[int], None] | None = None) -> dict:
     """Score answers (one per task), write results.jsonl and summary.json; return the summary."""
-    from model.evaluation.metrics import summarize
-
     if len(answers) != len(tasks):
         raise ValueError(f"{len(answers)} answers for {len(tasks)} tasks")
     out = Path(out_dir)
@@ -460,9 +395,6 @@ def evaluate_checkpoint(tasks_path: str | Path, checkpoint: str | Path, out_dir:
                         section: CmdgenSection | None = None, evaluator: Evaluator | None = None,
                         show_progress: bool = False) -> dict:
     """Generate with a saved model (model/io.py layout) and score: the `minisigma eval cmdgen` job."""
-    from minisigma.core.progress import StageProgress
-    from model.io import load_pretrained
-
     section = section or CmdgenSection()
     tasks_path = Path(tasks_path)
     tasks = load_tasks(tasks_path)
@@ -523,8 +455,6 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
                      show_progress: bool = False) -> dict:
     """Run every task's references in the sandbox (no model): the executable share of a task set,
     per suite and per reason, and each task's status, written as JSON to `out_path`."""
-    from minisigma.core.progress import StageProgress
-
     section = section or CmdgenSection()
     tasks_path = Path(tasks_path)
     tasks = load_tasks(tasks_path)

@@ -62,10 +62,13 @@ neither is a command that cannot be run at all (a NUL byte: ``not_executable``, 
 
 from __future__ import annotations
 
+import base64
 import errno
 import os
+import re
 import resource
 import selectors
+import shlex
 import shutil
 import signal
 import subprocess
@@ -75,6 +78,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
+
+from minisigma.core.errors import UserError
 
 SANDBOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SANDBOX_UID = 1000  # the user id seen inside (mapped onto the unprivileged host user)
@@ -900,3 +905,68 @@ def check_available() -> None:
         r = sb.run("echo ok")
     if r.status != "ok" or r.stdout.strip() != "ok":
         raise SandboxUnavailable(f"bubblewrap cannot create a sandbox here: {r.stderr.strip() or r.status}")
+
+
+# ----------------------------------------------------------------------------------- task files
+FIXTURE_KEYS = ("path", "type", "content", "base64", "mode", "target")
+
+
+def fixtures_from(raw, where: str) -> tuple[Fixture, ...]:
+    """The `Fixture`s of a task file's "fixtures" list; a malformed entry is a one-line UserError
+    naming `where` (file:line) and the entry."""
+    if not isinstance(raw, list):
+        raise UserError(f"{where}: 'fixtures' must be a list of objects")
+    out = []
+    seen = set()
+    for n, f in enumerate(raw):
+        at = f"{where}: fixtures[{n}]"
+        if not isinstance(f, dict):
+            raise UserError(f"{at}: expected an object")
+        unknown = sorted(set(f) - set(FIXTURE_KEYS))
+        if unknown:
+            raise UserError(f"{at}: unknown key {unknown[0]!r} (allowed: {', '.join(FIXTURE_KEYS)})")
+        if not isinstance(f.get("path"), str):
+            raise UserError(f"{at}: 'path' must be a string")
+        if "content" in f and "base64" in f:
+            raise UserError(f"{at}: give 'content' or 'base64', not both")
+        content: str | bytes = ""
+        if "content" in f:
+            if not isinstance(f["content"], str):
+                raise UserError(f"{at}: 'content' must be a string")
+            content = f["content"]
+        elif "base64" in f:
+            try:
+                content = base64.b64decode(f["base64"], validate=True)
+            except (ValueError, TypeError):
+                raise UserError(f"{at}: 'base64' is not valid base64") from None
+        mode = f.get("mode")
+        if mode is not None:
+            if not isinstance(mode, str) or not re.fullmatch(r"0?[0-7]{3,4}", mode):
+                raise UserError(f"{at}: 'mode' must be octal text such as \"0644\"")
+            mode = int(mode, 8)
+        target = f.get("target")
+        if target is not None and not isinstance(target, str):
+            raise UserError(f"{at}: 'target' must be a string")
+        fx = Fixture(path=f["path"], type=f.get("type", "file"), content=content, mode=mode, target=target)
+        try:
+            fx.check()
+        except ValueError as e:
+            raise UserError(f"{at}: {e}") from None
+        if fx.location() in seen:
+            raise UserError(f"{at}: path {fx.path!r} is declared twice")
+        seen.add(fx.location())
+        out.append(fx)
+    return tuple(out)
+
+
+def program_of(command: str) -> str | None:
+    """The program a command starts (its first shell word), for the sandbox's "is it installed"
+    check; None when the first word is not a plain program name (an assignment, a subshell ...).
+    A task's `tool` names the man page ("git-commit"); the program is what runs ("git")."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    if not words or not re.fullmatch(r"[\w.+/-]+", words[0]) or "=" in words[0]:
+        return None
+    return words[0]
