@@ -76,7 +76,7 @@ def gpu_test_files() -> list[str]:
 def corpus_docs(dry: bool) -> list[dict]:
     """Real text for the pretraining corpus: standard-library sources (and docstrings, man pages)."""
     from benchmarks.realtext import man_pages, stdlib_docs
-    from minisigma.core.shards import doc_id
+    from minisigma.core.shards import stable_id
 
     docs = stdlib_docs()
     if dry:
@@ -90,7 +90,7 @@ def corpus_docs(dry: bool) -> list[dict]:
         except (OSError, UnicodeDecodeError):
             continue
         if len(text) > 500:
-            docs.append({"id": doc_id("pysource", str(p)), "text": text, "source": "pysource", "url": str(p),
+            docs.append({"id": stable_id("pysource", str(p)), "text": text, "source": "pysource", "url": str(p),
                          "metadata": {"license": "PSF-2.0"}})
     return docs
 
