@@ -35,6 +35,7 @@ import numpy as np
 from pydantic import Field
 
 from minisigma.core.errors import UserError
+from minisigma.core.manifest import read_json
 from minisigma.core.recipes import Section
 from minisigma.core.shards import atomic_write_json, list_shards, read_docs, sha256_file
 from model.tokenizer import EOT
@@ -186,16 +187,28 @@ def read_manifest(tokens_dir: str | Path) -> dict:
     p = Path(tokens_dir) / "manifest.json"
     if not p.is_file():
         raise UserError(f"{tokens_dir}: no manifest.json (run `minisigma tokenize` first)")
-    return json.loads(p.read_text())
+    man = read_json(p)
+    if not isinstance(man, dict) or man.get("dtype") not in ("uint16", "uint32", "int32", "int64"):
+        raise UserError(f"{p}: not a token manifest (no integer `dtype`)")
+    return man
 
 
 def load_tokens(tokens_dir: str | Path, split: str) -> np.ndarray:
-    """Memory-map train.bin / val.bin with the dtype recorded in the manifest."""
+    """Memory-map train.bin / val.bin with the dtype recorded in the manifest.
+
+    The file must hold whole tokens, and as many as the manifest's `<split>_tokens` says: a truncated
+    or replaced .bin is a UserError, not a run on the wrong data."""
     man = read_manifest(tokens_dir)
     path = Path(tokens_dir) / f"{split}.bin"
     if not path.is_file():
         raise UserError(f"{path}: missing")
-    if path.stat().st_size == 0:
+    size, width = path.stat().st_size, np.dtype(man["dtype"]).itemsize
+    expected = man.get(f"{split}_tokens")
+    if size % width or (isinstance(expected, int) and size != expected * width):
+        what = f"{expected:,} {man['dtype']} tokens" if isinstance(expected, int) else f"whole {man['dtype']} tokens"
+        raise UserError(f"{path}: {size:,} bytes, not the {what} of {Path(tokens_dir) / 'manifest.json'} "
+                        f"(truncated or replaced; run `minisigma tokenize` again)")
+    if size == 0:
         return np.zeros(0, dtype=man["dtype"])
     return np.memmap(path, dtype=man["dtype"], mode="r")
 

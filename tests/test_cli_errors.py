@@ -127,6 +127,14 @@ def fx(tmp_path_factory) -> dict[str, Path]:
         recipe.write_text(f"name: {name}\nkind: pretrain\nout_dir: {out}\ndata: {{tokens_dir: {root / 'tokens'}}}\n"
                           "model: {preset: tiny}\ntrain: {max_steps: 2, micro_batch: 2, seq_len: 32}\n")
         f[name] = recipe
+    # token folders for `train`: a train.bin cut short, a manifest that is not JSON
+    for name in ("tokens_trunc", "tokens_badmanifest"):
+        f[name] = _tokens_dir(root / name, damage=name)
+        recipe = root / f"{name}.yaml"
+        recipe.write_text(f"name: {name}\nkind: pretrain\nout_dir: {root / ('train-' + name)}\n"
+                          f"data: {{tokens_dir: {f[name]}}}\nmodel: {{preset: tiny}}\n"
+                          "train: {max_steps: 2, micro_batch: 2, seq_len: 16}\n")
+        f[name + "_recipe"] = recipe
     f["tasks"] = root / "tasks.jsonl"
     f["tasks"].write_text(json.dumps({"id": "t1", "tool": "ls", "task": "list the files", "command": "ls"}) + "\n")
     return f
@@ -155,6 +163,26 @@ def _zip_bytes(damage: bool = False) -> bytes:
         for j in range(i + 100, i + 140):
             b[j] ^= 0xFF
     return bytes(b)
+
+
+def _tokens_dir(d: Path, damage: str) -> Path:
+    """What `minisigma tokenize` writes (tokenizer.json, train.bin, val.bin, manifest.json), then damaged."""
+    import numpy as np
+
+    from model.tokenizer import train_tokenizer
+
+    d.mkdir()
+    tok, _ = train_tokenizer([{"text": "the page cache keeps file data in memory"}] * 20, vocab_size=300)
+    tok.save(str(d / "tokenizer.json"))
+    np.arange(200, dtype=np.uint16).tofile(d / "train.bin")
+    np.arange(50, dtype=np.uint16).tofile(d / "val.bin")
+    (d / "manifest.json").write_text(json.dumps({"dtype": "uint16", "train_tokens": 200, "val_tokens": 50,
+                                                 "vocab_size": tok.get_vocab_size()}))
+    if damage == "tokens_trunc":
+        _truncate(d / "train.bin", 301)
+    else:
+        (d / "manifest.json").write_text('{"dtype": "uint16",\n "train_tokens": 200,,\n}')
+    return d
 
 
 def _tiny_checkpoint(d: Path) -> Path:
@@ -220,6 +248,9 @@ CASES = [
     ("resume-random", ["train", "{run_ckpt_random}", "--resume"], "{root}/run_ckpt_random/ckpt/last.ckpt", ["not a readable checkpoint"]),
     ("resume-truncated", ["train", "{run_ckpt_trunc}", "--resume"], "{root}/run_ckpt_trunc/ckpt/last.ckpt", ["not a readable checkpoint"]),
     ("resume-crc", ["train", "{run_ckpt_crc}", "--resume"], "{root}/run_ckpt_crc/ckpt/last.ckpt", ["damaged checkpoint", "archive/data/0"]),
+    # train on a damaged token folder
+    ("tokens-trunc-train", ["train", "{tokens_trunc_recipe}"], "{tokens_trunc}/train.bin", ["301 bytes", "200 uint16 tokens"]),
+    ("tokens-manifest-train", ["train", "{tokens_badmanifest_recipe}"], "{tokens_badmanifest}/manifest.json:2", ["invalid JSON"]),
     # a missing or wrong folder
     ("bench-curation-missing", ["bench", "curation", "{root}/no-such-crawl"], "{root}/no-such-crawl", ["not a directory"]),
     ("bench-curation-file", ["bench", "curation", "{a_file}"], "{a_file}", ["not a directory"]),
@@ -230,7 +261,7 @@ CASES = [
 # These commands import Lightning (model.data) before they read their input: 20-50 s each on this
 # loaded 2-core machine. One case per kind of damage stays in the quick run; the rest are slow.
 SLOW = {"recipe-utf8-tokenize", "recipe-utf8-train", "shard-json-tokenize", "out-file-tokenize",
-        "resume-random", "resume-crc"}
+        "resume-random", "resume-crc", "tokens-trunc-train", "tokens-manifest-train"}
 
 
 @pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c[0] in SLOW else c for c in CASES],
