@@ -31,6 +31,7 @@ import numpy as np
 
 from minisigma.core import manifest as mf
 from minisigma.core.errors import UserError
+from minisigma.core.runner import ray_result
 
 from curation.refine.memtrace import traced
 from curation.refine.partitions import load_concat, node_part, partition_files, save_npy, scatter, sorted_unique
@@ -132,7 +133,7 @@ def _run_all(fn, args_list: list[tuple], executor: str) -> list[dict]:
     import ray
 
     remote = ray.remote(num_cpus=1, max_retries=3)(fn)
-    return ray.get([remote.remote(*a) for a in args_list])
+    return [ray_result(ref) for ref in [remote.remote(*a) for a in args_list]]
 
 
 def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *, executor: str = "ray",
