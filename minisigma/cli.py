@@ -342,7 +342,7 @@ def tokenize_cmd(
 
     r = train.load_train_recipe(recipe)
     if not in_dir.is_dir():
-        raise UserError(f"{in_dir}: --in must be a directory of curated shards")
+        raise UserError(f"{in_dir}: --in is not a directory")
     out_dir(out)
     tok = tokenizer.build_tokenizer(r.tokenizer, in_dir, out)
     m = data.tokenize_corpus(in_dir, tok, out, r.data)
