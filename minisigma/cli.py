@@ -40,7 +40,7 @@ class _Commands(TyperGroup):
     def invoke(self, ctx):
         try:
             return super().invoke(ctx)
-        except Exception as e:  # noqa: BLE001 - re-raised below unless it is an expected failure
+        except Exception as e:  # re-raised below unless it is an expected failure
             line = error_line(e)
             if line is None:
                 raise

@@ -94,7 +94,7 @@ def read_tokenizer_file(path: str | Path):
 
     try:
         return Tokenizer.from_file(str(path))
-    except Exception as e:  # noqa: BLE001 - tokenizers raises a bare Exception for every malformed file
+    except Exception as e:  # tokenizers raises a bare Exception for every malformed file
         first = (str(e).splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: not a valid tokenizer.json ({first})") from None
 

@@ -301,7 +301,7 @@ def check_checkpoint(path: Path) -> None:
         # weights_only=False: Lightning's own resume loads it the same way (optimizer and loop state
         # are not plain tensors); this is the run's own checkpoint, written by this project.
         ckpt = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - torch.load's errors for a damaged file have no common type
+    except Exception as e:  # torch.load's errors for a damaged file have no common type
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise UserError(f"{path}: not a readable checkpoint ({type(e).__name__}: {first})") from None
     missing = [k for k in CKPT_KEYS if not isinstance(ckpt, dict) or k not in ckpt]

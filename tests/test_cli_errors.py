@@ -300,7 +300,7 @@ READONLY_CASES = [
 def test_out_on_a_read_only_file_system(fx, tmp_path, case):
     ro = tmp_path / "ro"
     ro.mkdir()
-    name, argv = case
+    _, argv = case
     r = minisigma(*[a.format(ro=ro, **fx) for a in argv], cwd=fx["root"], prefix=_readonly_prefix(ro))
     assert_one_error_line(r, ro, "Read-only file system")
     assert not any(ro.iterdir())
@@ -337,9 +337,8 @@ def test_user_error_in_a_ray_task_reaches_the_driver_as_itself(ray_local, tmp_pa
     """A Ray task's UserError is re-raised on the driver as the UserError itself (not a RayTaskError
     carrying the worker's traceback in its message), so the CLI prints its one line."""
     from minisigma.core.errors import UserError
-    from minisigma.core.runner import run_stage
     from minisigma.core.runner import Stage as _Stage
-    from minisigma.core.runner import text_docs
+    from minisigma.core.runner import run_stage, text_docs
 
     class Passthrough(_Stage):
         name = "passthrough"
@@ -365,5 +364,5 @@ def test_ray_synth_bad_shard_is_one_error_line(fx):
     assert r.returncode == 2, r.stderr[-3000:]
     assert "Traceback" not in r.stderr and "RayTaskError" not in r.stderr
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
-    assert errors == [f"error: {fx['cur_notjson']}/00000.jsonl.gz:3: invalid JSON "
-                      "(Expecting property name enclosed in double quotes at column 2)"], r.stderr[-3000:]
+    assert errors == [(f"error: {fx['cur_notjson']}/00000.jsonl.gz:3: invalid JSON "
+                       "(Expecting property name enclosed in double quotes at column 2)")], r.stderr[-3000:]
