@@ -1,24 +1,21 @@
 """The curation recipe: which sources, how to crawl and extract, how to refine.
 
-Source sections are a tagged union on `type`; each source module defines its own section.
+Each entry of `sources:` is the section of a registered source type (curation.sources.registry),
+chosen by its `type` key and validated by that source module's own section class.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal, Optional, Union
+from typing import Any, Literal, Optional
 
-from pydantic import Field
+from pydantic import SerializeAsAny, ValidationError, model_validator
+from pydantic_core import InitErrorDetails
 
 from curation.crawl import CrawlConfig
 from curation.extract import ExtractConfig
 from curation.refine.config import RefineConfig
-from curation.sources.arxiv import ArxivSource
-from curation.sources.blogs import BlogsSource
-from curation.sources.ccf import CcfSource
-from curation.sources.datatrove_reader import DatatroveSource
-from curation.sources.localdocs import LocalDocsSource
-from curation.sources.stackexchange import StackExchangeSource
+from curation.sources.registry import SOURCES, load_builtin
 from minisigma.core.recipes import Section, load_recipe
 from minisigma.core.shards import FORMATS
 
@@ -28,22 +25,44 @@ class RayConfig(Section):
     executor: Literal["ray", "local"] = "ray"  # "local": in-process, one shard after another (debugging)
 
 
-SourceConfig = Annotated[Union[LocalDocsSource, ArxivSource, CcfSource, StackExchangeSource, BlogsSource,
-                               DatatroveSource],
-                         Field(discriminator="type")]
+load_builtin()
 
 
 class CurationRecipe(Section):
     name: str
     description: str = ""
     ray: RayConfig = RayConfig()
-    sources: list[SourceConfig]
+    sources: list[SerializeAsAny[Section]]  # each a registered source type's section (validated below)
     crawl: CrawlConfig = CrawlConfig()
     extract: ExtractConfig = ExtractConfig()
     refine: Optional[RefineConfig] = None  # curation.refine.pipeline: normalize ... decontam
     # the shards of every document stage (sources, extract, refine, curated): NNNNN.jsonl.gz or
     # NNNNN.parquet (minisigma.core.shards); package records, WARCs and dedup work files keep theirs
     shard_format: Literal["jsonl.gz", "parquet"] = "jsonl.gz"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _source_sections(cls, data: Any, handler):
+        """`sources[i]` validated by the section class of its `type` (errors keep their dotted path,
+        e.g. sources.0.arxiv.windows)."""
+        if not isinstance(data, dict) or not isinstance(data.get("sources"), list):
+            return handler(data)
+        sources, errors = [], []
+        for i, item in enumerate(data["sources"]):
+            kind = item.get("type") if isinstance(item, dict) else None
+            if kind not in SOURCES:
+                errors.append(InitErrorDetails(
+                    type="union_tag_invalid", loc=("sources", i), input=item,
+                    ctx={"discriminator": "'type'", "tag": str(kind), "expected_tags": ", ".join(map(repr, SOURCES))}))
+                continue
+            try:
+                sources.append(SOURCES[kind].section.model_validate(item))
+            except ValidationError as e:
+                errors += [InitErrorDetails(type=err["type"], loc=("sources", i, kind, *err["loc"]), input=err["input"],
+                                            ctx=err.get("ctx", {})) for err in e.errors()]
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return handler({**data, "sources": sources})
 
     @property
     def shard_suffix(self) -> str:

@@ -125,7 +125,7 @@ def test_arxiv_recipe_errors_are_one_line(tmp_path):
     from minisigma.core.errors import UserError
     from minisigma.core.recipes import parse_recipe
 
-    with pytest.raises(UserError, match=r"r.yaml: http.contact: Value error, must be an e-mail"):
+    with pytest.raises(UserError, match=r"r.yaml: http.contact: must be an e-mail"):
         parse_recipe({"from": "2024-01-01", "until": "2024-01-02", "http": {"contact": "nobody"}}, ArxivSource,
                      "r.yaml")
     with pytest.raises(UserError, match="categories not in"):

@@ -8,7 +8,9 @@ import yaml
 from curation.pipeline import curate
 from curation.recipe import load
 from curation.sources.categories import CATEGORIES
-from curation.sources.runners import STAGES
+from curation.sources.arxiv import ArxivStage
+from curation.sources.ccf import CcfStage
+from curation.sources.registry import SOURCES
 from minisigma.core import manifest
 from minisigma.core.errors import UserError
 from minisigma.core.shards import iter_docs
@@ -25,8 +27,9 @@ def test_internet_recipe_validates_and_plans_every_source():
     arxiv, ccf = r.sources[0], r.sources[1]
     assert arxiv.endpoint == "https://oaipmh.arxiv.org/oai" and arxiv.http.min_interval_s >= 3.0
     assert ccf.endpoint == "https://dblp.org/search/publ/api"
-    assert len(STAGES["arxiv"](arxiv).tasks([])) == 12
-    assert len(STAGES["ccf"](ccf).tasks([])) > 100
+    assert len(ArxivStage(arxiv).tasks([])) == 12
+    assert len(CcfStage(ccf).tasks([])) > 100
+    assert {"localdocs", "arxiv", "ccf", "stackexchange", "blogs", "datatrove"} <= set(SOURCES)
 
 
 def test_bad_source_section_is_a_one_line_error(tmp_path):
@@ -64,3 +67,21 @@ def test_curate_runs_all_four_adapters(tmp_path):
         assert all(d["source"] == name and d["metadata"]["category"] in CATEGORIES for d in docs)
     assert counts == {"arxiv": 13, "ccf": 6, "stackexchange": 4, "blogs": 2}
     assert manifest.verify(run) == []
+
+
+def test_a_source_module_registers_itself_and_runs_in_a_recipe(tmp_path):
+    import tests.source_plugin  # noqa: F401  (registers type: paragraphs)
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("The scheduler picks the next thread.\n\nThe page cache keeps blocks.\n", encoding="utf-8")
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "p", "ray": {"executor": "local"},
+                                 "sources": [{"type": "paragraphs", "name": "notes", "path": str(notes)}]}))
+    run = curate(load(p), tmp_path / "run", progress=False)
+    docs = list(iter_docs(run / "sources" / "notes"))
+    assert [d["text"] for d in docs] == ["The scheduler picks the next thread.", "The page cache keeps blocks."]
+    assert {d["source"] for d in docs} == {"notes"}
+    assert manifest.verify(run) == []
+    p.write_text(yaml.safe_dump({"name": "p", "sources": [{"type": "paragraphs", "name": "n", "pth": "x"}]}))
+    with pytest.raises(UserError, match=r"sources.0.paragraphs"):
+        load(p)

@@ -34,6 +34,7 @@ from curation.sources.http import HttpConfig, PoliteClient
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
+from curation.sources.registry import register_source, stage_runner
 
 OAI = "http://www.openarchives.org/OAI/2.0/"
 ARXIV = "http://arxiv.org/OAI/arXiv/"
@@ -291,3 +292,6 @@ class ArxivStage(Stage):
                 else:
                     kind, reason = status.split(":", 1)
                     (sink.drop if kind == "dropped" else sink.quarantine)(doc, reason)
+
+
+register_source(ArxivSource, stage_runner(ArxivStage))

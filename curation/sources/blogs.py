@@ -37,6 +37,7 @@ from minisigma.core.progress import log
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import atomic_write_json, sha256_file, shard_name, tmp_path
+from curation.sources.registry import register_source, stage_runner
 
 
 class BlogSite(Section):
@@ -174,3 +175,6 @@ def finished_crawl(warc: Path, record: Path) -> tuple[dict | None, str]:
     if warc.stat().st_size != size or sha256_file(warc) != digest:
         return None, f"{warc} does not match its crawl record {record.name} (size or sha256)"
     return crawled, ""
+
+
+register_source(BlogsSource, stage_runner(BlogsStage))

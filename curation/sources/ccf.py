@@ -39,6 +39,7 @@ from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import list_shards, read_docs
+from curation.sources.registry import register_source, stage_runner
 
 RANKS = ("A", "B", "C")
 RECORD_TAGS = ("article", "inproceedings")
@@ -326,3 +327,6 @@ def iter_dump(path: Path) -> Iterator[tuple[str, etree._Element]]:
             el.clear(keep_tail=False)
             while el.getprevious() is not None:
                 del el.getparent()[0]
+
+
+register_source(CcfSource, stage_runner(CcfStage))

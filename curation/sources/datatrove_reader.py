@@ -32,6 +32,7 @@ from pydantic import Field, field_validator
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
+from curation.sources.registry import register_source, stage_runner
 
 
 class DatatroveSource(Section):
@@ -102,3 +103,6 @@ class DatatroveStage(Stage):
                 sink.write(d)
             else:
                 sink.quarantine(d, "no_text")
+
+
+register_source(DatatroveSource, stage_runner(DatatroveStage))

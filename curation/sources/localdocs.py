@@ -30,8 +30,11 @@ import yaml
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, parse_recipe, project_path
 from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import stable_id, read_docs, sha256_file
 from minisigma.core.paths import MANIFESTS
+from minisigma.core.progress import log
+from minisigma.core.shards import list_shards, read_docs, sha256_file, stable_id
+
+from curation.sources.registry import RunContext, register_source
 
 DEFAULT_MANIFEST = MANIFESTS / "sources" / "localdocs.yaml"
 
@@ -453,3 +456,30 @@ def serve_sites(fetch_records: list[dict], specs: dict[str, PackageSpec]) -> Ite
         for srv in servers:
             srv.shutdown()
             srv.server_close()
+
+
+def run_localdocs(src: LocalDocsSource, ctx: RunContext) -> list[dict]:
+    """Fetch the packages, render their man pages, and serve their HTML trees for the crawl."""
+    specs = selected_packages(src)
+    section = src.model_dump(mode="json")
+    fetch_dir = ctx.run_dir / "fetch"
+    m = ctx.run(FetchPackages(src, specs), [], fetch_dir, recipe_section=section)
+    records = [r for p in list_shards(fetch_dir) for r in read_docs(p)]
+    log(f"localdocs: {len(records)} packages in cache ({sum(r['deb_bytes'] for r in records) / 1e6:.1f} MB of .deb); "
+        f"{sum(m['counts']['quarantined'].values())} failed")
+    if src.man and any(s.man for s in specs):
+        ctx.run(ctx.docs(ManPages(src, specs)), list_shards(fetch_dir), ctx.run_dir / "sources" / "manpages",
+                recipe_section=section)
+    if any(s.text_files for s in specs):
+        ctx.run(ctx.docs(TextFiles(src, specs)), list_shards(fetch_dir), ctx.run_dir / "sources" / "text",
+                recipe_section=section)
+    if not src.html:
+        records = [{**r, "html_roots": []} for r in records]  # the PDFs are still served and crawled
+    sites = ctx.stack.enter_context(serve_sites(records, {s.name: s for s in specs}))
+    return [{"name": s.name, "seeds": s.seeds, "allowed_prefixes": s.allowed_prefixes,
+             "source": src.name if s.source == "localdocs" else s.source,
+             "category": s.category, "package": s.package, "version": s.version,
+             "locator": f"localdocs://{s.package}"} for s in sites]
+
+
+register_source(LocalDocsSource, run_localdocs)

@@ -45,6 +45,7 @@ from curation.sources.htmltext import EmptyHTML, html_to_text
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
+from curation.sources.registry import register_source, stage_runner
 
 LICENSES = [("2011-04-08", "CC BY-SA 2.5"), ("2018-05-02", "CC BY-SA 3.0"), ("9999", "CC BY-SA 4.0")]
 LICENSE_URLS = {"CC BY-SA 2.5": "https://creativecommons.org/licenses/by-sa/2.5/",
@@ -433,3 +434,6 @@ class StackExchangeStage(Stage):
             "fetched_at": fetched_at,
             "dump": dump_name,
         }))
+
+
+register_source(StackExchangeSource, stage_runner(StackExchangeStage))
