@@ -57,7 +57,7 @@ def test_screen_drops_real_bad_outputs_with_their_reason(case):
 
 
 def test_fixtures_cover_every_degeneration_and_faithfulness_reason():
-    want = {"repetition_loop", "prompt_echo", "invented_option", "truncated", "invented_number"}
+    want = {"repetition_loop", "prompt_echo", "invented_option", "invented_url", "truncated", "invented_number"}
     assert want <= {c["expected"] for c in _cases()}
     assert all(c["model_sha256"] == _cases()[0]["model_sha256"] for c in _cases())
 
