@@ -17,7 +17,6 @@ The validation pairs are held out by a hash of their text.
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from minisigma.core.errors import UserError
+from minisigma.core.shards import read_docs
 
 from model.chat import pair_to_messages, render
 from model.data import StreamDataModule, unit_hash
@@ -52,23 +52,10 @@ def pair_files(paths: list[str]) -> list[Path]:
 
 def read_pairs(paths: list[str], counts: dict) -> list[dict]:
     """All well-formed pairs of the files; malformed lines are counted under counts['bad_*']."""
-    pairs = []
-    for f in pair_files(paths):
-        opener = gzip.open if f.name.endswith(".gz") else open
-        with opener(f, "rt", encoding="utf-8") as fh:
-            for line in fh:
-                if not line.strip():
-                    continue
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    counts["bad_json"] = counts.get("bad_json", 0) + 1
-                    continue
-                if not isinstance(rec, dict):
-                    counts["bad_record"] = counts.get("bad_record", 0) + 1
-                    continue
-                pairs.append(rec)
-    return pairs
+    def bad(reason: str) -> None:
+        counts[reason] = counts.get(reason, 0) + 1
+
+    return [rec for f in pair_files(paths) for rec in read_docs(f, on_bad=bad)]
 
 
 def example(ids: list[int], mask: list[bool], seq_len: int) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -23,7 +23,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from minisigma.core.errors import UserError
 
@@ -48,12 +48,14 @@ def dumps(record: dict) -> str:
     return json.dumps(record, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
-def read_docs(path: str | os.PathLike) -> Iterator[dict]:
+def read_docs(path: str | os.PathLike, on_bad: Callable[[str], None] | None = None) -> Iterator[dict]:
     """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet.
 
     A damaged jsonl shard raises UserError naming the file and the line: a line that is not a JSON
     object, invalid UTF-8, or a gzip stream that is cut short or corrupt (the records before it are
-    yielded).
+    yielded). Readers of files that others write (instruction pairs, a report over any run) pass
+    `on_bad`: a line that is not JSON ("bad_json") or not an object ("bad_record") is then given to
+    it by that reason and skipped; a damaged file still raises.
     """
     path = Path(path)
     if path.name.endswith(PARQUET):
@@ -68,14 +70,22 @@ def read_docs(path: str | os.PathLike) -> Iterator[dict]:
         with opener(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.decode("utf-8", "surrogatepass")
-                if line.strip():
+                if not line.strip():
+                    continue
+                try:
                     record = json.loads(line)
-                    if not isinstance(record, dict):
+                except json.JSONDecodeError as e:
+                    if on_bad is None:
+                        # e.pos, not e.colno: the line still ends in its newline, which colno counts
+                        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.pos + 1})") from None
+                    on_bad("bad_json")
+                    continue
+                if not isinstance(record, dict):
+                    if on_bad is None:
                         raise UserError(f"{path}:{lineno}: not a JSON object")
-                    yield record
-    except json.JSONDecodeError as e:
-        # e.pos, not e.colno: the line still ends in its newline, which colno would count as a line
-        raise UserError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.pos + 1})") from None
+                    on_bad("bad_record")
+                    continue
+                yield record
     except UnicodeDecodeError:
         raise UserError(f"{path}:{lineno}: invalid UTF-8") from None
     except (EOFError, zlib.error, gzip.BadGzipFile) as e:
