@@ -117,6 +117,23 @@ def make_run(run: Path) -> Path:
                 sink.drop(rec, "near_duplicate") if i % 10 == 9 else sink.write(rec)
 
     run_stage(Pairs(), [], run / "synth" / "pairs", executor="local", progress=False)
+
+    class Rewrites(Stage):  # synth's model rewrites: 3 requests, 1 kept, 2 dropped by the screen
+        name = "synth.rewrites"
+
+        def tasks(self, inputs):
+            return [Task(0, ())]
+
+        def process(self, task, sink):
+            for i, reason in enumerate([None, "repetition_loop", "invented_option"]):
+                sink.take()
+                rec = {"id": f"r{i}", "text": f"rewrite {i} of ls", "source": "synthetic",
+                       "metadata": {"template": "tutorial", "title": "ls(1)"}}
+                sink.drop(rec, reason) if reason else sink.write(rec)
+
+    run_stage(Rewrites(), [], run / "synth" / "rewrites", executor="local", progress=False,
+              extra={"backend": {"kind": "local", "model": "SmolLM2-135M-Instruct.Q4_1", "runtime": "transformers",
+                                 "model_sha256": "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}})
     (run / "reproduce.json").write_text(json.dumps({"recipe": "mini", "cpus": 2, "stages": {
         "curate": {"status": "done", "seconds": 420.5}, "pretrain:mini-sigma": {"status": "done", "seconds": 611.0}}}))
     res = {"params": 100, "kv_bytes_per_token_bf16": 240, "flops_per_token": 1}
@@ -157,6 +174,8 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "diffqkv_mini" in secs["ablation"]
     assert "36 screened command pairs over 3 tools from 40 mined (dropped: near_duplicate 4)" in secs["synth"]
     assert "<code>ls -l d0</code>" in secs["synth"]
+    assert "1 of 3 rewrites kept (33%)" in secs["rewrites"] and "b179c9523d0e6a0f" in secs["rewrites"]
+    assert "repetition_loop" in secs["rewrites"] and "135M-parameter model" in secs["rewrites"]
     assert "1,031.500" in secs["stages"] and "pretrain:mini-sigma" in secs["stages"]
     assert "CMDGen-mini accuracy +0.125" in secs["questions"] and "-0.2500 (better)" in secs["questions"]
     # KV bytes at 32k context: 16 K + 16 V heads x 64 x 2 bytes x 2 layers (gqa) vs 4 K + 16 V
