@@ -1,0 +1,54 @@
+"""Report section "Source types next to the paper's Table 9" (id `sources`): renders what `report.runfiles` reads for it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from curation.sources.types import TABLE9, by_type
+from minisigma.report.html import esc, table
+from minisigma.report.runfiles import NotRun, last_doc_stage, read_json, read_stage_docs, rel, walk
+
+OFFLINE_MATERIAL = {  # what the package registries offer of each type (README "The embedded default")
+    "papers": "Debian technical PDFs (systemtap-doc, mpich-doc, drbd-doc, slurm-wlm-doc) through the PDF path",
+    "arxiv": "none offline: no Debian or PyPI package found ships arXiv metadata records",
+    "blogs": "python3.11-doc's What's New articles through the blogs adapter (no package ships a blog feed)",
+    "stackexchange": "none offline: no Debian or PyPI package found ships Stack Exchange posts",
+}
+
+
+def section_sources(run: Path) -> str:
+    """Documents and tokens (whitespace words, the unit of curation manifests) per source type of
+    the curated corpus, next to the paper's Table 9."""
+    found = [p.parent for p in walk(run, "manifest.json") if p.parent.name == "curated"]
+    if not found and (stage := last_doc_stage(run)) is not None:
+        found = [stage]
+    if not found:
+        raise NotRun("no curated corpus under the run")
+    rows, notes = [], []
+    for stage in found:
+        mp = stage / "manifest.json"
+        by_source = ((read_json(mp) if mp.is_file() else {}).get("counts") or {}).get("by_source")
+        if not isinstance(by_source, dict):  # a manifest older than the per-source counts: count the shards
+            by_source = {}
+            for d in read_stage_docs(stage):
+                n = by_source.setdefault(str(d.get("source") or "unknown"), {"docs": 0, "tokens": 0})
+                n["docs"] += 1
+                n["tokens"] += len(str(d.get("text", "")).split())
+        types = by_type(by_source)
+        four = sum(types.get(t, {}).get("tokens", 0) for t, *_ in TABLE9) or 1
+        paper_total = sum(tok for *_, tok in TABLE9)
+        for t, row, raw, tok in TABLE9:
+            n = types.get(t, {"docs": 0, "tokens": 0, "sources": []})
+            rows.append([row, ", ".join(n["sources"]) or "-", n["docs"], n["tokens"],
+                         f"{100 * n['tokens'] / four:.1f}%", raw, f"{tok / 1e9:.1f}B", f"{100 * tok / paper_total:.1f}%"])
+            if not n["docs"]:
+                notes.append(f"{row}: no documents in this run ({OFFLINE_MATERIAL[t]})")
+        other = types.get("other")
+        if other:
+            rows.append(["not one of the four (documentation, man pages, ...)", ", ".join(other["sources"]),
+                         other["docs"], other["tokens"], "-", "-", "-", "-"])
+        present = sum(1 for t, *_ in TABLE9 if types.get(t, {}).get("docs"))
+        notes.insert(0, f"<code>{esc(rel(run, stage))}</code>: {present} of the paper's 4 source types present")
+    head = "".join(f'<p class="meta">{n if n.startswith("<code>") else esc(n)}</p>' for n in notes)
+    return head + table(["source type (Table 9)", "sources", "documents", "tokens (words)", "share of the four",
+                         "paper raw size", "paper tokens", "paper share"], rows)
