@@ -1,5 +1,5 @@
 """The dedup benchmark's parts (planted-duplicate quality run, clustering memory at 1x / 10x), used by
-benchmarks/bench_dedup.py (`minisigma bench dedup`) and by tests/test_refine_minhash.py."""
+benchmarks/bench_dedup.py (`minisigma bench dedup`) and by tests/curation/test_refine_minhash.py."""
 
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ as such, and the next still runs; summary.json says what each phase did. The tok
 runs/mini/tokens when present, else one made on the spot from the real text every machine has (the
 Python standard library's sources and docstrings, benchmarks/realtext.py; man pages where installed).
 
-`--dry-run` is the same sequence on a CPU at toy sizes (tests/test_gpu_check.py runs it).
+`--dry-run` is the same sequence on a CPU at toy sizes (tests/app/test_gpu_check.py runs it).
 
     python benchmarks/gpu_check.py [--out benchmarks/results/gpu] [--dry-run]
 """
@@ -69,7 +69,7 @@ def phase(name: str, cmd: list[str], out: Path, limit: float, env: dict | None =
 
 
 def gpu_test_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "pytest.mark.gpu" in p.read_text())
 
 

@@ -1,4 +1,4 @@
-"""Real PDF files with a known text layer, for tests/test_pdf.py and benchmarks/bench_pdf.py.
+"""Real PDF files with a known text layer, for tests/curation/test_pdf.py and benchmarks/bench_pdf.py.
 
 `paper_pdf` lays out a paper the way LaTeX does (reportlab's canvas, Helvetica): a title, two
 columns per page written column by column, words hyphenated at the end of a line when they do not

@@ -130,7 +130,7 @@ class SignatureComputer:
     single pass over the shingle hashes of a whole batch of documents, so nothing of size
     shingles x num_perm is ever written; the loop over permutations is vectorised by LLVM.
     (`minisigma bench minhash` measures both on the same shingle hashes and checks the signatures are
-    equal; tests/test_refine_minhash.py checks equality with `MinHash.update_batch`.)"""
+    equal; tests/curation/test_refine_minhash.py checks equality with `MinHash.update_batch`.)"""
 
     def __init__(self, num_perm: int = 128, seed: int = 1, ngram: int = 5, batch_shingles: int = 1 << 20):
         from datasketch import MinHash

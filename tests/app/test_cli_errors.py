@@ -23,7 +23,7 @@ import pytest
 
 from minisigma.core.shards import ShardWriter
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TINY_CURATION = REPO / "recipes" / "curation" / "tiny.yaml"
 
 

@@ -42,7 +42,7 @@ _WHY = _unavailable()
 pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"no sandbox on this machine: {_WHY}")
 
 SECRET = "s3cr3t-" + uuid.uuid4().hex
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 class _Counting(http.server.BaseHTTPRequestHandler):

@@ -19,7 +19,7 @@ from synth.qa import qa_pairs
 from synth.screen import PairScreen, RewriteScreen, key_terms, option_ok, shell_parses, unknown_options
 from tests.synth_manpages import SMALL, build_corpus
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ def test_gpu_plan_fits_8_minutes_and_trains_at_100x_the_cpu_budget(tmp_path):
     plan = gpu_check.PLANS["gpu"]
     assert sum(v for k, v in plan["time_limits_s"].items() if k != "pretrain") + 2 * plan["time_limits_s"]["pretrain"] <= 470
     assert plan["contexts"].split(",") == ["16384", "32768", "65536"]
-    assert "tests/test_model_bench.py" in gpu_check.gpu_test_files()
+    assert "tests/model/test_model_bench.py" in gpu_check.gpu_test_files()
     for name, preset in plan["models"].items():
         info = gpu_check.write_recipe(tmp_path / f"{name}.yaml", plan, name, preset, tmp_path / "tokens",
                                       tmp_path / name, dry=False)

@@ -26,8 +26,8 @@ from synth.local import LocalBackend, model_sha256, package_model, pick_runtime,
 from synth.screen import RewriteScreen, looping_unit, repeated_share
 from tests.synth_manpages import build_corpus
 
-FIXTURES = Path(__file__).parent / "fixtures" / "smollm2_outputs.json"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "smollm2_outputs.json"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _has_model() -> bool:

@@ -22,12 +22,12 @@ from model.recipe import TrainRecipe
 from synth.recipe import SynthRecipe
 from tests.sources_fixtures import HTTP_CONFIG, BlogApp, DblpApp, LoopbackServer, OaiApp, se_xml
 from tests.pdf_fixtures import paper_pdf, source_paragraphs
-from tests.test_sources_arxiv import records
-from tests.test_sources_blogs import CRAWL, blog_manifest
-from tests.test_sources_ccf import papers
-from tests.test_sources_stackexchange import USERS, posts
+from tests.curation.test_sources_arxiv import records
+from tests.curation.test_sources_blogs import CRAWL, blog_manifest
+from tests.curation.test_sources_ccf import papers
+from tests.curation.test_sources_stackexchange import USERS, posts
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 KINDS = {"curation": CurationRecipe, "train": TrainRecipe, "eval": EvalRecipe, "synth": SynthRecipe,
          "ablations": AblationRecipe, "reproduce": ReproduceRecipe}
 SHIPPED = sorted((ROOT / "recipes").rglob("*.yaml"))
@@ -72,7 +72,7 @@ FT_CRAWL = {"allow_loopback": True, "per_host_rate": 50.0, "retries": 1, "backof
 
 
 def test_internet_recipe_runs_to_curated_over_loopback(tmp_path):
-    from tests.test_sources_fulltext import PaperHost
+    from tests.curation.test_sources_fulltext import PaperHost
 
     pdf = paper_pdf(source_paragraphs(8))[0]
     dump = tmp_path / "se"

@@ -15,10 +15,10 @@ from minisigma.core import manifest
 from minisigma.core.errors import UserError
 from minisigma.core.shards import iter_docs
 from tests.sources_fixtures import HTTP_CONFIG, BlogApp, DblpApp, LoopbackServer, OaiApp, se_xml
-from tests.test_sources_arxiv import records
-from tests.test_sources_blogs import CRAWL, blog_manifest
-from tests.test_sources_ccf import papers
-from tests.test_sources_stackexchange import USERS, posts
+from tests.curation.test_sources_arxiv import records
+from tests.curation.test_sources_blogs import CRAWL, blog_manifest
+from tests.curation.test_sources_ccf import papers
+from tests.curation.test_sources_stackexchange import USERS, posts
 
 
 def test_internet_recipe_validates_and_plans_every_source():

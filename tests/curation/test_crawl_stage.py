@@ -27,7 +27,7 @@ FAST = dict(allow_loopback=True, per_host_rate=200.0, connect_timeout=5.0, read_
 ARTICLE = ("<html><head><title>{0}</title></head><body><article><h1>{0}</h1>" + "<p>The page cache keeps file "
            "data in memory so that repeated reads avoid the disk; dirty pages are written back later.</p>" * 4
            + "</article></body></html>")
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def flaky(failures: list[int], name: str):

@@ -180,7 +180,7 @@ def test_shipped_eval_recipes_validate():
     from minisigma.core.recipes import load_recipe
     from model.evaluation.recipe import EvalRecipe
 
-    files = sorted((Path(__file__).resolve().parents[1] / "recipes" / "eval").glob("*.yaml"))
+    files = sorted((Path(__file__).resolve().parents[2] / "recipes" / "eval").glob("*.yaml"))
     assert files
     for f in files:
         r = load_recipe(f, EvalRecipe)

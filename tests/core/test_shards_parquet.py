@@ -17,7 +17,7 @@ from minisigma.core.runner import run_stage
 from minisigma.core.shards import (ParquetShardWriter, ShardWriter, count_records, list_shards, read_docs,
                                    sha256_file, shard_writer)
 from tests.stages_fixture import MinWords
-from tests.test_runner import make_inputs
+from tests.core.test_runner import make_inputs
 
 DOCS = [
     {"id": "a1", "text": "The page cache keeps file pages in memory.", "source": "manpages", "url": "man:free(1)",

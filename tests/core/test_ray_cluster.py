@@ -13,7 +13,7 @@ from minisigma.core import manifest
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import list_shards, sha256_file
 from tests.stages_fixture import MinWords
-from tests.test_runner import make_inputs
+from tests.core.test_runner import make_inputs
 
 
 @pytest.fixture

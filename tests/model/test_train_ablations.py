@@ -10,7 +10,7 @@ import pytest
 from minisigma.core.errors import UserError
 from tests.train_corpus import tiny_tokens, write_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_every_shipped_ablation_recipe_validates():

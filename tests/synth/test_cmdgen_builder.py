@@ -13,7 +13,7 @@ import yaml
 from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
 from synth.cmdgen_set import GPU_NO_EXECUTE, UNRUNNABLE, FixtureProbe, derive_fixtures, program_info
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
 
 

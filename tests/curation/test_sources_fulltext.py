@@ -16,7 +16,7 @@ from minisigma.core.runner import run_stage
 from minisigma.core.shards import iter_docs, list_shards
 from tests.pdf_fixtures import encrypted_pdf, paper_pdf, source_paragraphs
 from tests.sources_fixtures import HTTP_CONFIG, DblpApp, LoopbackServer, OaiApp, dblp_hit
-from tests.test_sources_arxiv import records, source
+from tests.curation.test_sources_arxiv import records, source
 
 UA = "minisigma-test/0.1 (+mailto:fulltext-tests@example.org)"
 CRAWL = {"allow_loopback": True, "per_host_rate": 50.0, "retries": 1, "backoff_base": 0.01, "user_agent": UA}

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from tests.train_corpus import tiny_tokens, write_recipe
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 STEPS = 6
 
 
