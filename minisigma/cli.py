@@ -338,14 +338,13 @@ def tokenize_cmd(
     out: Path = typer.Option(..., "--out", help="output folder: tokenizer.json, train.bin, val.bin, manifest.json"),
 ):
     """Train the byte-level BPE tokenizer on curated shards, then pack them into train.bin/val.bin."""
-    from model import data, tokenizer, train
+    from model import data, train
 
     r = train.load_train_recipe(recipe)
     if not in_dir.is_dir():
         raise UserError(f"{in_dir}: --in is not a directory")
     out_dir(out)
-    tok = tokenizer.build_tokenizer(r.tokenizer, in_dir, out)
-    m = data.tokenize_corpus(in_dir, tok, out, r.data)
+    m = data.tokenize(r.tokenizer, r.data, in_dir, out)
     print(f"vocab {m['vocab_size']}  train {m['train_tokens']:,} tokens  val {m['val_tokens']:,} tokens -> {out}")
     for src, s in m["sources"].items():
         print(f"  {src}: {s['docs']} docs, weight {s['weight']}, train {s['train_tokens']:,} ({s['train_share']:.1%}), "

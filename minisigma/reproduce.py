@@ -229,13 +229,11 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
 
     def tokenize(recipe_path: Path, name: str, in_dir: Path, overrides: dict | None = None):
         def run():
-            from model import data, tokenizer, train
+            from model import data, train
 
             path = rerooted_copy(recipe_path, prefix, out, name, overrides)
             tr = train.load_train_recipe(path)
-            tokens_dir = Path(tr.data.tokens_dir)
-            tok = tokenizer.build_tokenizer(tr.tokenizer, in_dir, tokens_dir)
-            m = data.tokenize_corpus(in_dir, tok, tokens_dir, tr.data)
+            m = data.tokenize(tr.tokenizer, tr.data, in_dir, Path(tr.data.tokens_dir))
             return {"train_tokens": m["train_tokens"], "val_tokens": m["val_tokens"], "vocab": m["vocab_size"]}
         return run
 

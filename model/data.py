@@ -38,7 +38,7 @@ from minisigma.core.errors import UserError
 from minisigma.core.manifest import read_json
 from minisigma.core.recipes import Section
 from minisigma.core.shards import atomic_write_json, list_shards, read_docs, sha256_file
-from model.tokenizer import EOT
+from model.tokenizer import EOT, TokenizerSection, build_tokenizer
 
 ENCODE_BATCH = 256  # documents per encode_batch call (the Rust side parallelises within it)
 
@@ -79,6 +79,14 @@ def token_dtype(vocab_size: int):
 
 
 # ----------------------------------------------------------------------------- tokenizing
+def tokenize(tokenizer: TokenizerSection, data: DataSection, in_dir: str | Path, out_dir: str | Path,
+             progress: bool = False) -> dict:
+    """`minisigma tokenize`: train the byte-level BPE tokenizer on the curated shards of `in_dir`, then
+    pack them into out_dir/{train.bin,val.bin}; returns the tokens manifest."""
+    tok = build_tokenizer(tokenizer, in_dir, out_dir)
+    return tokenize_corpus(in_dir, tok, out_dir, data, progress=progress)
+
+
 def tokenize_corpus(in_dir: str | Path, tok, out_dir: str | Path, section: DataSection,
                     progress: bool = False) -> dict:
     """Curated shards in `in_dir` -> out_dir/{train.bin,val.bin,manifest.json}; returns the manifest."""

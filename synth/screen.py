@@ -165,6 +165,14 @@ class PairScreen:
         self.seen: set = set()
         self.counts: Counter = Counter()
 
+    @classmethod
+    def from_section(cls, option_index: dict[str, set[str]], section, eval_items: list[dict] = ()) -> "PairScreen":
+        """The screen a recipe's `screen:` section describes (synth.recipe.ScreenSection)."""
+        return cls(option_index, eval_items=eval_items, ngram=section.ngram,
+                   minhash_threshold=section.minhash_threshold, num_perm=section.num_perm,
+                   parse_check=section.parse_check, option_check=section.option_check,
+                   require_documented_tool=section.require_documented_tool)
+
     def _minhash(self, text: str):
         from datasketch import MinHash
 

@@ -139,10 +139,7 @@ class CmdgenSet(Stage):
                     train_ngrams |= ngrams(f"{p['task']} {p['command']}", r.screen.ngram)
                     if unknown_options(p["command"], p["tool"], index) == []:  # will pass the screen's main test
                         train_tools.add(p["tool"])
-        checker = PairScreen(index, ngram=r.screen.ngram,
-                             minhash_threshold=r.screen.minhash_threshold, num_perm=r.screen.num_perm,
-                             parse_check=r.screen.parse_check, option_check=r.screen.option_check,
-                             require_documented_tool=r.screen.require_documented_tool)
+        checker = PairScreen.from_section(index, r.screen)
         tool_info = load_tool_info(self.config["tools_dir"])
         probe = FixtureProbe() if r.cmdgen.fixtures and r.cmdgen.probe else None
         try:
@@ -246,9 +243,7 @@ class ScreenPairs(Stage):
         index = load_option_index(self.config["tools_dir"])
         evals = read_jsonl(self.config["cmdgen"]) if self.config["cmdgen"] else []
         split = Split.of(r)
-        screen = PairScreen(index, eval_items=evals, ngram=s.ngram,
-                            minhash_threshold=s.minhash_threshold, num_perm=s.num_perm, parse_check=s.parse_check,
-                            option_check=s.option_check, require_documented_tool=s.require_documented_tool)
+        screen = PairScreen.from_section(index, s, eval_items=evals)
         part = task.params["partition"]
         for shard in task.inputs:
             for p in read_docs(shard):
