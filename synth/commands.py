@@ -44,16 +44,21 @@ def family(tool: str) -> str:
     return tool.split("-")[0].split(".")[0].lower() if tool else ""
 
 
-def command_words(command: str) -> list[str]:
-    """The words that start each simple command of a line (after wrappers such as sudo/env)."""
+def shell_tokens(command: str) -> list[str]:
+    """A command line's words and operators (`|`, `&&`, `;`, `>` ... each its own token), as the shell
+    splits them; an unbalanced quote falls back to splitting on whitespace."""
     try:
         lex = shlex.shlex(command, posix=True, punctuation_chars=True)
         lex.whitespace_split = True
-        tokens = list(lex)
+        return list(lex)
     except ValueError:
-        tokens = command.split()
+        return command.split()
+
+
+def command_words(command: str) -> list[str]:
+    """The words that start each simple command of a line (after wrappers such as sudo/env)."""
     words, expect = [], True
-    for t in tokens:
+    for t in shell_tokens(command):
         if t in _CONNECTORS or set(t) <= set("|&;()"):
             expect = True
             continue

@@ -21,11 +21,10 @@ Rewrites (`RewriteScreen.check`): degeneration (`empty`, `truncated`, `repetitio
 from __future__ import annotations
 
 import re
-import shlex
 import subprocess
 from collections import Counter
 
-from synth.commands import _CONNECTORS, _WRAPPERS, family
+from synth.commands import _CONNECTORS, _WRAPPERS, family, shell_tokens
 
 _WS = re.compile(r"\s+")
 _NESTED_COMMAND = {"-exec", "-execdir", "-ok", "-okdir"}
@@ -61,14 +60,8 @@ def shell_parses(cmd: str) -> bool:
 # --------------------------------------------------------------------------- options
 def segments(cmd: str) -> list[list[str]]:
     """Simple commands of a line as token lists (wrappers such as sudo skipped)."""
-    try:
-        lex = shlex.shlex(cmd, posix=True, punctuation_chars=True)
-        lex.whitespace_split = True
-        tokens = list(lex)
-    except ValueError:
-        tokens = cmd.split()
     segs, cur = [], []
-    for t in tokens:
+    for t in shell_tokens(cmd):
         if t in _CONNECTORS or (t and set(t) <= set("|&;()<>")):
             if cur:
                 segs.append(cur)
