@@ -39,8 +39,12 @@ import re
 import shlex
 from pathlib import Path
 
-from minisigma.core.sandbox import Limits, Sandbox, SandboxUnavailable, check_available, fixtures_from, program_of
+from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
+from minisigma.core.sandbox import (Limits, Sandbox, SandboxUnavailable, check_available, fixtures_from,
+                                    program_of)
+from minisigma.core.shards import atomic_write_bytes
 from synth.commands import _WRAPPERS, command_words, family
+from synth.screen import normalize_command
 
 EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
 GPU_NO_EXECUTE = "a GPU tool: needs a GPU and its driver, which the sandbox has not (scored by exact match and CMD score)"
@@ -69,8 +73,6 @@ class Split:
         return cls(recipe.split.level, recipe.split.heldout_fraction, recipe.split.seed)
 
     def key(self, pair: dict) -> str:
-        from synth.screen import normalize_command
-
         if self.level == "family":
             return family(pair["tool"])
         return f"{pair['tool']}\0{normalize_command(pair['command'])}"
@@ -146,8 +148,6 @@ def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None 
 
 
 def write_jsonl(items: list[dict], path: str | Path) -> None:
-    from minisigma.core.shards import atomic_write_bytes
-
     data = "".join(json.dumps({k: it[k] for k in EVAL_KEYS if k in it}, sort_keys=True, ensure_ascii=False) + "\n"
                    for it in items)
     atomic_write_bytes(path, data.encode("utf-8"))
@@ -167,8 +167,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
 # --------------------------------------------------------------------------- packages and suites
 @functools.lru_cache(maxsize=1)
 def _manifest_specs() -> dict:
-    from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
-
     return {p.name: p for p in load_manifest(DEFAULT_MANIFEST).packages}
 
 

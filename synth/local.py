@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Iterable
 
 from minisigma.core.errors import UserError
+from minisigma.core.shards import sha256_file
 from synth.backends import Backend, BackendError, Completion, _Stats
 from synth.cache import ResponseCache, cache_key
 
@@ -101,7 +102,6 @@ def model_sha256(path: Path) -> str:
     with _LOCK:
         if key in _SHA_CACHE:
             return _SHA_CACHE[key]
-    from minisigma.core.shards import sha256_file
 
     if path.is_file():
         digest = sha256_file(path)

@@ -15,6 +15,7 @@ from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_recipe
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import list_shards, read_docs
+from synth.backends import make_backend
 from synth.cmdgen_set import is_heldout, write_jsonl
 from synth.commands import family
 from synth.recipe import SynthRecipe
@@ -57,7 +58,6 @@ def run_synth(recipe_path: str | Path, in_dir: str | Path, out_dir: str | Path, 
     if recipe.rewrite.enabled:
         if not recipe.rewrite.templates:
             raise UserError(f"{recipe_path}: rewrite.templates: at least one template is needed")
-        from synth.backends import make_backend
 
         # fail early on a missing key/base_url/model, before any work; a local model is not loaded here
         backend = make_backend(recipe.backend, out / "cache")

@@ -22,9 +22,24 @@ from pathlib import Path
 
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import list_shards, read_docs
-from synth.cmdgen_set import UNRUNNABLE, FixtureProbe, Split, derive_fixtures, eval_item, eval_problem, order_key, program_info, read_jsonl
+from synth.backends import BackendError, make_backend
+from synth.cmdgen_set import (
+    UNRUNNABLE,
+    FixtureProbe,
+    Split,
+    derive_fixtures,
+    eval_item,
+    eval_problem,
+    order_key,
+    program_info,
+    read_jsonl,
+)
 from synth.commands import family, mine_manpage, mine_snippets
+from synth.manpage import parse_manpage
+from synth.qa import qa_pairs
 from synth.recipe import SynthRecipe
+from synth.rewrite import build_messages, command_of, page_of, passage_of, rewrite_record
+from synth.screen import PairScreen, RewriteScreen, ngrams, normalize_command, normalize_text, unknown_options
 
 
 def _stub(doc: dict) -> dict:
@@ -43,8 +58,6 @@ class ToolIndex(Stage):
         super().__init__(recipe.commands)
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.manpage import parse_manpage
-
         for doc in read_docs(task.inputs[0]):
             sink.take(doc)
             if doc.get("source") not in self.config.manpage_sources:
@@ -124,8 +137,6 @@ class CmdgenSet(Stage):
         return [Task(0, tuple(str(p) for p in inputs))]
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.screen import PairScreen, ngrams, normalize_command, unknown_options
-
         r = self.recipe
         split = Split.of(r)
         index = load_option_index(self.config["tools_dir"])
@@ -157,8 +168,6 @@ class CmdgenSet(Stage):
         reference exits 0 in the sandbox (probed with their fixtures), then the others in the usual
         order (examples first): a tool keeps its tasks, and the set runs what it scores where the
         tool's documentation allows it."""
-        from synth.screen import ngrams, normalize_command
-
         r = self.recipe
         eligible = []
         for p in sorted(candidates, key=order_key):
@@ -236,8 +245,6 @@ class ScreenPairs(Stage):
         return int(hashlib.sha256(fam.encode()).hexdigest()[:8], 16) % n
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.screen import PairScreen
-
         r = self.recipe
         s = r.screen
         index = load_option_index(self.config["tools_dir"])
@@ -273,9 +280,6 @@ class QAPairs(Stage):
         self.recipe = recipe
 
     def process(self, task: Task, sink: Sink) -> None:
-        from synth.qa import qa_pairs
-        from synth.screen import ngrams, normalize_text
-
         c = self.recipe.qa
         n = self.recipe.screen.ngram
         split = Split.of(self.recipe)
@@ -342,10 +346,6 @@ class Rewrite(Stage):
 
     def process(self, task: Task, sink: Sink) -> None:
         from pathlib import Path as _P
-
-        from synth.backends import BackendError, make_backend
-        from synth.rewrite import build_messages, command_of, page_of, passage_of, rewrite_record
-        from synth.screen import RewriteScreen
 
         c = self.recipe.rewrite
         backend = make_backend(self.recipe.backend, self.config["cache_dir"])

@@ -25,12 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from minisigma.core.runner import Stage, Task
-
 from curation.refine.decisions import DECISION, NODE
 from curation.refine.dedup_exact import tasks_by_partition
 from curation.refine.memtrace import traced
-from curation.refine.partitions import load_concat, node_part, node_row, node_shard, npy_header, scatter, sorted_unique
+from curation.refine.partitions import (
+    load_concat,
+    node_part,
+    node_row,
+    node_shard,
+    npy_header,
+    partition_files,
+    scatter,
+    sorted_unique,
+)
+from minisigma.core.runner import Stage, Task
 
 LABEL = np.dtype([("node", "<u8"), ("label", "<u8")])
 BEST = np.dtype([("label", "<u8"), ("count", "<i8"), ("node", "<u8"), ("quality", "<f4"), ("length", "<i8"),
@@ -156,8 +164,6 @@ class ClusterDecisions(Stage):
         return _final_tasks(inputs)
 
     def process(self, task: Task, sink) -> None:
-        from curation.refine.partitions import partition_files
-
         files = partition_files(os.path.join(self.work, "keepers"), task.index)
         with traced() as peak:
             state = load_concat([task.inputs[0]], LABEL)

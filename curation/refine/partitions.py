@@ -17,6 +17,8 @@ import os
 
 import numpy as np
 
+from curation.refine.textutil import fmix64
+
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
     path = os.fspath(path)
@@ -110,8 +112,6 @@ def sorted_unique(a: np.ndarray) -> np.ndarray:
 
 def node_part(nodes: np.ndarray, n_parts: int) -> np.ndarray:
     """Hash partition of node ids (so a partition's nodes are spread over all input shards)."""
-    from curation.refine.textutil import fmix64
-
     return (fmix64(nodes.astype(np.uint64)) % np.uint64(n_parts)).astype(np.int64)
 
 

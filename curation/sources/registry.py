@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import curation.sources as package
 from curation.sources.fulltext import FullText
 from minisigma.core.recipes import Section
 from minisigma.core.runner import run_stage
@@ -83,8 +84,6 @@ def stage_runner(stage_cls) -> Callable[[Section, RunContext], list[dict]]:
 
 def load_builtin() -> dict[str, SourceType]:
     """Import every module of curation.sources (each built-in source registers itself on import)."""
-    import curation.sources as package
-
     for mod in pkgutil.iter_modules(package.__path__):
         importlib.import_module(f"{package.__name__}.{mod.name}")
     return SOURCES
