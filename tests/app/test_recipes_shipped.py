@@ -113,7 +113,7 @@ def test_internet_recipe_runs_to_curated_over_loopback(tmp_path):
 
 
 LOCAL = {  # the localdocs recipes, cut to a few packages (they fetch from the Debian registry)
-    "default.yaml": {"packages": ["sed", "grep", "mpich-doc"]},
+    "default.yaml": {"packages": ["coreutils", "iproute2", "procps", "mpich-doc"]},  # enough pages to train the classifiers
     "tiny.yaml": {},
     "general.yaml": {},
 }
