@@ -10,6 +10,8 @@ relative to `runs_prefix` (e.g. runs/mini) and are re-rooted under --out, the re
 saved in <out>/recipes/ for the record. Progress across stages is kept in <out>/reproduce.json: a
 re-run skips finished stages, and an interrupted stage resumes inside itself (finished shards are
 kept, training continues from its last checkpoint), so the final results equal an uninterrupted run's.
+Each stage imports its domain modules when it runs (inside its function), so a re-run that skips the
+finished stages does not pay for loading what they needed (torch, Lightning, Ray, transformers).
 """
 
 from __future__ import annotations
