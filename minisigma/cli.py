@@ -410,6 +410,34 @@ def report_cmd(
         print(report.screenshot(path, screenshot, height=5600))
 
 
+@app.command("seeds")
+def seeds_cmd(
+    runs: list[Path] = typer.Argument(..., help="finished reproductions of one recipe, one per seed (minisigma reproduce --seed N --out DIR)"),
+    out: Path = typer.Option(..., "--out", help="JSON file to write (e.g. benchmarks/results/seeds.json)"),
+):
+    """Compare a reproduction's questions across seeds: each run's numbers, mean and std, and a
+    paired t-test of the per-seed differences."""
+    from minisigma import seeds
+
+    result = seeds.write(runs, out_file(out))
+    for q in result["questions"]:
+        print(q["title"])
+        for row in q["runs"]:
+            cells = [f"seed {row['seed']}"]
+            for m in seeds.METRICS:
+                if row["sigma"][m] is not None and row["baseline"][m] is not None:
+                    cells.append(f"{m} {row['sigma'][m]:.4f} / {row['baseline'][m]:.4f}")
+            if "paired" in row:
+                cells.append(f"only {row['paired']['sigma_only']} / {row['paired']['baseline_only']}, "
+                             f"McNemar p {row['paired']['mcnemar_p']:.3g}")
+            print("  " + "  ".join(cells))
+        for m, s in q["summary"].items():
+            d = s["difference"]
+            test = f", t = {d['t']}, p = {d['p']}" if d["t"] is not None else ""
+            print(f"  {m}: difference {d['mean']:+.4f} ± {d['std'] if d['std'] is not None else '-'} over {d['n']} seeds{test}")
+    print(out)
+
+
 @bench_app.command("curation")
 def bench_curation(
     src: Path = typer.Argument(..., help="a crawl directory (NNNNN.warc.gz, e.g. runs/tiny/crawl) or a folder of HTML files"),

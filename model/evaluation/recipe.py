@@ -14,9 +14,12 @@ Recipe (YAML, recipes/eval/*.yaml)::
       threshold: 0.8
       models: [mini-sigma]               # default: every checkpoint
       sandbox: {wall_seconds: 10, cpu_seconds: 5}
+    induction:                           # omit (or null) to skip; model/evaluation/induction.py
+      tokens: 100                        # a random sequence of 100 tokens, seen twice
+      models: [mini-sigma-pretrain]      # default: every checkpoint
 
 Outputs per model: ``<out>/<name>/perplexity.json`` and ``<out>/<name>/cmdgen/{results.jsonl,
-summary.json}``; plus ``<out>/eval.json`` listing what was run (the report reads all of these).
+summary.json}`` and ``<out>/<name>/induction.json``; plus ``<out>/eval.json`` listing what was run (the report reads all of these).
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ from pydantic import Field, field_validator
 
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, load_recipe
-from model.evaluation import cmdgen, perplexity
+from model.evaluation import cmdgen, induction, perplexity
 from model.evaluation.cmdgen import CmdgenSection
+from model.evaluation.induction import InductionSection
 from model.evaluation.perplexity import PerplexitySection
 
 
@@ -39,6 +43,7 @@ class EvalRecipe(Section):
     checkpoints: dict[str, str] = Field(min_length=1)
     perplexity: PerplexitySection | None = None
     cmdgen: CmdgenSection | None = None
+    induction: InductionSection | None = None
 
     @field_validator("checkpoints")
     @classmethod
@@ -51,14 +56,18 @@ class EvalRecipe(Section):
 
 def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
     recipe = load_recipe(recipe_path, EvalRecipe)
-    if recipe.perplexity is None and recipe.cmdgen is None:
-        raise UserError(f"{recipe_path}: nothing to evaluate (give a perplexity and/or a cmdgen section)")
+    if recipe.perplexity is None and recipe.cmdgen is None and recipe.induction is None:
+        raise UserError(f"{recipe_path}: nothing to evaluate (give a perplexity, cmdgen or induction section)")
     if recipe.cmdgen is not None and not recipe.cmdgen.tasks:
         raise UserError(f"{recipe_path}: cmdgen.tasks: no task file given")
     if recipe.cmdgen is not None:
         unknown = sorted(set(recipe.cmdgen.models or ()) - set(recipe.checkpoints))
         if unknown:
             raise UserError(f"{recipe_path}: cmdgen.models: {', '.join(unknown)} not in checkpoints")
+    if recipe.induction is not None:
+        unknown = sorted(set(recipe.induction.models or ()) - set(recipe.checkpoints))
+        if unknown:
+            raise UserError(f"{recipe_path}: induction.models: {', '.join(unknown)} not in checkpoints")
     for name, ckpt in recipe.checkpoints.items():
         if not Path(ckpt).is_dir():
             raise UserError(f"{recipe_path}: checkpoints.{name}: {ckpt} is not a directory")
@@ -79,6 +88,12 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
                 res = cmdgen.evaluate_checkpoint(recipe.cmdgen.tasks, ckpt, out / name / "cmdgen", recipe.cmdgen,
                                                  evaluator=evaluator, show_progress=show_progress)
                 entry["cmdgen"] = res["overall"]
+            if recipe.induction is not None and (recipe.induction.models is None or name in recipe.induction.models):
+                try:
+                    entry["induction"] = induction.evaluate_checkpoint(ckpt, recipe.induction,
+                                                                       out / name / "induction.json")
+                except ValueError as e:
+                    raise UserError(f"{recipe_path}: {e} (checkpoint {name})") from None
             entry["seconds"] = round(time.time() - t0, 3)
             summary["models"][name] = entry
     finally:
