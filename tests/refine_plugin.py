@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from minisigma.core.document import Document
 from minisigma.core.filters import Filter
 from minisigma.core.recipes import Section
 
@@ -17,8 +18,8 @@ class DropMentions(Filter, RefineStep):
     name = "drop_mentions"
     Config = DropMentionsConfig
 
-    def decide(self, doc: dict) -> str | None:
-        if self.config.word in doc["text"]:
+    def decide(self, doc: Document) -> str | None:
+        if self.config.word in doc.text:
             return f"mentions_{self.config.word}"
         self.stat("checked")
         return None

@@ -16,6 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from minisigma.core.document import Document
 from minisigma.core.errors import UserError
 from minisigma.core.filters import Filter
 from minisigma.core.recipes import Section
@@ -70,17 +71,17 @@ class Classify(Filter, RefineStep):
         self.q_words = load_info(self.quality_dir)["config"]["fasttext"]["max_words"]
         self.c_words = load_info(self.category_dir)["config"]["fasttext"]["max_words"] if self.category_dir else 0
 
-    def decide(self, doc: dict) -> str | None:
-        labels, probs = predict(_model(self.quality_dir), doc["text"], self.q_words, k=2)
+    def decide(self, doc: Document) -> str | None:
+        labels, probs = predict(_model(self.quality_dir), doc.text, self.q_words, k=2)
         q = dict(zip(labels, probs)).get("hq", 0.0)
         scores(doc)["quality"] = round(q, 5)
         if self.category_dir:
-            (lab,), (p,) = predict(_model(self.category_dir), doc["text"], self.c_words, k=1)
+            (lab,), (p,) = predict(_model(self.category_dir), doc.text, self.c_words, k=1)
             meta(doc)["category_pred"] = lab
             scores(doc)["category"] = round(p, 5)
             if lab in self.config.drop_categories:
                 return f"category_{lab}"
-        thr = self.threshold.get(str(doc.get("source")), self.threshold.get("*")) \
+        thr = self.threshold.get(str(doc.source), self.threshold.get("*")) \
             if isinstance(self.threshold, dict) else self.threshold
         if thr is not None and q < thr:
             return "quality_below_threshold"

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from minisigma.core.document import Document
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.filters import Filter
@@ -22,7 +23,7 @@ from minisigma.core.runner import run_stage
 from minisigma.core.shards import read_docs
 
 from curation.refine.registry import RefineContext, RefineStep
-from curation.refine.textutil import ngram_hashes, tokens
+from curation.refine.textutil import meta, ngram_hashes, tokens
 
 
 class EvalSet(Section):
@@ -101,12 +102,12 @@ class Decontam(Filter, RefineStep):
             found.extend(self.index[int(x)] for x in hit.tolist())
         return found
 
-    def decide(self, doc: dict) -> str | None:
+    def decide(self, doc: Document) -> str | None:
         c = self.config
-        found = self.hits(doc["text"])
+        found = self.hits(doc.text)
         if len(found) < c.min_overlap:
             return None
-        doc.setdefault("metadata", {})["decontam"] = {
+        meta(doc)["decontam"] = {
             "overlaps": len(found),
             "ngrams": [{"set": s, "item": i, "ngram": g} for s, i, g in found[: c.max_recorded_ngrams]]}
         return "decontam_" + sorted({f[0] for f in found})[0]

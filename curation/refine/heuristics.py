@@ -23,6 +23,7 @@ import re
 from collections import Counter
 
 from minisigma.core.recipes import Section
+from minisigma.core.document import Document
 from minisigma.core.filters import Filter
 
 from curation.refine.codedetect import split_code
@@ -210,8 +211,8 @@ class Heuristics(Filter, RefineStep):
     def __init__(self, config: HeuristicsConfig | None = None):
         super().__init__(config or HeuristicsConfig())
 
-    def decide(self, doc: dict) -> str | None:
-        reason, facts = check(doc["text"], self.config)
+    def decide(self, doc: Document) -> str | None:
+        reason, facts = check(doc.text, self.config)
         meta(doc)["code_fraction"] = facts["code_fraction"]
         self.stat(f"prose_rules_{facts.get('prose_rules', 'none')}")
         return reason or None

@@ -9,8 +9,9 @@ is dropped with reason "lang_<code>", one below `min_score` with "lang_low_score
 
 from __future__ import annotations
 
-from minisigma.core.recipes import Section
+from minisigma.core.document import Document
 from minisigma.core.filters import Filter
+from minisigma.core.recipes import Section
 
 from curation.refine.codedetect import split_code
 from curation.refine.registry import RefineStep
@@ -57,9 +58,9 @@ class LangId(Filter, RefineStep):
     def __init__(self, config: LangIdConfig | None = None):
         super().__init__(config or LangIdConfig())
 
-    def decide(self, doc: dict) -> str | None:
+    def decide(self, doc: Document) -> str | None:
         c = self.config
-        lang, p, _ = identify(doc["text"], c)
+        lang, p, _ = identify(doc.text, c)
         meta(doc)["lang"] = lang
         scores(doc)["lang"] = round(p, 4)
         if lang == "und":

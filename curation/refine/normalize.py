@@ -11,8 +11,9 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from minisigma.core.recipes import Section
+from minisigma.core.document import Document
 from minisigma.core.filters import Filter
+from minisigma.core.recipes import Section
 
 from curation.refine.registry import RefineStep
 
@@ -48,8 +49,8 @@ class Normalize(Filter, RefineStep):
     def __init__(self, config: NormalizeConfig | None = None):
         super().__init__(config or NormalizeConfig())
 
-    def decide(self, doc: dict) -> str | None:
-        text = doc["text"]
+    def decide(self, doc: Document) -> str | None:
+        text = doc.text
         new, n_ctrl = normalize_text(text, self.config.form)
         if n_ctrl:
             self.stat("control_chars_removed", n_ctrl)
@@ -57,5 +58,5 @@ class Normalize(Filter, RefineStep):
             self.stat("docs_changed")
         if len(new.strip()) < self.config.min_chars:
             return "empty_after_normalize"
-        doc["text"] = new
+        doc.text = new
         return None

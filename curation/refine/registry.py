@@ -11,7 +11,7 @@ which a recipe then names in `refine.stages` and configures under `refine.<name>
     class DropShort(Filter, RefineStep):
         name = "drop_short"
         Config = DropShortConfig
-        def decide(self, doc): return "too_short" if len(doc["text"]) < self.config.min_chars else None
+        def decide(self, doc: Document): return "too_short" if len(doc.text) < self.config.min_chars else None
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Text helpers shared by the refine stages: word splitting, n-gram hashing, doc access."""
+"""Text helpers shared by the refine stages: word splitting, n-gram hashing, a Document's metadata and scores."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ import unicodedata
 
 import numpy as np
 import xxhash
+
+from minisigma.core.document import Document
 
 WORD_RE = re.compile(r"\w+")
 # Tokens for decontamination: words and runs of punctuation (commands are full of "-", "|", "/").
@@ -78,15 +80,15 @@ def nfc(text: str) -> str:
     return unicodedata.normalize("NFC", text)
 
 
-def meta(doc: dict) -> dict:
-    m = doc.get("metadata")
-    if not isinstance(m, dict):
-        m = {}
-        doc["metadata"] = m
-    return m
+def meta(doc: Document) -> dict:
+    """The document's metadata, made an empty dict where a record had none (or not an object)."""
+    if not isinstance(doc.metadata, dict):
+        doc.metadata = {}
+    return doc.metadata
 
 
-def scores(doc: dict) -> dict:
+def scores(doc: Document) -> dict:
+    """metadata.scores, made where missing."""
     m = meta(doc)
     s = m.get("scores")
     if not isinstance(s, dict):

@@ -2,8 +2,8 @@
 
 On disk a document is one JSON object per shard line (`minisigma.core.shards`), with exactly the
 fields below; in memory, code that makes or converts documents uses this dataclass, so a record's
-shape is written down once. Stages that only look at a document (the refine filters) read the
-dict as it comes off the shard: the keys are these fields.
+shape is written down once; the refine filters (`minisigma.core.filters.Filter`) get each record
+as a `Document`.
 
 datatrove interop: `to_datatrove` / `from_datatrove` map onto `datatrove.data.Document` (text, id,
 metadata): `source` and `url` travel in datatrove's metadata under the same names, so a datatrove
@@ -44,10 +44,14 @@ class Document:
 
     @classmethod
     def from_dict(cls, record: dict) -> "Document":
-        """The document of a shard line; a key outside FIELDS is an error (ValueError naming it)."""
+        """The document of a shard line (the record's own objects, not copies); a key outside FIELDS
+        or a missing id, text or source is an error (ValueError naming it)."""
         extra = set(record) - set(FIELDS)
         if extra:
             raise ValueError(f"unknown document field {sorted(extra)[0]!r}")
+        missing = [k for k in FIELDS[:3] if k not in record]
+        if missing:
+            raise ValueError(f"document field {missing[0]!r} missing")
         return cls(**record)
 
     def to_dict(self) -> dict:

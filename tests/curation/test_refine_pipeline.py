@@ -12,6 +12,7 @@ from curation.refine.classifiers import (CategoryTrainConfig, FastTextParams, Qu
 from curation.refine.pipeline import load_refine_config, refine
 from benchmarks.realtext import stdlib_docs, stdlib_sources
 from minisigma.core import manifest
+from minisigma.core.document import FIELDS, Document
 from minisigma.core.shards import ShardWriter, list_shards, read_docs
 
 
@@ -145,6 +146,11 @@ def test_a_registered_stage_runs_in_a_recipe_without_touching_the_pipeline(tmp_p
         load_refine_config(tmp_path / "bad.yaml")
 
 
+def as_document(d: dict) -> Document:
+    """A fixture record as the Document a filter gets (make_negatives' records carry their "kind")."""
+    return Document.from_dict({k: d[k] for k in FIELDS if k in d})
+
+
 def test_quality_threshold_per_source_keeps_the_top_fraction_of_each_source(docs, tmp_path):
     """A source unlike the training documents (here: the same pages with their words shuffled, which
     the quality model scores low) keeps its own top fraction instead of being dropped wholesale."""
@@ -163,6 +169,6 @@ def test_quality_threshold_per_source_keeps_the_top_fraction_of_each_source(docs
         thr, how = resolve_threshold(cfg, tmp_path / "q", [shard])
         assert isinstance(thr, dict) == per_source and how["keep_fraction"] == 0.9
         f = Classify(cfg, tmp_path / "q", None, thr)
-        kept[per_source] = Counter(d["source"] for d in real + odd if f.decide(dict(d)) is None)
+        kept[per_source] = Counter(d["source"] for d in real + odd if f.decide(as_document(d)) is None)
     assert kept[False]["odd"] < 0.5 * len(odd)  # one threshold: the odd source mostly goes
     assert kept[True]["odd"] >= 0.85 * len(odd) and kept[True]["pydoc"] >= 0.85 * len(real)

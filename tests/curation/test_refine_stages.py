@@ -72,7 +72,8 @@ def test_heuristics_and_langid_stages(tmp_path):
         "überschreibt. Wenn ein Gerät einen Interrupt auslöst, unterbricht der Kernel die laufende Aufgabe, "
         "bearbeitet das Ereignis und kehrt danach zurück. Dateisysteme, Netzwerkprotokolle und Treiber sind "
         "Teile des Kernels, die über Systemaufrufe erreichbar sind. Die Anwendungen selbst laufen im "
-        "Benutzermodus und haben keinen direkten Zugriff auf die Hardware des Computers."), "metadata": {}})
+        "Benutzermodus und haben keinen direkten Zugriff auf die Hardware des Computers."), "source": "de",
+        "metadata": {}})
     docs.append({"id": "notext", "metadata": {}})
     inp = shard(tmp_path / "in" / "00000.jsonl.gz", docs)
     m = run_stage(Normalize(), [inp], tmp_path / "norm", executor="local", progress=False)
@@ -115,10 +116,10 @@ def test_decontam_drops_docs_with_eval_items_and_records_ngrams(tmp_path):
               "command": "tail -n 10 -f /var/log/syslog | grep --line-buffered kernel", "tool": "tail"}]
     (tmp_path / "cmdgen.jsonl").write_text("".join(json.dumps(i) + "\n" for i in items))
     held = shard(tmp_path / "val.jsonl.gz", [{"id": "v1", "text": stdlib_docs()[5]["text"]}])
-    docs = [{"id": "a", "text": "To watch it live: tail -n 10 -f /var/log/syslog | grep --line-buffered kernel ok"},
-            {"id": "b", "text": stdlib_docs()[7]["text"]},
-            {"id": "c", "text": "intro\n" + stdlib_docs()[5]["text"][:2000]},
-            {"id": "d", "text": "tail -n 10 shows lines; grep filters them"}]
+    docs = [{"id": "a", "source": "t", "text": "To watch it live: tail -n 10 -f /var/log/syslog | grep --line-buffered kernel ok"},
+            {"id": "b", "source": "t", "text": stdlib_docs()[7]["text"]},
+            {"id": "c", "source": "t", "text": "intro\n" + stdlib_docs()[5]["text"][:2000]},
+            {"id": "d", "source": "t", "text": "tail -n 10 shows lines; grep filters them"}]
     c = DecontamConfig(eval_sets=[EvalSet(name="cmdgen", path=str(tmp_path / "cmdgen.jsonl"))],
                        heldout_paths=[str(held)])
     m = run_stage(Decontam(c), [shard(tmp_path / "in" / "00000.jsonl.gz", docs)], tmp_path / "out",
