@@ -302,7 +302,11 @@ def eval_cmd(
             print(f"{o['executable']}/{o['tasks']} tasks have a reference that runs with status ok "
                   f"(executable share {o['executable_share']}) -> {reference_only}")
             for suite, b in r["per_suite"].items():
-                print(f"  {suite}: {b['executable']}/{b['tasks']}; dropped: {b['dropped']}")
+                kind = "executed" if r["families"][suite]["executed"] else "textual only"
+                print(f"  {suite} ({kind}): {b['executable']}/{b['tasks']}; dropped: {b['dropped']}")
+            f = r["executable_families"]
+            print(f"executed families {', '.join(f['suites']) or '-'}: {f['executable']}/{f['tasks']} references "
+                  f"ran with status ok (share {f['executable_share']})")
             return
         if tasks is None or checkpoint is None:
             raise UserError("eval cmdgen needs --tasks FILE.jsonl and --checkpoint DIR")

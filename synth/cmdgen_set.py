@@ -25,7 +25,12 @@ GPU-tooling family (the manifest's ``suite: gpu`` packages), which is scored tex
 (``no_execute``). A general item gets fixtures (`derive_fixtures`: the files its command names,
 with contents of their kind: text, CSV, JSON, tar/gzip/xz/bzip2/zip archives, scripts), and, where a
 sandbox can be made, the reference is run with and without them (`FixtureProbe`) and the variant
-under which it exits 0 is kept.
+under which it exits 0 is kept. A general item whose reference exits 0 under neither stays in the
+``general`` (executable) family only if no probe could be made; otherwise it moves to the
+``textual`` family (``no_execute`` with the probe's reason, scored like the GPU family), or with
+``cmdgen.unrunnable: drop`` leaves the set; either way its reason class (`unrunnable_kind`:
+needs_root, needs_device, needs_systemd, needs_network, needs_operand, timeout ...) is counted in
+the stage manifest (``textual_<kind>`` / ``unrunnable_<kind>``).
 Output lines: the task-file format of model/evaluation/cmdgen.py ({"id","task","command","tool",
 "package","suite","fixtures","no_execute"}).
 """
@@ -49,6 +54,41 @@ from synth.screen import normalize_command
 EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
 GPU_NO_EXECUTE = "a GPU tool: needs a GPU and its driver, which the sandbox has not (scored by exact match and CMD score)"
 UNRUNNABLE = "the reference does not run in the sandbox: "  # + the probe's status and stderr line
+# the family of general items whose reference the builder's probe could not run: kept, scored by
+# exact match and CMD score like the GPU family, reported apart and outside the executable families
+TEXTUAL_SUITE = "textual"
+# why a reference did not run, from the probe's "status (exit N): first stderr line" (first match wins)
+_UNRUNNABLE_KINDS = (
+    ("needs_systemd", re.compile(r"systemd|d-?bus|failed to connect to bus|has not been booted|logind|"
+                                 r"journal|udev", re.I)),
+    ("needs_network", re.compile(r"network is unreachable|could not resolve|name or service not known|"
+                                 r"name resolution|connection refused|no route to host|resolve host|"
+                                 r"getaddrinfo|unknown host|socket", re.I)),
+    ("needs_device", re.compile(r"no such device|/dev/|block device|character device|no \w+ devices?|"
+                                r"device not found|ioctl|no medium|not a tty|inappropriate ioctl|"
+                                r"/sys/|/proc/", re.I)),
+    ("needs_root", re.compile(r"permission denied|not permitted|must be (run as )?root|are you root|"
+                              r"superuser|requires? root|privilege|insufficient permission|cap_\w+", re.I)),
+    ("needs_operand", re.compile(r"missing .*operand|usage:|requires an argument|too few arguments|"
+                                 r"no (input )?files? (specified|given)|argument required|not enough arguments|"
+                                 r"missing argument|expects? |no such file", re.I)),
+)
+
+
+def unrunnable_kind(why: str) -> str:
+    """The reason class of a reference the probe could not run (`FixtureProbe.choose`'s `why`):
+    tool_not_installed, timeout (it waits: input, a device, the network), needs_systemd,
+    needs_network, needs_device, needs_root, needs_operand, or reference_error (it ran and failed
+    for another reason)."""
+    status = why.split(" ", 1)[0]
+    if status == "not_executable":
+        return "tool_not_installed"
+    if status in ("timeout", "killed"):
+        return "timeout"
+    for kind, rx in _UNRUNNABLE_KINDS:
+        if rx.search(why):
+            return kind
+    return "reference_error"
 
 
 def is_heldout(key: str, fraction: float, seed: str) -> bool:
@@ -133,6 +173,8 @@ def order_key(pair: dict) -> tuple:
 
 def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None = None,
               no_execute: str | None = None) -> dict:
+    """A task-file item; a general item with `no_execute` (its reference does not run) is in the
+    textual family (TEXTUAL_SUITE)."""
     info = info or {}
     item = {"id": f"cmdgen-{pair['id']}", "task": pair["task"], "command": pair["command"], "tool": pair["tool"],
             "suite": info.get("suite") or "general"}
@@ -142,6 +184,7 @@ def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None 
         item["no_execute"] = GPU_NO_EXECUTE
     elif no_execute:
         item["no_execute"] = no_execute
+        item["suite"] = TEXTUAL_SUITE
     if fixtures:
         item["fixtures"] = fixtures
     return item
@@ -276,6 +319,17 @@ def derive_fixtures(pair: dict) -> list[dict]:
 
     words = _words(pair["command"])
     out, seen = [], set()
+    # the operands option mining gave the command (synth.commands.OPERANDS): a directory gets a
+    # small tree, a destination is what the command writes, not an input
+    operands = (pair.get("metadata") or {}).get("operands") or []
+    for kind, value in operands:
+        if kind == "dest":
+            seen.add(value)
+        elif kind == "dir" and value not in seen:
+            seen.add(value)
+            out.append({"path": value, "type": "dir"})
+            out += [{"path": f"{value}/readme.txt", "content": _text(pair, value)},
+                    {"path": f"{value}/data.csv", "content": _content(pair, "data.csv")[0]}]
     prev = ""
     for w in words[1:]:
         value = w.split("=", 1)[1] if w.startswith("-") and "=" in w else w
@@ -342,4 +396,5 @@ class FixtureProbe:
 
 
 __all__ = ["Split", "is_heldout", "eval_problem", "family", "order_key", "eval_item", "write_jsonl", "read_jsonl",
-           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE", "UNRUNNABLE"]
+           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE", "UNRUNNABLE",
+           "TEXTUAL_SUITE", "unrunnable_kind"]

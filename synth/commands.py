@@ -7,8 +7,10 @@ Sources and rules:
   * definition lists (command line, then its description indented under it, as in tar, git, ip):
     task = the first sentence(s) of the description;
 - man-page option lists (OPTIONS/DESCRIPTION items such as ``-a, --all`` + description):
-  task = "Using TOOL, <description>", command = TOOL + the option (long spelling preferred) with
-  its metavar;
+  task = "Using TOOL, <description>, <operands>", command = TOOL + the option (long spelling
+  preferred) with its metavar (a number or operand kind filled with a value) + one concrete operand
+  of each kind the SYNOPSIS documents ("grep [OPTION...] PATTERNS [FILE...]" -> `grep
+  --ignore-case alpha notes.txt`, "..., with the pattern alpha on notes.txt"; `synopsis_operands`);
 - other documents (CLI reference examples shipped in PyPI packages, Q&A pages, blog-like pages):
   a one-line shell command in a fenced/indented block or after a `$ ` prompt, with the prose line
   before it (or the page title for Q&A pages) as the task.
@@ -25,7 +27,7 @@ import shlex
 
 from minisigma.core.shards import stable_id
 
-from synth.manpage import Block, ManPage, parse_manpage
+from synth.manpage import Block, ManPage, indent_of, parse_manpage
 from synth.qa import split_thread
 
 GENERATOR = "synth.commands/1"
@@ -234,35 +236,154 @@ def mine_examples(page: ManPage, doc: dict) -> list[dict]:
     return out
 
 
-def _option_command(invocation: str, opts: list[tuple[str, str]]) -> str:
+# --------------------------------------------------------------------------- operands
+# An option line alone ("Using sort, reverse the result of comparisons" -> `sort --reverse`) gives
+# a command with nothing to act on. The SYNOPSIS says what a tool acts on ("sort [OPTION]...
+# [FILE]...", "grep [OPTION...] PATTERNS [FILE...]", "mkdir [OPTION]... DIRECTORY..."), so each
+# option task gets one concrete operand of every documented kind, named in the task, and the
+# CMDGen builder gives the item a fixture of that kind (synth/cmdgen_set.derive_fixtures).
+# kind -> (the value in the command, how the task names it: "{}" is the value)
+OPERANDS = {
+    "pattern": ("alpha", "with the pattern {}"),
+    "file": ("notes.txt", "on {}"),
+    "dir": ("docs", "on the directory {}"),
+    "dest": ("backup.txt", "into {}"),
+    "number": ("2", "with {meta} {}"),
+}
+# SYNOPSIS placeholders (lower-cased, digits dropped: FILE1 -> file) -> operand kind
+_OPERAND_NAMES = {
+    "pattern": "pattern", "patterns": "pattern", "regexp": "pattern", "regex": "pattern",
+    "file": "file", "files": "file", "filename": "file", "filenames": "file", "path": "file", "paths": "file",
+    "pathname": "file", "input": "file", "inputfile": "file", "infile": "file", "source": "file",
+    "textfile": "file", "datafile": "file", "dir": "dir", "directory": "dir", "directories": "dir", "dirs": "dir",
+    "dest": "dest", "destination": "dest", "target": "dest", "outfile": "dest",
+}
+# an option's own metavar that takes a small number ("--lines=NUM", "-w COLS")
+_NUMBER_METAVARS = {"n", "num", "number", "count", "lines", "cols", "columns", "width", "depth", "level",
+                    "bytes", "digits", "chars", "fields", "k", "m"}
+_OPTION_WORDS = {"option", "options", "opts", "flags", "--"}
+
+
+def _placeholder_kind(word: str) -> str | None:
+    """'[FILE]...' -> 'file', '<path>...' -> 'file', 'FILE1' -> 'file'; None: not an operand we know."""
+    w = word.strip("[]{}<>().,;\u2026").rstrip(".").strip("[]<>").lower()
+    return _OPERAND_NAMES.get(re.sub(r"\d+$", "", w))
+
+
+def synopsis_operands(page: ManPage) -> list[str] | None:
+    """The operand kinds of the SYNOPSIS's first form, in order (one of each), or None when that
+    form needs something no kind covers (a required option or an unknown required placeholder:
+    "tar {A|--catenate} ARCHIVE", "kill PID"). An optional group that holds an option
+    ("[-f ARCHIVE]") is skipped whole; an optional placeholder of a known kind is given."""
+    lines = [l for l in page.sections.get("SYNOPSIS", []) if l.strip()]
+    if not lines:
+        return None
+    first = [lines[0]] + [l for l in _continuation(lines)]
+    words = " ".join(first).split()
+    inv = page.invocation.split()
+    if [w.rsplit("/", 1)[-1] for w in words[:len(inv)]] != inv:
+        return None
+    kinds: list[str] = []
+    depth, group, group_has_option = 0, [], False
+    for raw in words[len(inv):]:
+        opens = raw.count("[") + raw.count("{")
+        closes = raw.count("]") + raw.count("}")
+        if raw.startswith("{"):
+            return None  # a required choice of modes (tar's {A|c|d...}): no single form
+        bare = raw.strip("[]{}<>.\u2026|")
+        is_option = bare.startswith("-") and bare != "--"
+        if depth + opens > 0:  # inside an optional group
+            group.append(bare)
+            group_has_option |= is_option
+            depth += opens - closes
+            if depth <= 0:
+                if not group_has_option:
+                    kinds += [k for k in map(_placeholder_kind, group) if k]
+                depth, group, group_has_option = 0, [], False
+            continue
+        if not bare or bare.lower() in _OPTION_WORDS or raw in ("|", "...", "\u2026"):
+            continue
+        if is_option:
+            return None  # the first form requires an option ("sort --files0-from=F"): no plain form
+        kind = _placeholder_kind(bare)
+        if kind is None:
+            return None
+        kinds.append(kind)
+    return list(dict.fromkeys(kinds))
+
+
+def _continuation(lines: list[str]) -> list[str]:
+    """The lines that continue the SYNOPSIS's first form (indented deeper than it)."""
+    base = indent_of(lines[0])
+    out = []
+    for l in lines[1:]:
+        if indent_of(l) <= base:
+            break
+        out.append(l)
+    return out
+
+
+def operand_phrase(operands: list[tuple[str, str]], meta: str = "") -> str:
+    """How the task names the operands: 'with the pattern alpha on notes.txt'."""
+    return " ".join(OPERANDS[k][1].format(v, meta=meta) for k, v in operands)
+
+
+def _option_command(invocation: str, opts: list[tuple[str, str]],
+                    kinds: list[str] | None = None) -> tuple[str, list[tuple[str, str]], str]:
+    """(command, operands given [(kind, value)], the option's metavar when it was filled).
+
+    The option's spelling (long preferred), its metavar filled when it is a number or an operand
+    kind (`--lines=NUM` -> `--lines=2`), else kept as the placeholder (an unanswerable item, which
+    the CMDGen builder drops), then one operand of each SYNOPSIS kind (`kinds`)."""
     longs = [o for o in opts if o[0].startswith("--")]
     opt, arg = (longs or opts)[0]
+    operands: list[tuple[str, str]] = []
+    meta = ""
+    words = [invocation]
     if not arg:
-        return f"{invocation} {opt}"
-    arg = arg.strip("[]<>").strip("=") or "VALUE"
-    arg = re.sub(r"[^A-Za-z0-9_.:/-]+", "_", arg).strip("_") or "VALUE"
-    arg = arg.upper() if not arg.isupper() else arg
-    sep = "=" if opt.startswith("--") else " "
-    return f"{invocation} {opt}{sep}{arg}"
+        words.append(opt)
+    else:
+        arg = arg.strip("[]<>").strip("=") or "VALUE"
+        arg = re.sub(r"[^A-Za-z0-9_.:/-]+", "_", arg).strip("_") or "VALUE"
+        arg = arg.upper() if not arg.isupper() else arg
+        sep = "=" if opt.startswith("--") else " "
+        kind = "number" if re.sub(r"[^a-z]", "", arg.lower()) in _NUMBER_METAVARS else _placeholder_kind(arg)
+        if kind is not None:
+            value = OPERANDS[kind][0]
+            operands.append((kind, value))
+            meta = re.sub(r"[^A-Za-z0-9]", "", arg)  # "-_NUM" ("[-]NUM") -> "NUM"
+            arg = value
+        words.append(f"{opt}{sep}{arg}")
+    for k in kinds or []:
+        if all(k != have for have, _ in operands):
+            operands.append((k, OPERANDS[k][0]))
+            words.append(OPERANDS[k][0])
+    return " ".join(words), operands, meta
 
 
 def mine_options(page: ManPage, doc: dict, max_per_tool: int) -> tuple[list[dict], int]:
     tool = page.tool
     out, boiler, seen = [], 0, set()
+    kinds = synopsis_operands(page)
     for e in page.option_entries:
         desc = clean_task(e.description, last_sentence=False)
         desc = re.sub(r"^\([A-Z /]+\)\s*", "", desc)  # curl's "(HTTP) "
         if not desc or _BOILERPLATE.search(desc) or any(o in ("--help", "--version", "--usage") for o, _ in e.options):
             boiler += 1
             continue
-        command = _option_command(page.invocation, e.options)
+        command, operands, meta = _option_command(page.invocation, e.options, kinds)
         if command in seen:
             continue
         seen.add(command)
         task = f"Using {tool}, {desc[:1].lower() + desc[1:]}"
+        if operands:
+            task += ", " + operand_phrase(operands, meta)
         if not good_task(task) or _CONTEXTUAL.search(desc):
             continue
-        out.append(_pair(task, command, tool, doc, "option", e.section, {"option_term": e.term}))
+        extra = {"option_term": e.term}
+        if operands:
+            extra["operands"] = [list(o) for o in operands]
+        out.append(_pair(task, command, tool, doc, "option", e.section, extra))
         if len(out) >= max_per_tool:
             break
     return out, boiler

@@ -77,6 +77,10 @@ class CmdgenConfig(Section):
     # operand the option line does not give) gets no_execute with the probe's reason: it is scored
     # by exact match and CMD score, and the executed share runs what it scores
     execute_only_runnable: bool = True
+    # what becomes of such an item: textual keeps it in the `textual` family (scored by exact match
+    # and CMD score, reported apart, outside the executable families); drop leaves it out of the set.
+    # Either way the manifest counts it by reason class (synth/cmdgen_set.unrunnable_kind).
+    unrunnable: Literal["textual", "drop"] = "textual"
 
 
 class QAConfig(Section):

@@ -33,6 +33,7 @@ from synth.cmdgen_set import (
     order_key,
     program_info,
     read_jsonl,
+    unrunnable_kind,
 )
 from synth.commands import family, mine_manpage, mine_snippets
 from synth.manpage import parse_manpage
@@ -201,8 +202,15 @@ class CmdgenSet(Stage):
         per_tool: dict[str, int] = {}
         per_family: dict[str, int] = {}
         kept = 0
+        drop_unrunnable = r.cmdgen.fixtures and r.cmdgen.execute_only_runnable and r.cmdgen.unrunnable == "drop"
         for p in eligible:
             fam = family(p["tool"])
+            if drop_unrunnable:
+                info, fixtures, status, why = prepared.get(id(p)) or prepare(p)
+                prepared[id(p)] = (info, fixtures, status, why)
+                if info["suite"] != "gpu" and status not in (None, "ok"):
+                    sink.drop(p, f"unrunnable_{unrunnable_kind(why)}")
+                    continue
             if kept >= r.cmdgen.max_tasks:
                 sink.drop(p, "over_max_tasks")
                 continue
@@ -217,16 +225,16 @@ class CmdgenSet(Stage):
             kept += 1
             info, fixtures, status, why = prepared.get(id(p)) or prepare(p)
             no_execute = None
-            if info["suite"] == "gpu":
-                sink.stat("suite_gpu")
-            elif r.cmdgen.fixtures:
+            if info["suite"] != "gpu" and r.cmdgen.fixtures:
                 if status is not None:
                     sink.stat(f"reference_{status}")
                     if status != "ok" and r.cmdgen.execute_only_runnable:
                         no_execute = UNRUNNABLE + why
+                        sink.stat(f"textual_{unrunnable_kind(why)}")
                 sink.stat("with_fixtures" if fixtures else "without_fixtures")
-            sink.write({**eval_item(p, info, fixtures, no_execute), "text": p["text"],
-                        "metadata": p.get("metadata", {})})
+            item = eval_item(p, info, fixtures, no_execute)
+            sink.stat(f"suite_{item['suite']}")  # the size of each family: general, textual, gpu
+            sink.write({**item, "text": p["text"], "metadata": p.get("metadata", {})})
 
 
 class ScreenPairs(Stage):

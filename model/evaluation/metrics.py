@@ -257,6 +257,23 @@ def _executable(r: dict) -> bool:
     return r.get("executable", True)
 
 
+def executable_families(rows: Sequence[dict]) -> list[str]:
+    """The suites (families) that are executed: those with a task not marked ``no_execute``
+    (CMDGen-mini: ``general``; ``gpu`` and ``textual`` are scored textually). The executable share
+    the >= 90% target is about is computed over *all* tasks of these families."""
+    return sorted({r.get("suite") or "general" for r in rows if r.get("dropped_reason") != "no_execute"})
+
+
+def families(rows: Sequence[dict]) -> dict:
+    """{suite: {"tasks": n, "executed": whether the family is executed}} (every family, none left out)."""
+    ex = set(executable_families(rows))
+    out: dict[str, dict] = {}
+    for r in rows:
+        k = r.get("suite") or "general"
+        out.setdefault(k, {"tasks": 0, "executed": k in ex})["tasks"] += 1
+    return dict(sorted(out.items()))
+
+
 def summarize(rows: Sequence[dict]) -> dict:
     """Averages overall, per suite (``general``, ``gpu`` ...) and per tool; booleans average to
     ratios in [0, 1].
@@ -265,7 +282,8 @@ def summarize(rows: Sequence[dict]) -> dict:
     averaged over the *executable share* (rows with ``executable`` true: a reference ran with status
     ok; rows without the key count as executable), ``output_score`` over the tasks where it is
     defined (``output_scored`` says how many); ``dropped`` counts why the other tasks are outside
-    the share (the row's ``dropped_reason``).
+    the share (the row's ``dropped_reason``). ``families`` gives every family's size and whether
+    it is executed; ``executable_families`` is the block over all tasks of the executed ones.
     """
 
     def block(rs: Sequence[dict]) -> dict:
@@ -289,7 +307,11 @@ def summarize(rows: Sequence[dict]) -> dict:
     for r in rows:
         by_tool[r.get("tool") or "?"].append(r)
         by_suite[r.get("suite") or "general"].append(r)
+    fams = set(executable_families(rows))
     return {"overall": block(rows), "per_suite": {k: block(rs) for k, rs in sorted(by_suite.items())},
+            "families": families(rows),
+            "executable_families": {"suites": sorted(fams),
+                                    **block([r for r in rows if (r.get("suite") or "general") in fams])},
             "per_tool": {t: block(rs) for t, rs in sorted(by_tool.items())}}
 
 

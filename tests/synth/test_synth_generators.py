@@ -68,8 +68,10 @@ def test_examples_are_mined_with_provenance(docs):
 
     tar, _ = mine_manpage(docs["tar"])
     assert any(p["command"] == "tar cfv etc.tar /etc" and "archive file etc.tar" in p["task"] for p in tar)
-    opt = next(p for p in mine_manpage(docs["ls"])[0] if p["command"] == "ls --all")
-    assert opt["task"] == "Using ls, do not ignore entries starting with ." and opt["metadata"]["rule"] == "option"
+    # an option task gets the operand the SYNOPSIS documents ("ls [OPTION]... [FILE]..."), named in the task
+    opt = next(p for p in mine_manpage(docs["ls"])[0] if p["command"] == "ls --all notes.txt")
+    assert opt["task"] == "Using ls, do not ignore entries starting with ., on notes.txt"
+    assert opt["metadata"]["rule"] == "option" and opt["metadata"]["operands"] == [["file", "notes.txt"]]
     assert not any("--help" in p["command"] or "--version" in p["command"] for p in mine_manpage(docs["ls"])[0])
 
 
