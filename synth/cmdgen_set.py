@@ -59,27 +59,41 @@ UNRUNNABLE = "the reference does not run in the sandbox: "  # + the probe's stat
 TEXTUAL_SUITE = "textual"
 # why a reference did not run, from the probe's "status (exit N): first stderr line" (first match wins)
 _UNRUNNABLE_KINDS = (
+    ("sandbox_limit", re.compile(r"pthread_create failed|resource temporarily unavailable|cannot allocate memory",
+                                 re.I)),
     ("needs_systemd", re.compile(r"systemd|d-?bus|failed to connect to bus|has not been booted|logind|"
                                  r"journal|udev", re.I)),
+    ("needs_daemon", re.compile(r"daemon|\.sock\b|is the \w+ running|connect to the \w+ (server|service)", re.I)),
+    ("needs_root", re.compile(r"permission denied|not permitted|must be (run as )?(root|super-?user)|are you root|"
+                              r"superuser|super-user|requires? root|privilege|insufficient permission|cap_\w+|"
+                              r"you must be root|permission to|lvm2 system dir|couldn't open log file", re.I)),
     ("needs_network", re.compile(r"network is unreachable|could not resolve|name or service not known|"
                                  r"name resolution|connection refused|no route to host|resolve host|"
-                                 r"getaddrinfo|unknown host|socket", re.I)),
+                                 r"getaddrinfo|unknown host|socket|missing url|no url|destination address|"
+                                 r"inet prefix|hostname", re.I)),
     ("needs_device", re.compile(r"no such device|/dev/|block device|character device|no \w+ devices?|"
-                                r"device not found|ioctl|no medium|not a tty|inappropriate ioctl|"
-                                r"/sys/|/proc/", re.I)),
-    ("needs_root", re.compile(r"permission denied|not permitted|must be (run as )?root|are you root|"
-                              r"superuser|requires? root|privilege|insufficient permission|cap_\w+", re.I)),
+                                r"device not found|no device|ioctl|no medium|not a tty|terminal|"
+                                r"/sys/|/proc/|sysfs|netlink|module loaded|nowhere to set up|not supported|"
+                                r"topology", re.I)),
+    ("option_not_supported", re.compile(r"unrecognized option|invalid option|unknown option|is unknown|"
+                                        r"deprecated|invalid predicate", re.I)),
     ("needs_operand", re.compile(r"missing .*operand|usage:|requires an argument|too few arguments|"
                                  r"no (input )?files? (specified|given)|argument required|not enough arguments|"
-                                 r"missing argument|expects? |no such file", re.I)),
+                                 r"missing argument|expects? |no such file|no \w+ specified|no \w+ specification|"
+                                 r"missing command|you must specify|must provide|number of operands|"
+                                 r"not a git repository|no rule to make|empty archive|unexpected end of file|"
+                                 r"not empty", re.I)),
 )
 
 
 def unrunnable_kind(why: str) -> str:
     """The reason class of a reference the probe could not run (`FixtureProbe.choose`'s `why`):
-    tool_not_installed, timeout (it waits: input, a device, the network), needs_systemd,
-    needs_network, needs_device, needs_root, needs_operand, or reference_error (it ran and failed
-    for another reason)."""
+    tool_not_installed, timeout (it waits: input, a device, the network), sandbox_limit (the
+    sandbox's process or memory bound), needs_systemd (systemd or D-Bus), needs_daemon (another
+    service), needs_root, needs_network (a host or URL), needs_device (a block device, a terminal,
+    sysfs, netlink), option_not_supported (the installed program lacks the documented option),
+    needs_operand (an operand or context the task does not give: a second file, a repository),
+    or reference_error (it ran and failed for another reason)."""
     status = why.split(" ", 1)[0]
     if status == "not_executable":
         return "tool_not_installed"

@@ -247,6 +247,7 @@ OPERANDS = {
     "pattern": ("alpha", "with the pattern {}"),
     "file": ("notes.txt", "on {}"),
     "dir": ("docs", "on the directory {}"),
+    "file2": ("other.txt", "and {}"),
     "dest": ("backup.txt", "into {}"),
     "number": ("2", "with {meta} {}"),
 }
@@ -256,7 +257,7 @@ _OPERAND_NAMES = {
     "file": "file", "files": "file", "filename": "file", "filenames": "file", "path": "file", "paths": "file",
     "pathname": "file", "input": "file", "inputfile": "file", "infile": "file", "source": "file",
     "textfile": "file", "datafile": "file", "dir": "dir", "directory": "dir", "directories": "dir", "dirs": "dir",
-    "dest": "dest", "destination": "dest", "target": "dest", "outfile": "dest",
+    "dest": "dest", "outfile": "dest",
 }
 # an option's own metavar that takes a small number ("--lines=NUM", "-w COLS")
 _NUMBER_METAVARS = {"n", "num", "number", "count", "lines", "cols", "columns", "width", "depth", "level",
@@ -265,9 +266,15 @@ _OPTION_WORDS = {"option", "options", "opts", "flags", "--"}
 
 
 def _placeholder_kind(word: str) -> str | None:
-    """'[FILE]...' -> 'file', '<path>...' -> 'file', 'FILE1' -> 'file'; None: not an operand we know."""
+    """'[FILE]...' -> 'file', '<path>...' -> 'file', 'FILE1' -> 'file', 'FILE2' -> 'file2' (a second
+    file), 'CONFIGFILE' -> 'file'; None: not an operand we know."""
     w = word.strip("[]{}<>().,;\u2026").rstrip(".").strip("[]<>").lower()
-    return _OPERAND_NAMES.get(re.sub(r"\d+$", "", w))
+    if w == "file2":
+        return "file2"
+    w = re.sub(r"\d+$", "", w)
+    if w.endswith("file") and w.isalpha():
+        return "file"
+    return _OPERAND_NAMES.get(w)
 
 
 def synopsis_operands(page: ManPage) -> list[str] | None:
@@ -309,6 +316,8 @@ def synopsis_operands(page: ManPage) -> list[str] | None:
         if kind is None:
             return None
         kinds.append(kind)
+        if bare == "FILES":  # "diff [OPTION]... FILES": a required pair
+            kinds.append("file2")
     return list(dict.fromkeys(kinds))
 
 
@@ -324,8 +333,15 @@ def _continuation(lines: list[str]) -> list[str]:
 
 
 def operand_phrase(operands: list[tuple[str, str]], meta: str = "") -> str:
-    """How the task names the operands: 'with the pattern alpha on notes.txt'."""
-    return " ".join(OPERANDS[k][1].format(v, meta=meta) for k, v in operands)
+    """How the task names the operands: 'with the pattern alpha on notes.txt', 'on the directory
+    docs and notes.txt' (a second "on" joins the first)."""
+    parts: list[str] = []
+    for k, v in operands:
+        part = OPERANDS[k][1].format(v, meta=meta)
+        if parts and part.startswith("on ") and parts[-1].startswith("on "):
+            part = "and " + part[3:]
+        parts.append(part)
+    return " ".join(parts)
 
 
 def _option_command(invocation: str, opts: list[tuple[str, str]],

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
-from synth.cmdgen_set import GPU_NO_EXECUTE, UNRUNNABLE, FixtureProbe, derive_fixtures, program_info
+from synth.cmdgen_set import GPU_NO_EXECUTE, TEXTUAL_SUITE, UNRUNNABLE, FixtureProbe, derive_fixtures, program_info
 
 REPO = Path(__file__).resolve().parents[2]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -98,16 +98,25 @@ def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
     items = [json.loads(x) for x in (tmp_path / "run" / "cmdgen" / "cmdgen.jsonl").read_text().splitlines()]
     gpu = [i for i in items if i["suite"] == "gpu"]
     general = [i for i in items if i["suite"] == "general"]
+    textual = [i for i in items if i["suite"] == TEXTUAL_SUITE]
     assert gpu and general, items
+    assert len(gpu) + len(general) + len(textual) == len(items)
     assert all(i["tool"] == "rocm-smi" and i["package"] == "rocm-smi" and i["no_execute"] == GPU_NO_EXECUTE
                and "fixtures" not in i for i in gpu)
-    assert all(i["package"] in ("coreutils", "grep", "gzip") for i in general)
+    assert all(i["package"] in ("coreutils", "grep", "gzip") for i in general + textual)
     stats = ms["cmdgen"]["stats"]
-    # a general item is executed exactly when the builder's probe ran its reference
+    # the general (executed) family is the items whose reference the builder's probe ran; the others
+    # are the textual family, each with the probe's reason, counted by reason class
     runnable = [i for i in general if "no_execute" not in i]
-    assert len(runnable) == stats.get("reference_ok", 0) and runnable
-    assert all(i["no_execute"].startswith(UNRUNNABLE) for i in general if "no_execute" in i)
-    assert stats["suite_gpu"] == len(gpu)
+    assert runnable == general and len(general) == stats.get("reference_ok", 0) and general
+    assert all(i["no_execute"].startswith(UNRUNNABLE) for i in textual)
+    assert sum(v for k, v in stats.items() if k.startswith("textual_")) == len(textual)
+    assert (stats["suite_gpu"], stats["suite_general"], stats.get(f"suite_{TEXTUAL_SUITE}", 0)) == \
+        (len(gpu), len(general), len(textual))
+    # option tasks carry the operands the SYNOPSIS documents, named in the task, with their fixtures
+    with_operands = [i for i in general if "notes.txt" in i["command"]]
+    assert with_operands and all("notes.txt" in i["task"] for i in with_operands)
+    assert any(f["path"] == "notes.txt" for i in with_operands for f in i.get("fixtures", []))
     tasks = load_tasks(tmp_path / "run" / "cmdgen" / "cmdgen.jsonl")
     ev = Evaluator(CmdgenSection())
     try:
@@ -117,3 +126,5 @@ def test_gpu_suite_from_the_real_rocm_smi_man_page(tmp_path):
     g = s["per_suite"]["gpu"]
     assert g["exact_match"] == 1.0 and g["executable"] == 0 and g["dropped"] == {"no_execute": len(gpu)}
     assert s["per_suite"]["general"]["executable"] == len(runnable)  # every probed reference runs again
+    assert s["executable_families"]["suites"] == ["general"] and s["executable_families"]["executable_share"] == 1.0
+    assert s["families"]["gpu"] == {"tasks": len(gpu), "executed": False}

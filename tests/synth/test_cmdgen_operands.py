@@ -42,6 +42,10 @@ def page(synopsis: str, tool: str = "foo", options: str = "") -> str:
     ("foo [OPTION]... [-T] SOURCE DEST", ["file", "dest"]),
     ("foo [ OPTIONS ] [-f ARCHIVE] <path>...", ["file"]),  # an optional group holding an option is skipped
     ("foo [OPTION]...", []),
+    ("foo [OPTION]... FILES", ["file", "file2"]),  # a required pair (diff)
+    ("foo [OPTION]... FILE1 [FILE2 [SKIP1 [SKIP2]]]", ["file", "file2"]),
+    ("foo [OPTION]... --config CONFIGFILE", None),
+    ("foo [options] destination [command]", None),  # a host is not a file
     ("foo [options] <pid> [...]", None),  # a required operand of no known kind
     ("foo {A|--catenate} [OPTIONS] ARCHIVE", None),  # a required choice of modes
     ("foo --files0-from=F", None),  # the form requires an option
@@ -73,6 +77,7 @@ def test_real_pages_give_operands():
     assert synopsis_operands(parse_manpage(docs["grep"]["text"], "grep")) == ["pattern", "file"]
     assert synopsis_operands(parse_manpage(docs["sort"]["text"], "sort")) == ["file"]
     assert synopsis_operands(parse_manpage(docs["mkdir"]["text"], "mkdir")) == ["dir"]
+    assert synopsis_operands(parse_manpage(docs["cp"]["text"], "cp")) == ["file", "dest"]
     grep = {p["command"]: p for p in mine_manpage(docs["grep"])[0]}
     assert "with the pattern alpha on notes.txt" in grep["grep --ignore-case alpha notes.txt"]["task"]
     sort = {p["command"]: p for p in mine_manpage(docs["sort"])[0]}
@@ -100,6 +105,11 @@ def test_directory_and_destination_operands_get_their_fixtures():
     ("error (exit 1): diff: missing operand after 'notes.txt'", "needs_operand"),
     ("not_executable (exit 127): bash: nvidia-smi: command not found", "tool_not_installed"),
     ("timeout", "timeout"),
+    ("error (exit 1): Cannot connect to the Docker daemon at unix:///var/run/docker.sock.", "needs_daemon"),
+    ("error (exit 2): runtime/cgo: pthread_create failed: Resource temporarily unavailable", "sandbox_limit"),
+    ("error (exit 1): findmnt: unrecognized option '--deleted'", "option_not_supported"),
+    ("error (exit 1): wget: missing URL", "needs_network"),
+    ("error (exit 1): blockdev: no device specified", "needs_device"),
     ("error (exit 3): frobnicate failed", "reference_error"),
 ])
 def test_unrunnable_references_are_classed_by_reason(why, kind):
