@@ -174,6 +174,21 @@ def _stage_out(stage_dir: Path) -> int:
     return json.loads(m.read_text())["counts"]["out"] if m.exists() else 0
 
 
+def curated_quality_model(r: ReproduceRecipe, prefix: str, out: Path) -> dict:
+    """The synth override for `rewrite.quality_model: curated`: the quality classifier this run's
+    curation trained and applied (its refine.classify.quality_model, by default <out>/classifiers/quality),
+    so the rewrites are screened by the model that chose the corpus they join."""
+    syn = yaml.safe_load(project_path(r.synth).read_text()) or {}
+    if (syn.get("rewrite") or {}).get("quality_model") != "curated":
+        return {}
+    from curation import recipe as curation_recipe
+    from curation.refine.classify import ClassifyConfig, classifier_dirs
+
+    cur = curation_recipe.load(rerooted_copy(r.curation, prefix, out, "curation"))
+    classify = getattr(cur.refine, "classify", None) or ClassifyConfig()
+    return {"rewrite": {"quality_model": str(classifier_dirs(out, classify)[0])}}
+
+
 def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bool) -> list[tuple[str, Callable]]:
     prefix = r.runs_prefix
 
@@ -189,7 +204,7 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
     def synth():
         from synth.pipeline import run_synth
 
-        path = rerooted_copy(r.synth, prefix, out, "synth")
+        path = rerooted_copy(r.synth, prefix, out, "synth", curated_quality_model(r, prefix, out))
         ms = run_synth(path, out / "curated", out / "synth", ray_address=ray_address, progress=progress)
         return {k: m["counts"]["out"] for k, m in ms.items()}
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from curation.refine.classifiers import load_info
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_recipe
 from minisigma.core.runner import run_stage
-from minisigma.core.shards import list_shards, read_docs
+from minisigma.core.shards import list_shards, read_docs, sha256_file
 from synth.backends import make_backend
 from synth.cmdgen_set import is_heldout, write_jsonl
 from synth.commands import family
@@ -64,9 +65,31 @@ def run_synth(recipe_path: str | Path, in_dir: str | Path, out_dir: str | Path, 
         described = _describe(recipe)
         if recipe.backend.kind == "local":  # the model's file and sha256, runtime and sampling
             described = {**backend.describe(), "kind": "local"}
+        recipe, quality = resolve_quality_model(recipe, Path(in_dir))
         manifests["rewrites"] = run_stage(Rewrite(recipe, str(out / "cache")), inputs, out / "rewrites",
-                                          extra={"backend": described}, **kw)
+                                          extra={"backend": described, "quality_model": quality}, **kw)
     return manifests
+
+
+def resolve_quality_model(recipe: SynthRecipe, in_dir: Path) -> tuple[SynthRecipe, dict | None]:
+    """The recipe with `rewrite.quality_model: curated` made a path (the classifier folder of the
+    curated run the input belongs to: <in>/../classifiers/quality), and what the manifest records of
+    the classifier: its path, the sha256 of its model file, its held-out scores, or that it is missing."""
+    qm = recipe.rewrite.quality_model
+    if not qm:
+        return recipe, None
+    if qm == "curated":
+        qm = str((in_dir.resolve().parent / "classifiers" / "quality"))
+        recipe = recipe.model_copy(update={"rewrite": recipe.rewrite.model_copy(update={"quality_model": qm})})
+    path = Path(qm)
+    model = path / "model.bin" if path.is_dir() else path
+    info = {"path": str(path), "label": recipe.rewrite.quality_label, "min_quality": recipe.rewrite.min_quality}
+    if not model.is_file():
+        return recipe, {**info, "missing": True}
+    info["sha256"] = sha256_file(model)
+    if (path / "classifier.json").is_file():
+        info["heldout_macro"] = load_info(path).get("heldout", {}).get("macro")
+    return recipe, info
 
 
 def _describe(recipe: SynthRecipe) -> dict:

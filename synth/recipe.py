@@ -92,7 +92,7 @@ class QAConfig(Section):
 
 class Template(Section):
     name: str
-    prompt: str  # placeholders: {title} {text} {source} {tool} {command}
+    prompt: str  # placeholders: {title} {text} {source} {tool} {command} {command_help}
     system: Optional[str] = None
     max_tokens: int = Field(256, ge=1)
     # None: 0 for an OpenAI-compatible server, the backend's sampling for a local model
@@ -100,6 +100,8 @@ class Template(Section):
     # a template whose answer is not a rewrite of the passage (Q&A, a command explained) keeps fewer
     # of its key terms: its own floor (default: rewrite.min_key_term_recall)
     min_key_term_recall: Optional[float] = Field(None, ge=0, le=1)
+    # a one-sentence answer is shorter than a rewrite: its own too_short floor (default: rewrite.min_words)
+    min_words: Optional[int] = Field(None, ge=1)
 
 
 class RewriteConfig(Section):
@@ -118,10 +120,12 @@ class RewriteConfig(Section):
     batch_size: int = Field(32, ge=1)
     min_key_term_recall: float = Field(0.5, ge=0, le=1)
     min_words: int = Field(20, ge=1)
-    # a fastText quality classifier: a .bin, or a curated run's classifier folder (<run>/classifiers/quality,
-    # whose label is __label__hq); applied when the file exists, else counted as quality_model_missing
+    # a fastText quality classifier: a .bin, or a curated run's classifier folder (model.bin and
+    # classifier.json, label "hq"), or `curated`: the classifier that curated the input, <in>/../classifiers/quality
+    # (`minisigma reproduce` sets the folder its curation stage trained). Applied when it exists, else
+    # counted as quality_model_missing; the rewrites manifest records which one was used (path, sha256)
     quality_model: Optional[str] = None
-    quality_label: str = "__label__high"
+    quality_label: str = "__label__high"  # "hq" for a curated classifier ("__label__" prefix optional)
     min_quality: float = Field(0.5, ge=0, le=1)
     # degeneration and faithfulness screens (synth/screen.py RewriteScreen)
     max_repeated_ngram_share: float = Field(0.3, ge=0, le=1)  # share of word 4-grams that are repeats

@@ -1,9 +1,10 @@
 """Rewrites through an LLM backend: textbook-style rephrasing, summaries, Q&A-ification.
 
 Prompt templates live in the recipe (`rewrite.templates`): each has a name, an optional system
-message and a user prompt with the placeholders {title}, {text}, {source}, {tool} and {command}
+message and a user prompt with the placeholders {title}, {text}, {source}, {tool}, {command}
 (a command line from the page's EXAMPLES, else its first documented option; a template that uses
-{command} is skipped for a document that has none). The passage ({text}) is the document, or with
+{command} is skipped for a document that has none) and {command_help} (what the page says that
+command does: the example's prose or the option's description). The passage ({text}) is the document, or with
 `passage: manpage_section` the DESCRIPTION section of a man page; one longer than `max_chars` is
 cut at a paragraph boundary (the rewrite is of the first part only; the cut is recorded). Every request of a shard goes through `Backend.chat_many`, which runs them with the
 backend's concurrency limit and answers from the response cache when it can.
@@ -53,23 +54,26 @@ def passage_of(doc: dict, page: ManPage | None, mode: str) -> str:
     return doc.get("text", "")
 
 
-def command_of(page: ManPage | None, doc: dict) -> str:
-    """A command line to explain: the page's first example, else its first documented option."""
+def command_of(page: ManPage | None, doc: dict) -> tuple[str, str]:
+    """A command line to explain and what the page says it does: the page's first example (its prose),
+    else its first documented option (the option's description); ("", "") when the page has neither."""
     if page is None:
-        return ""
+        return "", ""
     for pairs in (mine_examples(page, doc), mine_options(page, doc, 1)[0]):
         for p in pairs:
             if p.get("command"):
-                return p["command"]
-    return ""
+                help_text = re.sub(rf"^Using {re.escape(page.tool)}, ", "", p.get("task") or "")
+                return p["command"], help_text[:1].upper() + help_text[1:]
+    return "", ""
 
 
 def build_messages(template, doc: dict, max_chars: int, passage: str | None = None,
-                   command: str = "") -> tuple[list[dict], str, bool]:
+                   command: str = "", command_help: str = "") -> tuple[list[dict], str, bool]:
     body, truncated = excerpt(doc.get("text", "") if passage is None else passage, max_chars)
     md = doc.get("metadata") or {}
     values = _SafeDict(text=body, title=md.get("title") or md.get("tool") or "", source=doc.get("source") or "",
-                       tool=md.get("tool") or md.get("title") or "", command=command)
+                       tool=md.get("tool") or md.get("title") or "", command=command,
+                       command_help=command_help)
     msgs = []
     if template.system:
         msgs.append({"role": "system", "content": template.system.format_map(values)})

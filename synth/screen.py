@@ -23,7 +23,9 @@ from __future__ import annotations
 import re
 import subprocess
 from collections import Counter
+from pathlib import Path
 
+from curation.refine.classifiers import load_info, predict
 from synth.commands import _CONNECTORS, _WRAPPERS, family, shell_tokens
 
 _WS = re.compile(r"\s+")
@@ -268,8 +270,6 @@ class RewriteScreen:
                  quality_label: str = "__label__high", min_quality: float = 0.5, min_words: int = 20,
                  max_repeated_ngram_share: float = 0.3, max_echo_share: float = 0.6, check_options: bool = True,
                  check_urls: bool = True, check_numbers: bool = True):
-        from pathlib import Path
-
         self.min_recall = min_key_term_recall
         self.min_words = min_words
         self.quality_label = quality_label
@@ -280,28 +280,28 @@ class RewriteScreen:
         self.model = None
         self.max_words = None
         if quality_model:
-            import fasttext  # optional: only when a classifier is named
+            import fasttext  # a native library, loaded only when a classifier is named
 
             qm = Path(quality_model)
             if qm.is_dir():  # a curated run's classifier folder (curation.refine.classifiers layout)
-                info = qm / "info.json"
-                if info.is_file():
-                    import json
-
-                    self.max_words = json.loads(info.read_text())["config"]["fasttext"]["max_words"]
+                # scored as curation scored the corpus: the same text preparation (ft_text: one line,
+                # lower case, the classifier's max_words)
+                self.max_words = load_info(qm)["config"]["fasttext"]["max_words"]
                 qm = qm / "model.bin"
             self.model = fasttext.load_model(str(qm))
 
     def quality(self, text: str) -> float:
-        words = text.split()
+        """The classifier's probability of `quality_label` ("hq" and "__label__hq" are the same label)."""
+        want = self.quality_label.removeprefix("__label__")
         if self.max_words:
-            words = words[: self.max_words]
-        labels, probs = self.model.predict(" ".join(words), k=-1)
-        return float(dict(zip(labels, probs)).get(self.quality_label, 0.0))
+            labels, probs = predict(self.model, text, self.max_words, k=-1)
+        else:
+            labels, probs = self.model.predict(" ".join(text.split()), k=-1)
+        return float(dict(zip((lab.removeprefix("__label__") for lab in labels), probs)).get(want, 0.0))
 
     def check(self, source_text: str, rewrite: str, *, finish_reason: str | None = None, prompt: str = "",
-              documented_options: set[str] | None = None, min_key_term_recall: float | None = None
-              ) -> tuple[str | None, dict]:
+              documented_options: set[str] | None = None, min_key_term_recall: float | None = None,
+              min_words: int | None = None) -> tuple[str | None, dict]:
         """(the first reason that applies, or None; info). info["flags"] lists every check that
         failed, so a truncated loop that also invents an option says both."""
         words = rewrite.split()
@@ -324,7 +324,7 @@ class RewriteScreen:
                 flags.append("prompt_echo")
         if finish_reason == "length":
             flags.append("truncated")
-        if len(words) < self.min_words:
+        if len(words) < (self.min_words if min_words is None else min_words):
             flags.append("too_short")
         if self.check_options:
             known = set(documented_options or ()) | {m.group(1) for m in _REWRITE_OPT.finditer(source_text)}

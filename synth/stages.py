@@ -377,14 +377,17 @@ class Rewrite(Stage):
                 continue
             chosen += 1
             sink.stat("docs_rewritten")
-            command = command_of(page, d)
+            command, command_help = command_of(page, d)
             documented = set(page.known_options) if page is not None else set()
             for t in c.templates:
-                if "{command}" in t.prompt and not command:
+                if ("{command}" in t.prompt or "{command_help}" in t.prompt) and not command:
                     sink.stat(f"no_command_{t.name}")
                     continue
-                msgs, body, truncated = build_messages(t, d, c.max_chars, passage, command)
-                source_text = body + ("\n" + command if "{command}" in t.prompt else "")
+                msgs, body, truncated = build_messages(t, d, c.max_chars, passage, command, command_help)
+                # the source a rewrite is screened against: what its prompt gave the model
+                given = [(body, "{text}"), (command, "{command}"), (command_help, "{command_help}")]
+                source_text = "\n".join(v for v, ph in given if ph in t.prompt)
+                truncated = truncated and "{text}" in t.prompt
                 jobs.append((d, t, msgs, source_text, truncated, documented, command))
         openai = self.recipe.backend.kind == "openai"
         for start in range(0, len(jobs), c.batch_size):
@@ -408,7 +411,8 @@ class Rewrite(Stage):
                 # the offline backend is extractive by design (its answer is copied from the passage)
                 prompt = "" if self.recipe.backend.kind == "offline" else "\n".join(m["content"] for m in msgs)
                 reason, info = screen.check(source_text, res.text, finish_reason=res.finish_reason, prompt=prompt,
-                                            documented_options=documented, min_key_term_recall=t.min_key_term_recall)
+                                            documented_options=documented, min_key_term_recall=t.min_key_term_recall,
+                                            min_words=t.min_words)
                 extra = {"finish_reason": res.finish_reason, "completion_tokens": res.completion_tokens, **info}
                 if command:
                     extra["command"] = command
