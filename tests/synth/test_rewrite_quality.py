@@ -99,6 +99,10 @@ def test_synth_screens_rewrites_with_the_curated_classifier_and_only_kept_ones_e
     assert kept and len(kept) == c["out"] and all(d["metadata"]["source"] == "localdocs" for d in kept)
     assert all(d["metadata"]["quality"] >= 0.5 for d in kept)
     assert {r["reason"] for r in rejects if r["doc"]["metadata"]["source"] == "blogs"} <= {"low_quality"}
+    from minisigma import report
+
+    html = report.section_rewrites(run)
+    assert "Quality classifier" in html and str(qdir) in html and "low_quality" in html
 
     # reproduce's decontaminate stage: curated documents + the kept rewrites, nothing from rejects/
     r = load_recipe(resolve_recipe_path("mini"), ReproduceRecipe)

@@ -28,6 +28,11 @@ def section_rewrites(run: Path) -> str:
             + (f", {quarantined:,} backend errors" if quarantined else "") + "; "
             f"model calls {st.get('backend_requests', 0):,}, answered from the cache {st.get('backend_cache_hits', 0):,}. "
             "Only kept rewrites enter pretraining.</p>") if n else "<p>No rewrite requests were made.</p>"
+    q = m.get("quality_model")
+    if q and n:  # the fastText classifier behind low_quality (synth.pipeline.resolve_quality_model)
+        head += (f"<p>Quality classifier (<code>low_quality</code> under {q.get('min_quality')}): "
+                 + (f"<b>missing</b> at <code>{esc(q['path'])}</code>, not applied" if q.get("missing") else
+                    f"<code>{esc(q['path'])}</code>, sha256 <code>{esc(q.get('sha256', '')[:16])}…</code>") + ".</p>")
     reasons = table(["drop reason", "rewrites"], [[k, v] for k, v in
                                                   sorted(c["dropped"].items(), key=lambda kv: -kv[1])])
     small = any(t in model.lower() for t in ("135m", "270m", "360m"))
