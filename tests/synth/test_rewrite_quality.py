@@ -76,8 +76,9 @@ def test_synth_screens_rewrites_with_the_curated_classifier_and_only_kept_ones_e
     run = tmp_path / "run"
     shutil.copytree(trained / "classifiers", run / "classifiers")
     real = [{**d, "source": "localdocs"} for d in _long(docs, 6, skip=20)]
-    bad = [{**n, "id": f"spam-{i}", "source": "blogs", "metadata": {}}
-           for i, n in enumerate(make_negatives(_long(docs, 6, skip=40), ["spam"], 1.0, seed=7))]
+    pages = _long(docs, 6, skip=40)
+    bad = [{**d, "id": f"spam-{i}", "text": n["text"], "source": "blogs"}  # a real page's record, spam text
+           for i, (d, n) in enumerate(zip(pages, make_negatives(pages, ["spam"], 1.0, seed=7)))]
     _corpus(run / "curated", real + bad)
     recipe = tmp_path / "synth.yaml"
     recipe.write_text(yaml.safe_dump({
