@@ -21,7 +21,9 @@ class Crawl(Stage):
     output_suffix = ".warc.gz"
 
     def __init__(self, config: CrawlConfig, sites: list[dict]):
-        """`sites`: [{name, seeds, allowed_prefixes, source, category, ...}], one task each."""
+        """`sites`: [{name, seeds, allowed_prefixes, source, category, ...}], one task each. A site
+        with its own `crawl` settings (a CrawlConfig's fields: the blogs source's section) is crawled
+        with those instead of `config`."""
         super().__init__(config)
         hosts = [{urlsplit(s).netloc for s in site["seeds"]} for site in sites]
         for i, a in enumerate(hosts):
@@ -35,9 +37,10 @@ class Crawl(Stage):
 
     def process(self, task: Task, sink: Sink) -> None:
         site = self.sites[task.index]
-        cfg = self.config.model_copy(update={
-            "allowed_prefixes": list(site.get("allowed_prefixes") or self.config.allowed_prefixes),
-            "allowed_hosts": list(site.get("allowed_hosts") or self.config.allowed_hosts),
+        base = CrawlConfig.model_validate(site["crawl"]) if "crawl" in site else self.config
+        cfg = base.model_copy(update={
+            "allowed_prefixes": list(site.get("allowed_prefixes") or base.allowed_prefixes),
+            "allowed_hosts": list(site.get("allowed_hosts") or base.allowed_hosts),
         })
         def settled(url: str, outcome: str, stats) -> None:
             sink.take()

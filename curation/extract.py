@@ -167,17 +167,21 @@ def _attempts(rec) -> int:
 
 
 class Extract(Stage):
-    """WARC shard -> documents. `params` of the task may carry `source` and `category` of the site."""
+    """WARC shard -> documents, with the metadata of the shard's site (`site_meta`) and its own
+    settings where the site has them (`site_config`, e.g. a blogs source's `extract:` section)."""
 
     name = "extract"
 
-    def __init__(self, config: ExtractConfig, site_meta: dict[str, dict] | None = None):
+    def __init__(self, config: ExtractConfig, site_meta: dict[str, dict] | None = None,
+                 site_config: dict[str, ExtractConfig] | None = None):
         super().__init__(config)
         self.site_meta = site_meta or {}  # warc shard name -> {source, category, site, ...}
+        self.site_config = site_config or {}  # warc shard name -> its site's ExtractConfig
 
     def process(self, task: Task, sink: Sink) -> None:
         path = task.inputs[0]
         meta = self.site_meta.get(path.rsplit("/", 1)[-1], {})
+        cfg = self.site_config.get(path.rsplit("/", 1)[-1], self.config)
         source = meta.get("source", "web")
         with open(path, "rb") as f:
             for rec in records_by_url(f):
@@ -196,7 +200,7 @@ class Extract(Stage):
                     continue
                 ctype = (rec.http_headers.get_header("Content-Type") or "").lower()
                 if ctype.startswith(PDF_TYPES):
-                    self.process_pdf(rec, url, path, meta, source, sink)
+                    self.process_pdf(rec, url, path, meta, source, sink, cfg)
                     continue
                 if not ctype.startswith(HTML_TYPES):
                     sink.drop(where, "not_html")
@@ -206,7 +210,7 @@ class Extract(Stage):
                 if not clean:
                     sink.stat("invalid_encoding_repaired")
                 try:
-                    text, doc_meta = limited(self.config.timeout_s, extract_html, html, url, self.config)
+                    text, doc_meta = limited(cfg.timeout_s, extract_html, html, url, cfg)
                 except ExtractionTimeout:
                     sink.quarantine(where, "extract_timeout")
                     continue
@@ -216,7 +220,7 @@ class Extract(Stage):
                 if not text.strip():
                     sink.drop(where, "empty")
                     continue
-                if len(text) < self.config.min_chars:
+                if len(text) < cfg.min_chars:
                     sink.drop(where, "too_short")
                     continue
                 fetched = rec.rec_headers.get_header("WARC-Date") or ""
@@ -228,15 +232,17 @@ class Extract(Stage):
                     "fetched_at": fetched, "warc": path.rsplit("/", 1)[-1],
                     "warc_record_id": rec.rec_headers.get_header("WARC-Record-ID")}).to_dict())
 
-    def process_pdf(self, rec, url: str, path: str, meta: dict, source: str, sink: Sink) -> None:
+    def process_pdf(self, rec, url: str, path: str, meta: dict, source: str, sink: Sink,
+                    cfg: ExtractConfig | None = None) -> None:
         """One PDF response -> a document, or its quarantine reason (curation.pdftext)."""
+        cfg = cfg or self.config
         where = {"url": url}
         attempts = _attempts(rec)
         if attempts > 1:
             where["attempts"] = attempts
         body = rec.content_stream().read()
         try:
-            text, doc_meta = limited(self.config.timeout_s, pdf_to_text, body, self.config.pdf)
+            text, doc_meta = limited(cfg.timeout_s, pdf_to_text, body, cfg.pdf)
         except ExtractionTimeout:
             sink.quarantine(where, "extract_timeout")
             return
@@ -246,7 +252,7 @@ class Extract(Stage):
         except Exception as e:  # a PDFium surprise on one file must not stop the stage
             sink.quarantine(where, f"extract_error: {type(e).__name__}")
             return
-        if len(text) < self.config.min_chars:
+        if len(text) < cfg.min_chars:
             sink.drop(where, "too_short" if text.strip() else "empty")
             return
         sink.stat("pdf_documents")

@@ -4,8 +4,13 @@ Run layout (every directory holds shards + manifest.json, see minisigma.core.run
 
     <run>/fetch/              localdocs: one record per Debian package (version, sha256)
     <run>/sources/<name>/     documents made directly by a source (man pages, arXiv, Stack Exchange ...)
-    <run>/crawl/              one WARC per crawled site
+    <run>/crawl/              one WARC per crawled site (the sites the sources return: localdocs' HTML
+                              trees and PDFs, the blogs' feeds and articles ...)
     <run>/extract/            documents extracted from the WARCs
+
+A site is a dict: name, seeds, allowed_prefixes (allowed_hosts), the documents' source, category,
+package and locator, `metadata` (more keys for its documents), and optionally its own `crawl` and
+`extract` settings (the blogs source's sections), used for its tasks instead of the recipe's.
     <run>/refine/<stage>/ and <run>/curated/   see curation.refine
 """
 
@@ -14,7 +19,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from curation.crawl_stage import Crawl
-from curation.extract import Extract
+from curation.extract import Extract, ExtractConfig
 from curation.recipe import CurationRecipe
 from curation.refine.pipeline import refine
 from curation.sources.registry import SOURCES, RunContext
@@ -34,12 +39,12 @@ def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None
             ctx.run(Crawl(recipe.crawl, sites), [], run_dir / "crawl",
                     extra={"sites": [{k: v for k, v in s.items() if k != "seeds"} for s in sites]})
     if sites:
-        crawl_dir = run_dir / "crawl"
-        warcs = list_shards(crawl_dir, ".warc.gz")
-        site_meta = {w.name: {k: sites[int(w.name[:5])][k] for k in ("source", "category", "package", "locator")
-                              if k in sites[int(w.name[:5])]} | {"site": sites[int(w.name[:5])]["name"]}
-                     for w in warcs}
-        ctx.run(ctx.docs(Extract(recipe.extract, site_meta)), warcs, run_dir / "extract")
+        warcs = list_shards(run_dir / "crawl", ".warc.gz")
+        site_of = {w.name: sites[int(w.name[:5])] for w in warcs}
+        site_meta = {name: {k: s[k] for k in ("source", "category", "package", "locator") if k in s}
+                     | {"site": s["name"]} | s.get("metadata", {}) for name, s in site_of.items()}
+        site_config = {name: ExtractConfig.model_validate(s["extract"]) for name, s in site_of.items() if "extract" in s}
+        ctx.run(ctx.docs(Extract(recipe.extract, site_meta, site_config)), warcs, run_dir / "extract")
     if recipe.refine is not None:
         refine(run_dir, recipe.refine, ray_address=ctx.ray_address, progress=progress,
                executor=recipe.refine.executor if recipe.ray.executor == "ray" else "local",

@@ -2,42 +2,39 @@
 
 The seed sites (home page, RSS/Atom feeds, sitemaps, the URL prefixes the crawl may follow, a
 category and the content license where the site states one) are listed in
-manifests/sources/blogs.yaml. One task per site:
+manifests/sources/blogs.yaml. The source only discovers where each site's articles are and hands the
+sites to the shared crawl path (`curation.pipeline.curate`), like every other crawled source:
 
-  1. the crawler (`curation.crawl.crawl`: robots.txt, Crawl-delay, per-host rate, retries, size and
-     type limits) starts from the feeds, sitemaps and home page, follows links within the site's
-     prefixes, and writes every exchange to `<stage>/warc/NNNNN.warc.gz` (kept, so extraction can be
-     re-run without re-crawling; a re-run of an interrupted task reuses a finished WARC when it still
-     matches the size and sha256 in its crawl record `NNNNN.crawl.json`, and crawls again otherwise);
-  2. the extraction stage's logic (`curation.extract.Extract`, trafilatura with a per-page time
-     limit) turns the WARC's HTML responses into Documents with source "blogs".
+  1. the crawl stage (`curation.crawl_stage.Crawl`: robots.txt, Crawl-delay, per-host rate,
+     retries, size and type limits) starts from the site's feeds, sitemaps, home page and listed
+     pages, follows links within its prefixes, and writes every exchange to `<run>/crawl/NNNNN.warc.gz`
+     (one WARC per site; the crawl manifest counts each URL's outcome and lists each URL that failed
+     in its `errors`, with the site's name);
+  2. the extract stage (`curation.extract.Extract`, trafilatura with a per-page time limit) turns the
+     WARC's HTML responses into `<run>/extract/` documents with source "blogs", the site's category,
+     license and name.
 
-Counts: in = HTML-bearing responses of the WARC, as in the extract stage (kept, dropped by reason,
-quarantined by reason); the crawl's own outcomes (fetched, robots-denied, errors by kind) are in
-the stats as `crawl:<outcome>`, and each URL the crawl could not fetch is listed in the manifest's
-`errors` with its reason and detail (kept in the crawl record, so a resumed task lists them too).
+The section's `crawl:` and `extract:` settings are this source's own (defaults where not given), not
+the recipe's top-level ones: the crawl and extract stages apply them to the blog sites' tasks.
+A site shipped in a Debian package (`BlogSite.package`, the embedded default) is fetched into the
+localdocs cache and served on 127.0.0.1 while the crawl runs.
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections import Counter
+import subprocess
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 
-from curation.crawl import CrawlConfig, crawl
-from curation.extract import Extract, ExtractConfig
+from curation.crawl import CrawlConfig
+from curation.extract import ExtractConfig
 from curation.sources import categories, localdocs
-from curation.sources.common import SOURCE_MANIFESTS, load_manifest, stage_dir
+from curation.sources.common import SOURCE_MANIFESTS, load_manifest
+from curation.sources.registry import RunContext, register_source
 from minisigma.core.errors import UserError
-from minisigma.core.progress import log
 from minisigma.core.recipes import Section
-from minisigma.core.runner import Sink, Stage, Task
-from minisigma.core.shards import atomic_write_json, sha256_file, shard_name, tmp_path
-from curation.sources.registry import register_source, stage_runner
 
 
 class BlogSite(Section):
@@ -86,95 +83,38 @@ def select_sites(src: BlogsSource) -> list[BlogSite]:
     return [by_name[n] for n in src.sites]
 
 
-class BlogsStage(Stage):
-    name = "blogs"
-
-    def __init__(self, config: BlogsSource):
-        super().__init__(config)
-        self.sites = select_sites(config)
-
-    def tasks(self, inputs) -> list[Task]:
-        return [Task(i, (s.home,), {"site": s.name}) for i, s in enumerate(self.sites)]
-
-    def process(self, task: Task, sink: Sink) -> None:
-        site = self.sites[task.index]
-        if site.package is None:
-            return self.crawl_and_extract(task, site, site, sink)
-        # a site shipped in a Debian package: fetch it into the localdocs cache, serve it over loopback
-        rec = localdocs.fetch_package(site.package, localdocs.cache_root(localdocs.LocalDocsSource()))
-        directory = Path(rec["root"]) / site.root
-        pages = sorted({str(f.relative_to(directory)) for pat in site.pages for f in directory.glob(pat) if f.is_file()})
-        with localdocs.serve_directory(directory, site.name) as base:
-            served = site.model_copy(update={
-                "home": base + site.home.lstrip("/"), "feeds": [base + f.lstrip("/") for f in site.feeds],
-                "sitemaps": [base + m.lstrip("/") for m in site.sitemaps],
-                "allowed_prefixes": [base + a.lstrip("/") for a in site.allowed_prefixes] or
-                [base + p for p in pages] or [base]})
-            extra = {"package": site.package, "version": rec["version"],
-                     "locator": f"localdocs://{site.package}/{site.root.strip('/')}"}
-            self.crawl_and_extract(task, served, site, sink, seeds=[base + p for p in pages], extra=extra)
-
-    def crawl_and_extract(self, task: Task, site: BlogSite, listed: BlogSite, sink: Sink,
-                          seeds: list[str] = (), extra: dict | None = None) -> None:
-        warc = stage_dir(sink) / "warc" / shard_name(task.index, ".warc.gz")
-        record = warc.with_name(shard_name(task.index, ".crawl.json"))
-        warc.parent.mkdir(parents=True, exist_ok=True)
-        crawled, problem = finished_crawl(warc, record)
-        if crawled is not None:
-            sink.stat("crawl_resumed_from_warc")
-        else:
-            if problem:
-                log(f"blogs: {problem}: crawling {site.name} again")
-                sink.stat("crawl_warc_damaged")
-            crawled = self._crawl(site, warc, record, seeds)
-        for outcome, n in crawled["outcomes"].items():
-            sink.stat(f"crawl:{outcome}", n)
-        for f in crawled["failures"]:
-            sink.error({"url": f["url"], "site": site.name}, f"error:{f['reason']}", f["detail"])
-        meta = {warc.name: {"source": "blogs", "category": site.category, "site": listed.name,
-                            **({"license": site.license} if site.license else {}), **(extra or {})}}
-        Extract(self.config.extract, meta).process(Task(task.index, (str(warc),)), sink)
-
-    def _crawl(self, site: BlogSite, warc: Path, record: Path, seeds=()) -> dict:
-        cfg = self.config.crawl.model_copy(update={
-            "allowed_prefixes": site.allowed_prefixes or [site.home],
-            "allowed_hosts": [],
-        })
-        partial = tmp_path(warc)
-        outcomes: Counter = Counter()
-
-        def settled(url: str, outcome: str, _stats) -> None:
-            outcomes[outcome] += 1
-
-        try:
-            stats = crawl(list(dict.fromkeys(site.feeds + site.sitemaps + [site.home] + list(seeds))), cfg,
-                          partial, progress=settled)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        crawled = {"warc": warc.name, "bytes": partial.stat().st_size, "sha256": sha256_file(partial),
-                   "outcomes": dict(sorted(outcomes.items())),
-                   "failures": sorted(stats.failures, key=lambda f: (f["url"], f["reason"]))}
-        atomic_write_json(record, crawled)
-        os.replace(partial, warc)  # the WARC appears under its name only when the crawl finished
-        return crawled
-
-
-def finished_crawl(warc: Path, record: Path) -> tuple[dict | None, str]:
-    """The record of a finished crawl whose WARC still matches it (size, sha256), or (None, why not);
-    why is "" when there is no crawl yet."""
-    if not warc.exists():
-        return None, ""
+def package_site(site: BlogSite, ctx: RunContext) -> tuple[BlogSite, list[str], dict]:
+    """A site shipped in a Debian package: fetched into the localdocs cache and served over loopback
+    for the rest of the run. Returns the site with its served URLs, its listed pages' URLs (seeded
+    directly) and the metadata its documents get (package, version, port-free locator)."""
     try:
-        crawled = json.loads(record.read_text(encoding="utf-8"))
-        size, digest = crawled["bytes"], crawled["sha256"]
-        if not isinstance(crawled["outcomes"], dict) or not isinstance(crawled["failures"], list):
-            raise TypeError("outcomes or failures")
-    except (OSError, ValueError, KeyError, TypeError):
-        return None, f"{warc} has no readable crawl record {record.name}"
-    if warc.stat().st_size != size or sha256_file(warc) != digest:
-        return None, f"{warc} does not match its crawl record {record.name} (size or sha256)"
-    return crawled, ""
+        rec = localdocs.fetch_package(site.package, localdocs.cache_root(localdocs.LocalDocsSource()))
+    except (RuntimeError, subprocess.SubprocessError, OSError) as e:
+        raise UserError(f"blogs: site {site.name}: package {site.package}: {str(e).splitlines()[0][:200]}") from None
+    directory = Path(rec["root"]) / site.root
+    pages = sorted({str(f.relative_to(directory)) for pat in site.pages for f in directory.glob(pat) if f.is_file()})
+    base = ctx.stack.enter_context(localdocs.serve_directory(directory, site.name))
+    served = site.model_copy(update={
+        "home": base + site.home.lstrip("/"), "feeds": [base + f.lstrip("/") for f in site.feeds],
+        "sitemaps": [base + m.lstrip("/") for m in site.sitemaps],
+        "allowed_prefixes": [base + a.lstrip("/") for a in site.allowed_prefixes] or [base + p for p in pages] or [base]})
+    return served, [base + p for p in pages], {"package": site.package, "version": rec["version"],
+                                               "locator": f"localdocs://{site.package}/{site.root.strip('/')}"}
 
 
-register_source(BlogsSource, stage_runner(BlogsStage))
+def run_blogs(src: BlogsSource, ctx: RunContext) -> list[dict]:
+    """The blog sites for the shared crawl and extract stages (nothing is crawled here)."""
+    out = []
+    for listed in select_sites(src):
+        site, pages, extra = package_site(listed, ctx) if listed.package is not None else (listed, [], {})
+        seeds = list(dict.fromkeys(site.feeds + site.sitemaps + [site.home] + pages))
+        meta = {"license": site.license} if site.license else {}
+        out.append({"name": listed.name, "seeds": seeds, "allowed_prefixes": site.allowed_prefixes or [site.home],
+                    "allowed_hosts": [], "source": "blogs", "category": site.category,
+                    **({"package": extra["package"], "locator": extra["locator"]} if extra else {}),
+                    "metadata": {**meta, **({"version": extra["version"]} if extra else {})},
+                    "crawl": src.crawl.model_dump(mode="json"), "extract": src.extract.model_dump(mode="json")})
+    return out
+
+
+register_source(BlogsSource, run_blogs)
