@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from curation.refine.classifiers import load_info
+from minisigma.core.document import doc_shards, read_file_sample, read_sample
 from minisigma.core.errors import UserError
+from minisigma.core.manifest import read_json_files
 from minisigma.core.recipes import load_recipe
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import list_shards, read_docs, sha256_file
@@ -98,4 +100,30 @@ def _describe(recipe: SynthRecipe) -> dict:
             "max_concurrency": b.max_concurrency, "stream": b.stream}
 
 
-__all__ = ["run_synth", "heldout_families", "family"]
+def _stage(run: Path, names: tuple[str, ...]) -> tuple[Path, dict] | None:
+    """The first stage directory under `run` whose manifest names one of `names`."""
+    for p, m in read_json_files(run, "manifest.json"):
+        if isinstance(m, dict) and m.get("stage") in names:
+            return p.parent, m
+    return None
+
+
+def read_pairs(run: str | Path, limit: int = 20_000) -> tuple[Path, dict, list[dict]] | None:
+    """The screened instruction pairs stage of a run (OUT/pairs): its directory, manifest and first
+    `limit` pairs; None when the run has none."""
+    found = _stage(Path(run), ("pairs", "synth.pairs"))
+    return None if found is None else (*found, read_sample(found[0], limit))
+
+
+def read_rewrites(run: str | Path, limit: int = 50, rejects: int = 2000) -> tuple[dict, list[dict], list[dict]] | None:
+    """The model rewrites stage of a run (OUT/rewrites): its manifest, the first `limit` kept rewrites
+    and the first `rejects` dropped ones (reject records: reason and doc); None when the run has none."""
+    found = _stage(Path(run), ("synth.rewrites",))
+    if found is None:
+        return None
+    d, m = found
+    dropped = [r for p in doc_shards(d / "rejects") for r in read_file_sample(p) if isinstance(r.get("doc"), dict)]
+    return m, read_sample(d, limit), dropped[:rejects]
+
+
+__all__ = ["run_synth", "heldout_families", "family", "read_pairs", "read_rewrites"]

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from minisigma.core.document import doc_shards, read_sample
 from minisigma.core.errors import UserError
+from minisigma.core.manifest import read_json, read_stages
+from minisigma.core.paths import find
 from minisigma.core.recipes import load_yaml, parse_recipe
 from minisigma.core.shards import FORMATS, list_shards
 
@@ -84,3 +87,66 @@ def refine(run_dir: str | Path, recipe: RefineConfig | None = None, ray_address:
         REGISTRY[name].run_step(c.section(name), current, dest, ctx)
         current = list_shards(dest)
     return run_dir / "curated" if c.stages else run_dir / "refine"
+
+
+# ------------------------------------------------------------------ readers (the report's)
+def _stages(run: Path) -> list[Path]:
+    return [d for d, _m in read_stages(run)]
+
+
+def corpus_stage(run: str | Path) -> Path | None:
+    """The curated corpus of a run: train_corpus/ (the pretraining corpus reproduce decontaminates
+    from it) or curated/ when it has document shards, else the last curation stage (by manifest
+    time) with document shards; synth's stages are not a corpus."""
+    run = Path(run)
+    for name in ("train_corpus", "curated"):
+        if doc_shards(run / name):
+            return run / name
+    for d in reversed(_stages(run)):
+        if "synth" not in d.relative_to(run).parts and doc_shards(d):
+            return d
+    return None
+
+
+def curated_stages(run: str | Path) -> list[Path]:
+    """The curated/ directories of a run (with a manifest), else the corpus stage alone."""
+    found = [p.parent for p in find(Path(run), "manifest.json") if p.parent.name == "curated"]
+    return found or [d for d in [corpus_stage(run)] if d is not None]
+
+
+def source_counts(stage: Path, limit: int) -> dict[str, dict[str, int]]:
+    """{source: {docs, tokens}} of a document stage: its manifest's `counts.by_source`, or for a
+    manifest older than those, counted over its first `limit` documents (tokens: whitespace words)."""
+    mp = stage / "manifest.json"
+    by_source = ((read_json(mp) if mp.is_file() else {}).get("counts") or {}).get("by_source")
+    if isinstance(by_source, dict):
+        return by_source
+    out: dict[str, dict[str, int]] = {}
+    for d in read_sample(stage, limit):
+        n = out.setdefault(str(d.get("source") or "unknown"), {"docs": 0, "tokens": 0})
+        n["docs"] += 1
+        n["tokens"] += len(str(d.get("text", "")).split())
+    return out
+
+
+def doc_scores(d: dict) -> dict[str, float]:
+    """A document's numeric scores: metadata.scores (langid, classify) and metadata keys ending in "score"."""
+    meta = d.get("metadata") or {}
+    out = {}
+    scores = meta.get("scores")
+    if isinstance(scores, dict):
+        for k, v in scores.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = float(v)
+    for k, v in meta.items():
+        if k.endswith("score") and isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[k] = float(v)
+    return out
+
+
+def scored_stage(run: str | Path, probe: int = 2000) -> Path | None:
+    """The last stage (by manifest time) whose first `probe` documents carry scores."""
+    for d in reversed(_stages(Path(run))):
+        if doc_shards(d) and any(doc_scores(x) for x in read_sample(d, probe)):
+            return d
+    return None

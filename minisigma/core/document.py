@@ -12,10 +12,12 @@ reader can feed the pipeline and datatrove can read minisigma's shards.
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from minisigma.core.shards import stable_id
+from minisigma.core.shards import read_docs, stable_id
 
 FIELDS = ("id", "text", "source", "url", "metadata")
 
@@ -75,4 +77,25 @@ class Document:
         return cls(str(doc.id), doc.text, str(src), None if url is None else str(url), meta)
 
 
-__all__ = ["Document", "FIELDS"]
+def doc_shards(stage_dir: str | Path) -> list[Path]:
+    """The document shards (NNNNN.jsonl.gz) of a stage directory."""
+    return sorted(p for p in Path(stage_dir).glob("*.jsonl.gz") if p.name[:5].isdigit())
+
+
+def read_sample(stage_dir: str | Path, limit: int) -> list[dict]:
+    """The first `limit` records of a stage directory's shards, malformed lines left out (for a
+    report: `minisigma manifest verify` is where they count)."""
+    docs = (d for shard in doc_shards(stage_dir) for d in read_docs(shard, on_bad=_ignore))
+    return list(itertools.islice(docs, limit))
+
+
+def read_file_sample(path: str | Path) -> list[dict]:
+    """Every readable record of one shard (e.g. a rejects/ shard), malformed lines left out."""
+    return list(read_docs(path, on_bad=_ignore))
+
+
+def _ignore(reason: str) -> None:
+    """A malformed line is left out of a sample."""
+
+
+__all__ = ["Document", "FIELDS", "doc_shards", "read_sample", "read_file_sample"]

@@ -17,7 +17,7 @@ import time
 from collections import Counter
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.console import Console
@@ -25,6 +25,7 @@ from rich.table import Table
 
 from minisigma import __version__
 from minisigma.core.errors import UserError
+from minisigma.core.paths import find
 from minisigma.core.recipes import format_validation_error
 from minisigma.core.shards import DOC_SUFFIXES, atomic_write_json, count_records, dumps, sha256_file
 
@@ -366,3 +367,25 @@ def snapshot(run_dir: str | Path, dest: str | Path) -> list[Path]:
             shutil.copyfile(f, target)
             copied.append(target)
     return copied
+
+
+def read_json_files(run_dir: str | Path, pattern: str) -> Iterator[tuple[Path, Any]]:
+    """(path, object) of every readable JSON file matching `pattern` under a run (`paths.find`);
+    unreadable ones are left out: for the readers a report uses, which show what they can
+    (`verify` is where damage counts)."""
+    for p in find(Path(run_dir), pattern):
+        try:
+            yield p, read_json(p)
+        except UserError:
+            continue
+
+
+def read_stages(run_dir: str | Path) -> list[tuple[Path, dict]]:
+    """(stage directory, manifest) of every readable stage manifest under a run (one with counts in
+    and out), in pipeline order (started_at)."""
+    out = []
+    for p, m in read_json_files(run_dir, MANIFEST):
+        c = m.get("counts") if isinstance(m, dict) else None
+        if isinstance(c, dict) and "in" in c and "out" in c:
+            out.append((p.parent, m))
+    return sorted(out, key=lambda x: (str(x[1].get("started_at", "")), str(x[0])))

@@ -1,127 +1,44 @@
-"""How the report finds and reads what a run's stages wrote (manifests, shards, results, logs).
+"""What the report reads itself: the files of producers that have no reader of their own below it.
 
-Sections only render; what they show comes through these readers.
+Every other section reads a stage's outputs through that stage's own reader, in the domain module
+that writes them (curation.refine.pipeline: the corpus, its per-source counts and scores;
+synth.pipeline: pairs and rewrites; model.train: loss curves; model.evaluation.cmdgen and
+.perplexity: results; model.ablations: ablation records; minisigma.core.manifest: stage manifests).
+Two producers sit outside that order, so their files are read here:
+- `minisigma reproduce` (reproduce.json, eval/answers.json) sits above the report in the layers: it
+  builds the report, so the report cannot import it;
+- `minisigma bench attention` writes results.json from benchmarks/bench_attention.py, a script
+  outside the installed package.
 """
 
 from __future__ import annotations
 
-import csv
-import itertools
-from collections import defaultdict
 from pathlib import Path
 
-from minisigma.core.errors import UserError
-from minisigma.core.manifest import read_json
-from minisigma.core.shards import read_docs
+from minisigma.core.manifest import read_json, read_json_files
+from minisigma.core.paths import find, rel
 
 MAX_DOCS = 50_000  # documents read for the mix and score plots (a sample of bigger runs)
-
-
-SKIP_DIRS = {"rejects", ".parts", "report", "ckpt", "tb"}
 
 
 class NotRun(Exception):
     """A section's inputs are absent: rendered as a 'not run' note."""
 
 
-def walk(run: Path, pattern: str) -> list[Path]:
-    return sorted(p for p in run.rglob(pattern) if not SKIP_DIRS.intersection(p.relative_to(run).parts[:-1]))
+def read_reproduce_state(run: Path) -> dict:
+    """<run>/reproduce.json: the status and time of every stage of `minisigma reproduce`."""
+    p = run / "reproduce.json"
+    if not p.is_file():
+        raise NotRun("no reproduce.json (this run was not made by `minisigma reproduce`)")
+    return read_json(p)
 
 
-def rel(run: Path, p: Path) -> str:
-    try:
-        return str(p.relative_to(run)) or "."
-    except ValueError:
-        return str(p)
-
-
-# ------------------------------------------------------------------------------------ data
-def stage_manifests(run: Path) -> list[tuple[Path, dict]]:
-    out = []
-    for p in walk(run, "manifest.json"):
-        try:
-            m = read_json(p)
-        except UserError:  # an unreadable file is left out
-            continue
-        c = m.get("counts") if isinstance(m, dict) else None
-        if isinstance(c, dict) and "in" in c and "out" in c:
-            out.append((p.parent, m))
-    out.sort(key=lambda x: (x[1].get("started_at", ""), str(x[0])))
-    return out
-
-
-def _doc_shards(stage_dir: Path) -> list[Path]:
-    return sorted(p for p in stage_dir.glob("*.jsonl.gz") if p.name[:5].isdigit())
-
-
-def last_doc_stage(run: Path) -> Path | None:
-    """The curated corpus: train_corpus/ or curated/ when present, else the last curation stage (by
-    manifest time) whose outputs are document shards; synth's pair stages are not a corpus."""
-    for name in ("train_corpus", "curated"):
-        if _doc_shards(run / name):
-            return run / name
-    for d, _m in reversed(stage_manifests(run)):
-        if "synth" in d.relative_to(run).parts:
-            continue
-        if _doc_shards(d):
-            return d
-    return None
-
-
-def read_stage_docs(stage: Path, limit: int = MAX_DOCS) -> list[dict]:
-    """The first `limit` documents of a stage directory; malformed lines are skipped (a report shows
-    what it can)."""
-    docs = (d for shard in _doc_shards(stage) for d in read_docs(shard, on_bad=_ignore))
-    return list(itertools.islice(docs, limit))
-
-
-def _ignore(reason: str) -> None:
-    """Malformed lines are left out of the report's samples (`manifest verify` is where they count)."""
-
-
-def doc_scores(d: dict) -> dict[str, float]:
-    meta = d.get("metadata") or {}
-    out = {}
-    scores = meta.get("scores")
-    if isinstance(scores, dict):
-        for k, v in scores.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                out[k] = float(v)
-    for k, v in meta.items():
-        if k.endswith("score") and isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[k] = float(v)
-    return out
-
-
-def read_metrics_csv(p: Path) -> dict[str, list[tuple[float, float]]]:
-    series: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    with p.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                step = float(row.get("step") or "nan")
-            except ValueError:
-                continue
-            for k, v in row.items():
-                if k and "loss" in k and v not in (None, ""):
-                    try:
-                        series[k].append((step, float(v)))
-                    except ValueError:
-                        pass
-    return series
-
-
-def cmdgen_summaries(run: Path) -> list[tuple[str, Path, dict]]:
-    out = []
-    for p in walk(run, "summary.json"):
-        try:
-            s = read_json(p)
-        except UserError:  # an unreadable file is left out
-            continue
-        if isinstance(s, dict) and s.get("benchmark") == "cmdgen-mini":
-            label = rel(run, p.parent)
-            label = label[:-len("/cmdgen")] if label.endswith("/cmdgen") else label
-            out.append((label, p.parent, s))
-    return out
+def read_answers(run: Path) -> dict:
+    """The answers.json `minisigma reproduce` writes after evaluation (the paper's questions)."""
+    found = find(run, "answers.json")
+    if not found:
+        raise NotRun("no answers.json (written by `minisigma reproduce` after evaluation)")
+    return read_json(found[0])
 
 
 def _records(obj) -> list[dict]:
@@ -133,7 +50,8 @@ def _records(obj) -> list[dict]:
     return [r for r in obj if isinstance(r, dict)] if isinstance(obj, list) else []
 
 
-def _key(rec: dict, *prefixes: str) -> str | None:
+def key_of(rec: dict, *prefixes: str) -> str | None:
+    """The first key of `rec` starting with one of `prefixes` (in their order)."""
     for p in prefixes:
         for k in rec:
             if k.lower().startswith(p):
@@ -156,14 +74,11 @@ def _bench_attention_records(obj: dict) -> list[dict]:
 
 
 def attention_records(run: Path) -> tuple[list[dict], list[str]]:
+    """Records of `minisigma bench attention` (results.json) or any attention*.json list of records."""
     recs, src = [], []
-    for p in walk(run, "*.json"):
-        if not (p.name.startswith("attention") or p.name == "results.json"):
-            continue
-        try:
-            obj = read_json(p)
-        except UserError:  # an unreadable file is left out
-            continue
+    files = sorted([*read_json_files(run, "attention*.json"), *read_json_files(run, "results.json")],
+                   key=lambda f: f[0])
+    for p, obj in files:
         if isinstance(obj, dict) and "decode" in obj and "kv_bytes_per_token_bf16" in obj:
             rs = _bench_attention_records(obj)
         elif p.name.startswith("attention"):
@@ -174,14 +89,3 @@ def attention_records(run: Path) -> tuple[list[dict], list[str]]:
             recs += rs
             src.append(rel(run, p))
     return recs, src
-
-
-def _rejects(stage_dir: Path, limit: int = 2000) -> list[dict]:
-    out = []
-    for p in sorted((stage_dir / "rejects").glob("*.jsonl.gz")):
-        out += [r for r in read_stage_docs_file(p) if isinstance(r.get("doc"), dict)]
-    return out[:limit]
-
-
-def read_stage_docs_file(p: Path) -> list[dict]:
-    return list(read_docs(p, on_bad=_ignore))

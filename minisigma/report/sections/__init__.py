@@ -1,1 +1,1 @@
-"""One module per report section: each reads its stage's outputs (report.runfiles) and renders HTML."""
+"""One module per report section: each reads its stage's outputs through that stage's own reader (see report.runfiles) and renders HTML."""

@@ -1,12 +1,11 @@
-"""Report section "Ablations next to the paper" (id `ablation`): renders what `report.runfiles` reads for it."""
+"""Report section "Ablations next to the paper" (id `ablation`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from minisigma.core.errors import UserError
 from minisigma.report.html import Raw, esc, table
-from minisigma.report.runfiles import _records, read_json, rel, walk
+from model.results import read_ablations
 
 # The paper's ablations (average of 9 zero-shot benchmarks, ~1B params, 100B tokens; higher is better).
 PAPER_ABLATIONS = [
@@ -32,16 +31,7 @@ PAPER_ABLATIONS = [
 
 
 def section_ablation(run: Path) -> str:
-    recs, src = [], []
-    for p in walk(run, "ablation*.json"):
-        try:
-            rs = _records(read_json(p))
-        except UserError:  # an unreadable file is left out
-            continue
-        rs = [r for r in rs if (r.get("variant") or r.get("name")) is not None and r.get("mean") is not None]
-        if rs:
-            recs += rs
-            src.append(rel(run, p))
+    recs, src = read_ablations(run)
     ours = {str(r.get("variant") or r.get("name")).lower(): r for r in recs}
     rows = []
     for tab, key, label, score in PAPER_ABLATIONS:

@@ -1,4 +1,4 @@
-"""Report section "Attention efficiency" (id `attention`): renders what `report.runfiles` reads for it."""
+"""Report section "Attention efficiency" (id `attention`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from minisigma.report.html import esc, figure, png, table
-from minisigma.report.runfiles import NotRun, _key, attention_records
+from minisigma.report.runfiles import NotRun, attention_records, key_of
 
 
 def section_attention(run: Path) -> str:
@@ -14,11 +14,11 @@ def section_attention(run: Path) -> str:
     if not recs:
         raise NotRun("no attention benchmark results (results.json of `minisigma bench attention`) under the run")
     r0 = recs[0]
-    kname = _key(r0, "variant", "name", "model", "config", "attn")
-    kctx = _key(r0, "context", "ctx", "seq")
-    kkv = _key(r0, "kv_bytes", "kv")
-    klat = _key(r0, "decode_ms", "latency_ms", "decode", "latency", "ms")
-    kbatch = _key(r0, "batch")
+    kname = key_of(r0, "variant", "name", "model", "config", "attn")
+    kctx = key_of(r0, "context", "ctx", "seq")
+    kkv = key_of(r0, "kv_bytes", "kv")
+    klat = key_of(r0, "decode_ms", "latency_ms", "decode", "latency", "ms")
+    kbatch = key_of(r0, "batch")
     if not (kname and kctx and (kkv or klat)):
         raise ValueError(f"{', '.join(src)}: records lack a variant name, context length and KV bytes / latency")
     series: dict[str, list[dict]] = defaultdict(list)

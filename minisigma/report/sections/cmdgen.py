@@ -1,19 +1,19 @@
-"""Report section "CMDGen-mini (command generation)" (id `cmdgen`): renders what `report.runfiles` reads for it."""
+"""Report section "CMDGen-mini (command generation)" (id `cmdgen`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from minisigma.report.html import Raw, esc, figure, png, table
-from minisigma.report.runfiles import NotRun, cmdgen_summaries
+from minisigma.report.runfiles import NotRun
+from model.results import read_cmdgen_results, read_summaries
 
 METRIC_NAMES = [("accuracy", "Accuracy"), ("exact_match", "Exact match"), ("success", "Success"),
                 ("cmd_score", "CMD score"), ("output_score", "Output score"), ("calibration", "Calibration")]
 
 
 def section_cmdgen(run: Path) -> str:
-    found = cmdgen_summaries(run)
+    found = read_summaries(run)
     if not found:
         raise NotRun("no CMDGen-mini results (summary.json from `minisigma eval`) under the run")
     parts = []
@@ -49,17 +49,11 @@ def section_cmdgen(run: Path) -> str:
     label, d, s = found[0]
     per_tool = [[t] + [v.get(k) for k, _ in METRIC_NAMES] + [v.get("tasks")] for t, v in s.get("per_tool", {}).items()]
     parts.append(f"<h3>per tool: {esc(label)}</h3>" + table(["tool"] + [n for _, n in METRIC_NAMES] + ["tasks"], per_tool))
-    res = d / "results.jsonl"
-    if res.is_file():
-        sample = []
-        for line in res.read_text(encoding="utf-8").splitlines()[:12]:
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            sample.append([r.get("tool"), r.get("task"), Raw(f"<code>{esc(r.get('reference'))}</code>"),
-                           Raw(f"<code>{esc(r.get('generated'))}</code>"), r.get("generated_status"),
-                           r.get("cmd_score"), r.get("accuracy")])
+    results = read_cmdgen_results(d, 12)
+    if results:
+        sample = [[r.get("tool"), r.get("task"), Raw(f"<code>{esc(r.get('reference'))}</code>"),
+                   Raw(f"<code>{esc(r.get('generated'))}</code>"), r.get("generated_status"),
+                   r.get("cmd_score"), r.get("accuracy")] for r in results]
         parts.append(f"<h3>sample tasks: {esc(label)}</h3>" +
                      table(["tool", "task", "reference", "generated", "status", "CMD score", "accurate"], sample, left=4))
     return "".join(parts)

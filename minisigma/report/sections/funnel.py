@@ -1,15 +1,16 @@
-"""Report section "Data funnel" (id `funnel`): renders what `report.runfiles` reads for it."""
+"""Report section "Data funnel" (id `funnel`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from minisigma.core.manifest import read_stages
 from minisigma.report.html import Raw, esc, figure, png, table
-from minisigma.report.runfiles import NotRun, stage_manifests
+from minisigma.report.runfiles import NotRun
 
 
 def section_funnel(run: Path) -> str:
-    stages = stage_manifests(run)
+    stages = read_stages(run)
     if not stages:
         raise NotRun("no stage manifests (manifest.json with counts) under the run")
     names = [m.get("stage") or d.name for d, m in stages]

@@ -1,19 +1,22 @@
-"""Report section "Category and source mix" (id `mix`): renders what `report.runfiles` reads for it."""
+"""Report section "Category and source mix" (id `mix`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
 
+from curation.refine.pipeline import corpus_stage
+from minisigma.core.document import read_sample
+from minisigma.core.paths import rel
 from minisigma.report.html import esc, figure, png, table
-from minisigma.report.runfiles import MAX_DOCS, NotRun, last_doc_stage, read_stage_docs, rel
+from minisigma.report.runfiles import MAX_DOCS, NotRun
 
 
 def section_mix(run: Path) -> str:
-    stage = last_doc_stage(run)
+    stage = corpus_stage(run)
     if stage is None:
         raise NotRun("no curated document shards under the run")
-    docs = read_stage_docs(stage)
+    docs = read_sample(stage, MAX_DOCS)
     if not docs:
         raise NotRun(f"{rel(run, stage)}: no documents")
     cat_docs, cat_words, src_docs, src_words = Counter(), Counter(), Counter(), Counter()

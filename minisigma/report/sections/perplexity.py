@@ -1,23 +1,16 @@
-"""Report section "Perplexity per source" (id `perplexity`): renders what `report.runfiles` reads for it."""
+"""Report section "Perplexity per source" (id `perplexity`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from minisigma.core.errors import UserError
 from minisigma.report.html import figure, png, table
-from minisigma.report.runfiles import NotRun, read_json, rel, walk
+from minisigma.report.runfiles import NotRun
+from model.results import read_perplexity
 
 
 def section_perplexity(run: Path) -> str:
-    found = []
-    for p in walk(run, "perplexity.json"):
-        try:
-            r = read_json(p)
-        except UserError:  # an unreadable file is left out
-            continue
-        if isinstance(r, dict) and "per_source" in r:
-            found.append((rel(run, p.parent), r))
+    found = read_perplexity(run)
     if not found:
         raise NotRun("no perplexity results (perplexity.json from `minisigma eval`) under the run")
     sources = sorted({s for _, r in found for s in r["per_source"]})

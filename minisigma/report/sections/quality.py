@@ -1,24 +1,23 @@
-"""Report section "Quality scores" (id `quality`): renders what `report.runfiles` reads for it."""
+"""Report section "Quality scores" (id `quality`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from collections import defaultdict
 from pathlib import Path
 
+from curation.refine.pipeline import doc_scores, scored_stage
+from minisigma.core.document import read_sample
+from minisigma.core.paths import rel
 from minisigma.report.html import esc, figure, png, table
-from minisigma.report.runfiles import NotRun, _doc_shards, doc_scores, read_stage_docs, rel, stage_manifests
+from minisigma.report.runfiles import MAX_DOCS, NotRun
 
 
 def section_quality(run: Path) -> str:
-    best = None
-    for d, _m in reversed(stage_manifests(run)):  # the last stage whose documents carry scores
-        if _doc_shards(d) and any(doc_scores(x) for x in read_stage_docs(d, 2000)):
-            best = d
-            break
+    best = scored_stage(run)
     if best is None:
         raise NotRun("no documents with quality scores (metadata.scores) under the run")
     values: dict[str, list[float]] = defaultdict(list)
-    for doc in read_stage_docs(best):
+    for doc in read_sample(best, MAX_DOCS):
         for k, v in doc_scores(doc).items():
             values[k].append(v)
     names = sorted(values)[:6]

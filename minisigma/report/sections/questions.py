@@ -1,20 +1,17 @@
-"""Report section "The paper's questions in miniature" (id `questions`): renders what `report.runfiles` reads for it."""
+"""Report section "The paper's questions in miniature" (id `questions`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from minisigma.report.html import esc, table
-from minisigma.report.runfiles import NotRun, read_json, walk
+from minisigma.report.runfiles import read_answers
 
 
 def section_questions(run: Path) -> str:
     """The paper's two questions in miniature, from `minisigma reproduce`'s eval/answers.json."""
-    found = walk(run, "answers.json")
-    if not found:
-        raise NotRun("no answers.json (written by `minisigma reproduce` after evaluation)")
     parts = []
-    for q in read_json(found[0])["questions"]:
+    for q in read_answers(run)["questions"]:
         a, b = q["sigma_results"], q["baseline_results"]
         rows = [[label, r.get("params"), r.get("kv_bytes_per_token_bf16"), r.get("val_bpb"), r.get("cmdgen_accuracy"),
                  r.get("cmdgen_cmd_score")] for label, r in ((q["sigma"], a), (q["baseline"], b))]

@@ -1,20 +1,20 @@
-"""Report section "Model rewrites (synth)" (id `rewrites`): renders what `report.runfiles` reads for it."""
+"""Report section "Model rewrites (synth)" (id `rewrites`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from minisigma.report.html import Raw, esc, table
-from minisigma.report.runfiles import NotRun, _rejects, read_json, read_stage_docs, walk
+from minisigma.report.runfiles import NotRun
+from synth.pipeline import read_rewrites
 
 
 def section_rewrites(run: Path) -> str:
     """The model rewrites synth made: kept share, drop reasons, the model, a sample of both."""
-    ms = [p for p in walk(run, "manifest.json") if read_json(p).get("stage") == "synth.rewrites"]
-    if not ms:
+    found = read_rewrites(run)
+    if found is None:
         raise NotRun("no rewrite stage (the synth recipe has rewrite.enabled: false)")
-    d = ms[0].parent
-    m = read_json(ms[0])
+    m, kept, rej = found
     c, b, st = m["counts"], m.get("backend") or {}, m.get("stats") or {}
     n = c["in"]
     dropped = sum(c["dropped"].values())
@@ -43,10 +43,8 @@ def section_rewrites(run: Path) -> str:
                    "numbers and lost key terms, and passing it does not make a rewrite correct: read the sample. "
                    "At this size the rewrites add little to the corpus; the stage is here to show the path "
                    "end to end. A real model (README: rewrites with a real model) is what makes them worth having.</p>")
-    kept = read_stage_docs(d, limit=50)
     rows = [[(r.get("metadata") or {}).get("template"), (r.get("metadata") or {}).get("title"),
              Raw(f"<pre>{esc(r.get('text', '')[:600])}</pre>")] for r in kept[:4]]
-    rej = _rejects(d)
     seen, drows = set(), []
     for r in rej:
         if r.get("reason") in seen:

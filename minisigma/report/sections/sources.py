@@ -1,12 +1,14 @@
-"""Report section "Source types next to the paper's Table 9" (id `sources`): renders what `report.runfiles` reads for it."""
+"""Report section "Source types next to the paper's Table 9" (id `sources`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from curation.refine.pipeline import curated_stages, source_counts
 from curation.sources.types import TABLE9, by_type
+from minisigma.core.paths import rel
 from minisigma.report.html import esc, table
-from minisigma.report.runfiles import NotRun, last_doc_stage, read_json, read_stage_docs, rel, walk
+from minisigma.report.runfiles import MAX_DOCS, NotRun
 
 OFFLINE_MATERIAL = {  # what the package registries offer of each type (README "The embedded default")
     "papers": "Debian technical PDFs (systemtap-doc, mpich-doc, drbd-doc, slurm-wlm-doc) through the PDF path",
@@ -19,22 +21,12 @@ OFFLINE_MATERIAL = {  # what the package registries offer of each type (README "
 def section_sources(run: Path) -> str:
     """Documents and tokens (whitespace words, the unit of curation manifests) per source type of
     the curated corpus, next to the paper's Table 9."""
-    found = [p.parent for p in walk(run, "manifest.json") if p.parent.name == "curated"]
-    if not found and (stage := last_doc_stage(run)) is not None:
-        found = [stage]
+    found = curated_stages(run)
     if not found:
         raise NotRun("no curated corpus under the run")
     rows, notes = [], []
     for stage in found:
-        mp = stage / "manifest.json"
-        by_source = ((read_json(mp) if mp.is_file() else {}).get("counts") or {}).get("by_source")
-        if not isinstance(by_source, dict):  # a manifest older than the per-source counts: count the shards
-            by_source = {}
-            for d in read_stage_docs(stage):
-                n = by_source.setdefault(str(d.get("source") or "unknown"), {"docs": 0, "tokens": 0})
-                n["docs"] += 1
-                n["tokens"] += len(str(d.get("text", "")).split())
-        types = by_type(by_source)
+        types = by_type(source_counts(stage, MAX_DOCS))
         four = sum(types.get(t, {}).get("tokens", 0) for t, *_ in TABLE9) or 1
         paper_total = sum(tok for *_, tok in TABLE9)
         for t, row, raw, tok in TABLE9:

@@ -1,19 +1,16 @@
-"""Report section "Reproduction stages and times" (id `stages`): renders what `report.runfiles` reads for it."""
+"""Report section "Reproduction stages and times" (id `stages`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from minisigma.report.html import figure, png, table
-from minisigma.report.runfiles import NotRun, read_json
+from minisigma.report.runfiles import read_reproduce_state
 
 
 def section_stages(run: Path) -> str:
     """Stage status and times of `minisigma reproduce` (reproduce.json)."""
-    p = run / "reproduce.json"
-    if not p.is_file():
-        raise NotRun("no reproduce.json (this run was not made by `minisigma reproduce`)")
-    state = read_json(p)
+    state = read_reproduce_state(run)
     stages = state.get("stages", {})
     rows = [[name, s.get("status"), s.get("seconds")] for name, s in stages.items()]
     total = sum(s.get("seconds") or 0 for s in stages.values())

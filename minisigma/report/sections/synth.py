@@ -1,4 +1,4 @@
-"""Report section "Synthetic instruction pairs (sample)" (id `synth`): renders what `report.runfiles` reads for it."""
+"""Report section "Synthetic instruction pairs (sample)" (id `synth`): renders what its stage's reader returns."""
 
 from __future__ import annotations
 
@@ -6,17 +6,16 @@ from collections import Counter
 from pathlib import Path
 
 from minisigma.report.html import Raw, esc, table
-from minisigma.report.runfiles import NotRun, read_json, read_stage_docs, walk
+from minisigma.report.runfiles import NotRun
+from synth.pipeline import read_pairs
 
 
 def section_synth(run: Path) -> str:
     """A sample of the screened instruction pairs synth made (and its counts)."""
-    pairs = [p for p in walk(run, "manifest.json") if read_json(p).get("stage") in ("pairs", "synth.pairs")]
-    if not pairs:
+    found = read_pairs(run)
+    if found is None:
         raise NotRun("no synth pairs stage (manifest.json of `minisigma synth`) under the run")
-    d = pairs[0].parent
-    m = read_json(pairs[0])
-    docs = read_stage_docs(d, limit=20_000)
+    _, m, docs = found
     tools = Counter(r.get("tool") for r in docs)
     step = max(1, len(docs) // 15)
     sample = [[r.get("tool"), r.get("task"), Raw(f"<code>{esc(r.get('command'))}</code>"),
