@@ -8,6 +8,7 @@ the folder layout a curated run has (<run>/classifiers/quality: model.bin, class
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,10 @@ from curation.refine.classifiers import QualityTrainConfig, make_negatives, trai
 from minisigma.core.recipes import load_recipe
 from minisigma.core.shards import ShardWriter, iter_docs, list_shards, read_docs, sha256_file
 from synth.screen import RewriteScreen
+
+
+def normalize(text: str) -> str:
+    return " ".join(re.findall(r"[a-z]{4,}", text.lower()))
 
 
 @pytest.fixture(scope="module")
@@ -138,3 +143,41 @@ def test_the_mini_reproduction_screens_rewrites_with_the_classifier_its_curation
     assert synth.rewrite.quality_label.removeprefix("__label__") == "hq"  # the label curation trains
     n_requests = synth.rewrite.max_docs * len(synth.rewrite.templates)
     assert n_requests <= 24 and sum(t.max_tokens for t in synth.rewrite.templates) * synth.rewrite.max_docs <= 2000
+
+
+def test_explain_template_gets_the_command_and_its_own_line_and_each_template_its_own_length_floor(tmp_path):
+    """{command_help} is what the page says the command does; a template's min_words overrides the
+    stage's (a one-sentence answer is judged as one sentence, everything else unchanged)."""
+    from synth.manpage import parse_manpage
+    from synth.pipeline import run_synth
+    from synth.rewrite import command_of
+    from tests.synth_manpages import build_corpus
+
+    corpus = tmp_path / "corpus"
+    build_corpus(corpus, ["gzip"])
+    page_doc = next(d for s in list_shards(corpus) for d in read_docs(s) if d["metadata"].get("tool") == "gzip")
+    command, help_text = command_of(parse_manpage(page_doc["text"], "gzip"), page_doc)
+    assert "gzip" in command and help_text[:1].isupper() and not help_text.startswith("Using ")
+    words = re.findall(r"[a-z]{4,}", help_text.lower())  # the page's own words, not a template's
+    assert words and all(w in page_doc["text"].lower() for w in words), help_text
+    recipe = tmp_path / "r.yaml"
+    explain = "The {tool} manual says that `{command}` means: {command_help}\n\nExplain `{command}` in one sentence."
+    recipe.write_text(yaml.safe_dump({
+        "executor": "local", "backend": {"kind": "offline"}, "commands": {"enabled": False}, "qa": {"enabled": False},
+        "rewrite": {"enabled": True, "passage": "manpage_section", "max_docs": 2, "min_words": 500,
+                    "min_key_term_recall": 0.0, "check_numbers": False,
+                    "templates": [{"name": "short_floor", "prompt": explain, "max_tokens": 60, "min_words": 3},
+                                  {"name": "stage_floor", "prompt": explain, "max_tokens": 60}]}}))
+    m = run_synth(recipe, corpus, tmp_path / "out", progress=False)["rewrites"]
+    st = m["stats"]
+    assert st.get("kept_short_floor", 0) >= 1 and "kept_stage_floor" not in st
+    rejects = list(iter_docs(tmp_path / "out" / "rewrites" / "rejects"))
+    assert {r["reason"] for r in rejects if r["doc"]["metadata"]["template"] == "stage_floor"} == {"too_short"}
+    kept = [d for s in list_shards(tmp_path / "out" / "rewrites") for d in read_docs(s)]
+    assert all(d["metadata"]["command"] for d in kept)
+    # the offline backend answers from the prompt's own sentences: the page's line about the command is in it
+    pages = {d["id"]: d for s in list_shards(corpus) for d in read_docs(s)}
+    for d in kept:
+        src = pages[d["metadata"]["source_id"]]
+        cmd, line = command_of(parse_manpage(src["text"], src["metadata"].get("tool")), src)
+        assert d["metadata"]["command"] == cmd and normalize(line) in normalize(d["text"]), (line, d["text"])
