@@ -23,11 +23,15 @@ from curation.extract import Extract, ExtractConfig
 from curation.recipe import CurationRecipe
 from curation.refine.pipeline import refine
 from curation.sources.registry import SOURCES, RunContext
+from minisigma.core import storage
 from minisigma.core.shards import list_shards
 
 
-def curate(recipe: CurationRecipe, run_dir: Path, ray_address: str | None = None, progress: bool = True) -> Path:
-    run_dir = Path(run_dir)
+def curate(recipe: CurationRecipe, run_dir: Path | str, ray_address: str | None = None, progress: bool = True) -> Path:
+    """Run a curation recipe into `run_dir`, a local directory or a URL (s3://, gs://, memory:// ...).
+    Returns the local directory the run worked in (for a URL, its cache; see minisigma.core.storage)."""
+    storage.set_options(recipe.storage_options)
+    run_dir = storage.run_dir(run_dir)  # bound: manifests record paths relative to it
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(run_dir, ray_address or recipe.ray.address, recipe.ray.executor, progress,
                      doc_suffix=recipe.shard_suffix)

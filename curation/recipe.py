@@ -39,6 +39,9 @@ class CurationRecipe(Section):
     # the shards of every document stage (sources, extract, refine, curated): NNNNN.jsonl.gz or
     # NNNNN.parquet (minisigma.core.shards); package records, WARCs and dedup work files keep theirs
     shard_format: Literal["jsonl.gz", "parquet"] = "jsonl.gz"
+    # fsspec storage options by protocol for a run at a URL, e.g. {s3: {endpoint_url: "http://..."}}
+    # (minisigma.core.storage; credentials are better left to the AWS_* environment)
+    storage_options: dict[str, dict[str, Any]] = {}
 
     @model_validator(mode="wrap")
     @classmethod

@@ -7,6 +7,7 @@ Errors a user can fix (bad recipe, missing file) become one line on stderr and e
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -48,8 +49,29 @@ class _Commands(TyperGroup):
             raise typer.Exit(2) from None
 
 
+# What a storage URL given to a `Path` argument has become ("s3://b/x" -> "s3:/b/x").
+_URL_AS_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+):/+(?=[^/])")
+
+
+def local_only(path: Path, option: str) -> Path:
+    """A path argument of a command that works on local files only: a URL is a one-line error."""
+    m = _URL_AS_PATH.match(str(path))
+    if m and m.group(1).lower() != "file":
+        raise UserError(f"{m.group(1)}://{str(path)[m.end():]}: {option}: a URL is not supported for this command"
+                        " (`minisigma curate --out` and `minisigma manifest show/verify` take one)")
+    return path
+
+
+def location(value: str, option: str) -> str | Path:
+    """A run directory argument that may be a storage URL (s3://, gs://, memory:// ...), kept as text."""
+    from minisigma.core import storage
+
+    return value if storage.is_url(value) else out_dir(Path(value), option)
+
+
 def out_dir(path: Path, option: str = "--out", _dirs_of: Path | None = None) -> Path:
     """An output directory argument: neither it nor a parent may be an existing file."""
+    local_only(path, option)
     for p in (path, *path.parents):
         if p.exists():
             if not p.is_dir():
@@ -96,7 +118,8 @@ def reproduce_cmd(
 @app.command("curate")
 def curate_cmd(
     recipe: Path = typer.Argument(..., help="a curation recipe, e.g. recipes/curation/default.yaml"),
-    out: Path = typer.Option(..., "--out", help="the run directory to write (re-running resumes it)"),
+    out: str = typer.Option(..., "--out", help="the run directory to write (re-running resumes it): a local path "
+                                                "or a URL such as s3://bucket/runs/t"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS",
                                               help="join this Ray cluster ('auto' for a local `ray start`)"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
@@ -106,25 +129,26 @@ def curate_cmd(
     from minisigma.core import manifest
 
     r = curation_recipe.load(recipe)
-    run_dir = pipeline.curate(r, out_dir(out), ray_address=ray_address, progress=not quiet)
-    manifest.show(run_dir)
+    where = location(out, "--out")
+    run_dir = pipeline.curate(r, where, ray_address=ray_address, progress=not quiet)
+    manifest.show(where if isinstance(where, str) else run_dir)
 
 
 # --------------------------------------------------------------------------- manifests
 @manifest_app.command("show")
-def manifest_show(run_dir: Path = typer.Argument(..., help="a run directory (or one stage's directory)")):
+def manifest_show(run_dir: str = typer.Argument(..., help="a run directory (or one stage's directory), or its URL")):
     """Print a table of every stage of a run: documents and bytes in/out, drops by reason."""
-    from minisigma.core import manifest
+    from minisigma.core import manifest, storage
 
-    manifest.show(run_dir)
+    manifest.show(run_dir if storage.is_url(run_dir) else Path(run_dir))
 
 
 @manifest_app.command("verify")
-def manifest_verify(run_dir: Path = typer.Argument(..., help="a run directory (or one stage's directory)")):
+def manifest_verify(run_dir: str = typer.Argument(..., help="a run directory (or one stage's directory), or its URL")):
     """Re-hash every shard and check in = out + dropped + quarantined; exit 1 on any mismatch."""
-    from minisigma.core import manifest
+    from minisigma.core import manifest, storage
 
-    problems = manifest.verify(run_dir)
+    problems = manifest.verify(run_dir if storage.is_url(run_dir) else Path(run_dir))
     if problems:
         raise typer.Exit(1)
 
@@ -164,9 +188,11 @@ def synth_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ):
     """Make instruction pairs, Q&A pairs and rewrites from curated documents, screened, with manifests."""
+    local_only(in_dir, "--in")
+    out_dir(out)
     from synth.pipeline import run_synth
 
-    run_synth(recipe, in_dir, out_dir(out), ray_address=ray_address, progress=not quiet)
+    run_synth(recipe, in_dir, out, ray_address=ray_address, progress=not quiet)
 
 
 @app.command("serve")
@@ -342,6 +368,7 @@ def tokenize_cmd(
     out: Path = typer.Option(..., "--out", help="output folder: tokenizer.json, train.bin, val.bin, manifest.json"),
 ):
     """Train the byte-level BPE tokenizer on curated shards, then pack them into train.bin/val.bin."""
+    local_only(in_dir, "--in")
     from model import data, train
 
     r = train.load_train_recipe(recipe)
@@ -408,7 +435,7 @@ def report_cmd(
 
     if screenshot is not None:
         out_file(screenshot, "--screenshot")
-    path = report.build(run_dir, out_file(out) if out is not None else None)
+    path = report.build(local_only(run_dir, "RUN_DIR"), out_file(out) if out is not None else None)
     print(path)
     if screenshot is not None:
         print(report.screenshot(path, screenshot, height=5600))
@@ -475,7 +502,7 @@ def refine_cmd(
     from minisigma.core import manifest
 
     c = load_refine_config(recipe)
-    refine(run, c, ray_address=ray_address, progress=not quiet, shard_format=load_shard_format(recipe))
+    refine(local_only(run, "--run"), c, ray_address=ray_address, progress=not quiet, shard_format=load_shard_format(recipe))
     manifest.show(run)
 
 
@@ -490,7 +517,7 @@ def classifier_train_cmd(
 
     from curation.refine.pipeline import load_refine_config, train_classifiers
 
-    info = train_classifiers(run, load_refine_config(recipe), docs)
+    info = train_classifiers(local_only(run, "--run"), load_refine_config(recipe), docs)
     for name, i in info.items():
         print(name, json.dumps({"heldout": i["heldout"]["macro"], "accuracy": i["heldout"]["accuracy"],
                                 "training_data": i["training_data"]}))

@@ -46,6 +46,7 @@ from typing import Iterable
 import xxhash
 
 from minisigma.core.recipes import Section
+from minisigma.core import storage
 from minisigma.core.shards import atomic_write_json, iter_docs, read_docs
 
 CATEGORIES = ["os_kernel", "networking", "storage_databases", "distributed_cloud", "gpu_accelerators", "security",
@@ -219,6 +220,7 @@ def train_fasttext(examples: list[tuple[str, str]], params: FastTextParams, mode
             tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
             raise RuntimeError(f"fastText training failed (exit {r.returncode}): {tail}")
         os.replace(out, model_path)
+        storage.committed(model_path)  # a run at a URL: the workers of the classify stage pull it
     return fasttext.load_model(str(model_path))
 
 

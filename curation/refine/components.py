@@ -22,7 +22,6 @@ The last step writes each partition's (node, label) to `final/p.npy` for the kee
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from minisigma.core import manifest as mf
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.runner import ray_result
 
@@ -132,8 +132,14 @@ def _run_all(fn, args_list: list[tuple], executor: str) -> list[dict]:
         return [fn(*a) for a in args_list]
     import ray
 
-    remote = ray.remote(num_cpus=1, max_retries=3)(fn)
-    return [ray_result(ref) for ref in [remote.remote(*a) for a in args_list]]
+    # A run at a URL: each worker pulls the work folder first (its files are uploaded as they are
+    # saved), and the driver pulls what the step wrote.
+    remote = ray.remote(num_cpus=1, max_retries=3)(storage.run_pulled)
+    spec = storage.spec()
+    results = [ray_result(ref) for ref in [remote.remote(spec, [a[0]], fn, *a) for a in args_list]]
+    for work in sorted({a[0] for a in args_list}):
+        storage.pull(work)
+    return results
 
 
 def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *, executor: str = "ray",
@@ -142,7 +148,7 @@ def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *,
     work, out_dir = Path(work), Path(out_dir)
     started = time.time()
     for sub in ("adj", "msgs", "labels", "members", "final"):
-        shutil.rmtree(work / sub, ignore_errors=True)
+        storage.rmtree(work / sub)
     history, peaks = [], []
     it = 0
     while True:
@@ -156,8 +162,8 @@ def connected_components(work: str | Path, n_parts: int, out_dir: str | Path, *,
                         "edges": sum(r["edges"] for r in results),
                         "max_task_peak_traced_bytes": max((r["peak_traced_bytes"] for r in results), default=0)})
         if it >= 1:
-            shutil.rmtree(work / "msgs" / f"{it - 1:04d}", ignore_errors=True)
-            shutil.rmtree(work / "labels" / f"{it - 1:04d}", ignore_errors=True)
+            storage.rmtree(work / "msgs" / f"{it - 1:04d}")
+            storage.rmtree(work / "labels" / f"{it - 1:04d}")
         if history[-1]["messages"] == 0:
             break
         it += 1

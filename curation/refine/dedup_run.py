@@ -3,9 +3,9 @@ connected components): used by the refine pipeline and by the dedup benchmark.""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
+from minisigma.core import storage
 from minisigma.core.manifest import MANIFEST, read_json
 from minisigma.core.runner import ensure_ray, run_stage
 from minisigma.core.shards import read_docs
@@ -42,14 +42,14 @@ def run_dedup_exact(inputs: list[Path], out_dir: Path, config: DedupExactConfig,
     n_docs = count_docs(inputs)
     n_buckets = n_buckets_for(n_docs, config.records_per_bucket)
     kw = dict(executor=executor, ray_address=ray_address, progress=progress)
-    shutil.rmtree(work / "hash-buckets", ignore_errors=True)
-    shutil.rmtree(work / "decisions", ignore_errors=True)
+    storage.rmtree(work / "hash-buckets")
+    storage.rmtree(work / "decisions")
     # The work files are rewritten on every run, so the internal steps are not resumed.
     for sub in ("hashes", "groups"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        storage.rmtree(out_dir / sub)
     run_stage(ExactHash(config, work, n_buckets), inputs, out_dir / "hashes", **kw)
     run_stage(ExactResolve(config, work, len(inputs)), _files(work / "hash-buckets"), out_dir / "groups", **kw)
-    shutil.rmtree(out_dir / ".parts", ignore_errors=True)
+    storage.rmtree(out_dir / ".parts")
     keep = exact_filter(work)
     keep.output_suffix = output_suffix
     return run_stage(keep, inputs, out_dir, recipe_section=config.model_dump(mode="json"),
@@ -65,9 +65,9 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     n_buckets, n_parts = sizes_for(config, n_docs)
     bands, rows = lsh_params(config)
     kw = dict(executor=executor, ray_address=ray_address, progress=progress)
-    shutil.rmtree(work, ignore_errors=True)
+    storage.rmtree(work)
     for sub in ("signatures", "buckets", "components", "cluster_best", "cluster_keepers", "clusters"):
-        shutil.rmtree(out_dir / sub, ignore_errors=True)
+        storage.rmtree(out_dir / sub)
     if executor == "ray":
         ensure_ray(ray_address)
     sig = run_stage(MinHashSignatures(config, work, n_buckets), inputs, out_dir / "signatures", **kw)
@@ -78,7 +78,7 @@ def run_minhash(inputs: list[Path], out_dir: Path, config: MinHashConfig, *, exe
     run_stage(ClusterBest(config, work, out_dir / "signatures", n_parts), finals, out_dir / "cluster_best", **kw)
     keepers = run_stage(ClusterKeepers(config, work, n_parts), _files(work / "best"), out_dir / "cluster_keepers", **kw)
     run_stage(ClusterDecisions(config, work, len(inputs)), finals, out_dir / "clusters", **kw)
-    shutil.rmtree(out_dir / ".parts", ignore_errors=True)
+    storage.rmtree(out_dir / ".parts")
     info = {"lsh": {"bands": bands, "rows": rows, "num_perm": config.num_perm, "threshold": config.threshold,
                     "ngram": config.ngram, "rule": f"datasketch _optimal_param(fp_weight={config.fp_weight}, "
                                                     f"fn_weight={config.fn_weight})"

@@ -18,6 +18,7 @@ import os
 import numpy as np
 
 from curation.refine.textutil import fmix64
+from minisigma.core import storage
 
 
 def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
@@ -28,6 +29,7 @@ def save_npy(path: str | os.PathLike, arr: np.ndarray) -> None:
     with open(tmp, "wb") as f:
         np.save(f, arr, allow_pickle=False)
     os.replace(tmp, path)
+    storage.committed(path)  # a run at a URL: uploaded once final (workers on other nodes read it)
 
 
 def part_dir(root: str | os.PathLike, part: int) -> str:

@@ -37,6 +37,7 @@ from curation.links import citation_pdf_urls
 from curation.pdftext import PDF_TYPES, PdfRejected, pdf_to_text
 from curation.sources.common import stage_dir
 from curation.urls import BadURL, canonicalize
+from minisigma.core import storage
 from minisigma.core.recipes import Section
 from minisigma.core.runner import Sink, Stage, Task
 from minisigma.core.shards import read_docs, shard_name, tmp_path
@@ -116,6 +117,7 @@ class FullText(Stage):
                 partial.unlink(missing_ok=True)
                 raise
             os.replace(partial, warc)
+            storage.committed(warc)  # a run at a URL: a retry on another node resumes from it
             sink.stat("http_requests", stats.requests)
             for f in stats.failures:
                 sink.error({"url": f["url"]}, f"fetch:{f['reason']}", f.get("detail", ""))

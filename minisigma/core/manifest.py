@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from minisigma import __version__
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.paths import find
 from minisigma.core.recipes import format_validation_error
@@ -35,10 +36,11 @@ SCHEMA = "minisigma.core.manifest/1"
 
 
 def read_json(path: str | Path):
-    """A JSON file's value; a missing, unreadable or malformed file is a UserError naming it (and the line)."""
-    path = Path(path)
+    """A JSON file's value (a local path or a URL); a missing, unreadable or malformed file is a UserError
+    naming it (and the line)."""
+    path = path if storage.is_url(path) else Path(path)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(storage.read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path}: not found") from None
     except IsADirectoryError:
@@ -107,19 +109,22 @@ def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, tz=timezone.utc).isoformat(timespec="seconds")
 
 
-def describe_inputs(inputs: Iterable[Path], sha256_of: Callable[[Path], str] = sha256_file) -> list[dict]:
-    """Inputs with their sha256 and, when a sibling manifest lists them, their document counts."""
+def describe_inputs(inputs: Iterable[Path], sha256_of: Callable[[Path], str] = sha256_file,
+                    base: Path | None = None) -> list[dict]:
+    """Inputs with their sha256 and, when a sibling manifest lists them, their document counts. A path
+    inside the same run as `base` (the stage directory) is recorded relative to it, so the run can move."""
     known: dict[str, dict] = {}
     rows = []
     for p in inputs:
         p = Path(p)
+        shown = storage.relative(p, base) if base is not None else str(p)
         if not p.exists():  # a locator (URL, package name), not a file
-            rows.append({"path": str(p)})
+            rows.append({"path": shown})
             continue
         m = p.parent / MANIFEST
         if str(p.parent) not in known:
             known[str(p.parent)] = {o["path"]: o for o in load_manifest(m)["outputs"]} if m.exists() else {}
-        row = {"path": str(p), "sha256": sha256_of(p), "bytes": p.stat().st_size}
+        row = {"path": shown, "sha256": sha256_of(p), "bytes": p.stat().st_size}
         listed = known[str(p.parent)].get(p.name)
         if listed is not None:
             row["docs"] = listed["docs"]
@@ -130,7 +135,7 @@ def describe_inputs(inputs: Iterable[Path], sha256_of: Callable[[Path], str] = s
 def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict], started: float,
                    resumed_shards: int = 0, repairs: list[dict] | None = None, stale_tmp_removed: int = 0,
                    sha256_of: Callable[[Path], str] = sha256_file, cluster: dict | None = None,
-                   extra: dict | None = None) -> dict:
+                   extra: dict | None = None, base: Path | None = None) -> dict:
     dropped: Counter = Counter()
     quarantined: Counter = Counter()
     stats: Counter = Counter()
@@ -170,7 +175,7 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
         "stale_tmp_removed": stale_tmp_removed,
         "host": platform.node(),
         "cluster": cluster or {},
-        "inputs": describe_inputs(inputs, sha256_of),
+        "inputs": describe_inputs(inputs, sha256_of, base),
         "outputs": outputs,
         "rejects": rejects,
         "counts": {
@@ -198,8 +203,11 @@ def write_manifest(stage_dir: str | Path, manifest: dict) -> Path:
     return p
 
 
-def stage_dirs(run_dir: str | Path) -> list[Path]:
-    """All stage directories under a run (a directory with a manifest.json), in pipeline order."""
+def stage_dirs(run_dir: str | Path) -> list:
+    """All stage directories under a run (a directory with a manifest.json), in pipeline order: Paths,
+    or URLs (str) for a run at a URL."""
+    if storage.is_url(run_dir):
+        return _url_stage_dirs(str(run_dir).rstrip("/"))
     run_dir = Path(run_dir)
     if not run_dir.exists():
         raise UserError(f"{run_dir}: no such directory")
@@ -210,6 +218,31 @@ def stage_dirs(run_dir: str | Path) -> list[Path]:
     if not dirs:
         raise UserError(f"{run_dir}: no stage manifests (manifest.json) found")
     return sorted(dirs, key=lambda d: (str(load_manifest(d / MANIFEST).get("started_at", "")), str(d)))
+
+
+def _url_stage_dirs(url: str) -> list[str]:
+    files = storage.find(url)
+    if not files:
+        raise UserError(f"{url}: no such directory")
+    if MANIFEST in files:
+        return [url]
+    dirs = [storage.join(url, rel.rsplit("/", 1)[0]) for rel in files
+            if rel.endswith("/" + MANIFEST) and "rejects" not in rel.split("/")]
+    dirs = [d for d in dirs if _is_stage(storage.join(d, MANIFEST))]
+    if not dirs:
+        raise UserError(f"{url}: no stage manifests (manifest.json) found")
+    return sorted(dirs, key=lambda d: (str(load_manifest(storage.join(d, MANIFEST)).get("started_at", "")), d))
+
+
+def _in(d, *parts: str):
+    """A file of stage directory `d` (a Path, or a URL string)."""
+    return storage.join(d, *parts) if isinstance(d, str) else d.joinpath(*parts)
+
+
+def _rel(d, root) -> str:
+    if isinstance(d, str):
+        return d[len(str(root).rstrip("/")):].strip("/") or storage.name(d)
+    return str(d.relative_to(root)) if d != root else d.name
 
 
 def _is_stage(path: Path) -> bool:
@@ -233,49 +266,50 @@ def _console() -> Console:
 
 def show(run_dir: str | Path, console: Console | None = None) -> None:
     console = console or _console()
-    run_dir = Path(run_dir)
+    run_dir = str(run_dir).rstrip("/") if storage.is_url(run_dir) else Path(run_dir)
     table = Table(title=f"minisigma run: {run_dir}", show_lines=False)
     for col, j in [("stage", "left"), ("shards", "right"), ("in", "right"), ("out", "right"),
                    ("tokens out", "right"), ("MB text out", "right"), ("dropped", "left"),
                    ("quarantined", "left"), ("seconds", "right")]:
         table.add_column(col, justify=j)
     for d in stage_dirs(run_dir):
-        m = load_manifest(d / MANIFEST)
+        m = load_manifest(_in(d, MANIFEST))
         c = m["counts"]
-        rel = str(d.relative_to(run_dir)) if d != run_dir else d.name
+        rel = _rel(d, run_dir)
         table.add_row(rel, str(len(m["outputs"])), f"{c['in']:,}", f"{c['out']:,}", f"{c.get('tokens_out', 0):,}",
                       _mb(sum(o.get("text_bytes", 0) for o in m["outputs"])), _fmt_reasons(c["dropped"]),
                       _fmt_reasons(c["quarantined"]), f"{m.get('seconds', 0):,.1f}")
     console.print(table)
-    stats_rows = [(d, load_manifest(d / MANIFEST).get("stats", {})) for d in stage_dirs(run_dir)]
+    stats_rows = [(d, load_manifest(_in(d, MANIFEST)).get("stats", {})) for d in stage_dirs(run_dir)]
     for d, stats in stats_rows:
         if stats:
-            console.print(f"[bold]{d.name}[/bold] stats: " + _fmt_reasons(stats))
+            console.print(f"[bold]{storage.name(d)}[/bold] stats: " + _fmt_reasons(stats))
     for d in stage_dirs(run_dir):
-        m = read_json(d / MANIFEST)
+        m = read_json(_in(d, MANIFEST))
+        name = storage.name(d)
         for r in m.get("repairs", []):
-            console.print(f"{d.name} ran again shard {r['shard']}, not trusted: {r['problem']}", markup=False,
+            console.print(f"{name} ran again shard {r['shard']}, not trusted: {r['problem']}", markup=False,
                           highlight=False)
         errors = m.get("errors", [])
         if errors:
-            console.print(f"{d.name} errors ({len(errors):,}):", markup=False, highlight=False)
+            console.print(f"{name} errors ({len(errors):,}):", markup=False, highlight=False)
         for e in errors[:SHOWN_ERRORS]:
             what = e.get("url") or dumps({k: v for k, v in e.items() if k not in ("reason", "detail")})
             console.print(f"  {what}  {e['reason']}" + (f"  ({e['detail']})" if e.get("detail") else ""),
                           markup=False, highlight=False)
         if len(errors) > SHOWN_ERRORS:
-            console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more in {d / MANIFEST}", markup=False)
-    curated = run_dir / "curated" / MANIFEST
-    if curated.is_file() and (by := read_json(curated)["counts"].get("by_source")):
+            console.print(f"  ... and {len(errors) - SHOWN_ERRORS:,} more in {_in(d, MANIFEST)}", markup=False)
+    curated = _in(run_dir, "curated", MANIFEST)
+    if storage.isfile(curated) and (by := read_json(curated)["counts"].get("by_source")):
         console.print("[bold]curated[/bold] by source (documents / tokens as words): " +
                       ", ".join(f"{k}={v.get('docs', 0):,}/{v.get('tokens', 0):,}" for k, v in by.items()))
 
 
-def verify_stage(stage_dir: Path) -> list[str]:
-    """Problems found in one stage directory (empty list = verified)."""
+def verify_stage(stage_dir: Path | str) -> list[str]:
+    """Problems found in one stage directory, a Path or a URL (empty list = verified)."""
     problems = []
-    m = load_manifest(stage_dir / MANIFEST)
-    name = m.get("stage", stage_dir.name)
+    m = load_manifest(_in(stage_dir, MANIFEST))
+    name = m.get("stage", storage.name(stage_dir))
     c = m["counts"]
     dropped = sum(c["dropped"].values())
     quarantined = sum(c["quarantined"].values())
@@ -289,14 +323,14 @@ def verify_stage(stage_dir: Path) -> list[str]:
     if listed_rej != dropped + quarantined:
         problems.append(f"{name}: rejects hold {listed_rej} records but dropped+quarantined is {dropped + quarantined}")
     for entry in list(m["outputs"]) + list(m.get("rejects", [])):
-        p = stage_dir / entry["path"]
-        if not p.exists():
+        p = _in(stage_dir, entry["path"])
+        if not storage.exists(p):
             problems.append(f"{name}: missing shard {entry['path']}")
             continue
         if sha256_file(p) != entry["sha256"]:
             problems.append(f"{name}: sha256 mismatch for {entry['path']} (tampered or rewritten)")
             continue
-        if p.name.endswith(DOC_SUFFIXES):
+        if storage.name(p).endswith(DOC_SUFFIXES):
             n = count_records(p)
             if n != entry["docs"]:
                 problems.append(f"{name}: {entry['path']} holds {n} documents, manifest says {entry['docs']}")

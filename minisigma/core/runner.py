@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from minisigma.core import manifest as mf
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.progress import StageProgress, filtered_stderr, log
 from minisigma.core.shards import (
@@ -138,6 +139,7 @@ class Sink:
             if not self.path.exists():
                 self.path.write_bytes(b"")
             os.replace(self.path, self.out_final)
+            storage.committed(self.out_final)  # a run at a URL: uploaded before its marker
             text_bytes = 0
         outputs.append(
             {
@@ -231,8 +233,9 @@ def damage(out_dir: Path, index: int, suffix: str, sha256_of: Callable[[str], st
     was made from are unchanged. Raises _OtherShard when the marker commits a shard of another name
     (not damage: the plan changed)."""
     marker = part_path(out_dir, index)
+    where = storage.target(out_dir)  # the URL of a run at one: what is there is the truth, not the cache
     try:
-        part = json.loads(marker.read_text(encoding="utf-8"))
+        part = json.loads(storage.read_bytes(storage.join(where, ".parts", marker.name)).decode("utf-8"))
         entries = list(part["outputs"]) + ([part["rejects"]] if part.get("rejects") else [])
         paths = [e["path"] for e in entries]
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -240,43 +243,73 @@ def damage(out_dir: Path, index: int, suffix: str, sha256_of: Callable[[str], st
     if shard_name(index, suffix) not in paths:
         raise _OtherShard(paths)
     for e in entries:
-        p = out_dir / e["path"]
+        p = storage.join(where, e["path"])
         if not isinstance(e.get("bytes"), int) or not isinstance(e.get("sha256"), str):
             return f"{e['path']}: its commit marker has no size and sha256 to check it against"
-        if not p.is_file():
+        if not storage.isfile(p):
             return f"{e['path']} is missing"
-        if (size := p.stat().st_size) != e["bytes"]:
+        if (size := storage.size(p)) != e["bytes"]:
             return f"{e['path']} has {size:,} bytes, its commit marker says {e['bytes']:,}"
         if sha256_file(p) != e["sha256"]:
             return f"{e['path']} does not match the sha256 in its commit marker"
     for src, digest in (part.get("input_sha256") or {}).items():
-        if os.path.isfile(src) and sha256_of(src) != digest:
+        local = os.path.join(out_dir, src)  # recorded relative to the stage directory inside a run
+        if os.path.isfile(local) and sha256_of(local) != digest:
             return f"its input {src} has changed since it was made"
     return None
 
 
 def _discard(out_dir: Path, index: int, suffix: str) -> None:
     """Remove a damaged shard's files, its commit marker first (so it is never half-trusted)."""
-    part_path(out_dir, index).unlink(missing_ok=True)
-    (out_dir / shard_name(index, suffix)).unlink(missing_ok=True)
-    (out_dir / "rejects" / shard_name(index)).unlink(missing_ok=True)
+    storage.remove(part_path(out_dir, index))
+    storage.remove(out_dir / shard_name(index, suffix))
+    storage.remove(out_dir / "rejects" / shard_name(index))
 
 
-def run_task(stage: Stage, task: Task, out_dir: str) -> dict:
-    """Run one task and commit its shard. Runs inside a Ray worker (or in-process)."""
+def side_dirs(stage: Stage) -> list[Path]:
+    """The directories of a run bound to a URL that a stage reads or writes beside its own shards
+    (its path-valued attributes, e.g. a dedup work folder or the classifiers): pulled before a task."""
+    return list(storage.iter_bound_dirs(vars(stage).values()))
+
+
+def _pull_own(out: Path, index: int) -> None:
+    """Bring the files a task keeps beside its shard to resume from (a harvest's checkpoint, a crawl's
+    finished WARC: `<stage>/<folder>/NNNNN...` with the task's index) from the URL into this node."""
+    own = f"{index:05d}"
+    for rel in storage.remote_files(out):
+        parts = rel.split("/")
+        if len(parts) > 1 and parts[0] not in ("rejects", ".parts") and any(p.startswith(own) for p in parts[1:]):
+            storage.pull(out.joinpath(*parts))
+
+
+def run_task(stage: Stage, task: Task, out_dir: str, storage_spec: dict | None = None) -> dict:
+    """Run one task and commit its shard. Runs inside a Ray worker (or in-process).
+
+    In a run bound to a URL (`storage_spec`: the driver's `storage.spec()`), the task first pulls
+    what it reads into this node's cache (its input files, the stage's side directories and its own
+    harvest checkpoint); everything it commits is uploaded as it becomes final, the marker last."""
+    storage.configure(storage_spec)
     out = Path(out_dir)
+    if storage.url_of(out) is not None:
+        for p in task.inputs:
+            if storage.url_of(p) is not None:
+                storage.pull(p)
+        for d in side_dirs(stage):
+            storage.pull(d)
+        _pull_own(out, task.index)
     sink = Sink(out / shard_name(task.index, stage.output_suffix), stage.output_suffix)
     t0 = time.time()
     # What the shard was made from: a rerun makes it again when one of these files has changed since
     # (e.g. an upstream shard that was damaged and made again with other bytes, as a re-crawl does).
-    made_from = {p: sha256_file(p) for p in task.inputs if os.path.isfile(p)}
+    # Paths inside the run are recorded relative to the stage directory (a run can be moved).
+    made_from = {storage.relative(p, out): sha256_file(p) for p in task.inputs if os.path.isfile(p)}
     try:
         stage.process(task, sink)
         part = sink.finish()
     except BaseException:
         sink.abort()
         raise
-    part.update(index=task.index, inputs=list(task.inputs), input_sha256=made_from, seconds=round(time.time() - t0, 3),
+    part.update(index=task.index, inputs=[storage.relative(p, out) for p in task.inputs], input_sha256=made_from, seconds=round(time.time() - t0, 3),
                 host=socket.gethostname(), pid=os.getpid())
     atomic_write_json(part_path(out, task.index), part)  # the commit marker: written last
     return part
@@ -311,7 +344,8 @@ def _execute_ray(stage: Stage, tasks: list[Task], out_dir: Path, on_done: Callab
 
     remote = ray.remote(num_cpus=getattr(stage, "cpus_per_task", 1), max_retries=max_retries)(run_task)
     stage_ref = ray.put(stage)
-    pending = [remote.remote(stage_ref, t, str(out_dir)) for t in tasks]
+    spec = storage.spec()  # explicit: a worker on another node has not got the driver's settings
+    pending = [remote.remote(stage_ref, t, str(out_dir), spec) for t in tasks]
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
         for ref in done:
@@ -352,9 +386,15 @@ def run_stage(
     max_retries: int = 3,
     extra: dict | None = None,
 ) -> dict:
-    """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk)."""
-    out_dir = Path(out_dir)
+    """Run `stage` over `inputs` into `out_dir` and return its manifest (also written to disk).
+
+    `out_dir` may be a URL (s3://, gs://, memory:// ...) or a directory inside a run bound to one
+    (minisigma.core.storage): the shards, rejects, commit markers and manifest are then committed
+    there, and what is there decides what a rerun resumes."""
+    out_dir = storage.local_of(out_dir) if storage.is_url(out_dir) else Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    where = storage.target(out_dir)  # the stage directory's URL, or out_dir itself
+    remote = where != str(out_dir)
     inputs = [Path(p) for p in inputs]
     tasks = stage.tasks(inputs)
     started = time.time()
@@ -373,8 +413,9 @@ def run_stage(
         log(f"{stage.name}: removed {len(stale)} temporary file(s) an interrupted run left in {out_dir}")
     finished: set[int] = set()
     repairs: list[dict] = []
+    markers = set(storage.listdir(storage.join(where, ".parts")))
     for t in tasks:
-        if not part_path(out_dir, t.index).exists():
+        if part_path(out_dir, t.index).name not in markers:
             continue
         try:
             problem = damage(out_dir, t.index, stage.output_suffix, sha256_of)
@@ -404,14 +445,17 @@ def run_stage(
     # Remove shards of an earlier run that this plan no longer produces (e.g. fewer inputs now, or
     # documents now written in the other shard format).
     planned = {t.index for t in tasks}
-    old = list_shards(out_dir) if stage.output_suffix in DOC_SUFFIXES else list_shards(out_dir, stage.output_suffix)
-    for p in old:
-        if int(p.name[:5]) not in planned:
-            p.unlink()
-            part_path(out_dir, int(p.name[:5])).unlink(missing_ok=True)
-        elif not p.name.endswith(stage.output_suffix):
-            p.unlink()  # its index was just rewritten in this stage's format (and committed)
-    parts = [mf.read_json(part_path(out_dir, t.index)) for t in tasks]
+    suffixes = DOC_SUFFIXES if stage.output_suffix in DOC_SUFFIXES else (stage.output_suffix,)
+    old = {p.name for p in list_shards(out_dir, stage.output_suffix if len(suffixes) == 1 else None)}
+    if remote:
+        old |= {n for n in storage.listdir(where) if n.endswith(suffixes) and n[:5].isdigit()}
+    for name in sorted(old):
+        if int(name[:5]) not in planned:
+            storage.remove(out_dir / name)
+            storage.remove(part_path(out_dir, int(name[:5])))
+        elif not name.endswith(stage.output_suffix):
+            storage.remove(out_dir / name)  # its index was just rewritten in this stage's format (and committed)
+    parts = [mf.read_json(storage.join(where, ".parts", part_path(out_dir, t.index).name)) for t in tasks]
     m = mf.build_manifest(
         stage=stage.name,
         recipe=recipe_section if recipe_section is not None else stage.config_dict(),
@@ -424,8 +468,15 @@ def run_stage(
         sha256_of=sha256_of,
         cluster=cluster,
         extra=extra,
+        base=out_dir,
     )
     mf.write_manifest(out_dir, m)
+    if remote:
+        # The driver's code after a stage reads its shards and side files (the next stage's plan, the
+        # dedup work folders): bring what the workers committed into this node's cache.
+        storage.pull(out_dir, skip=("rejects",))
+        for d in side_dirs(stage):
+            storage.pull(d)
     return m
 
 

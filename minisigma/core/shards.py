@@ -2,7 +2,8 @@
 
 A shard is `NNNNN.jsonl.gz`, one Document per line, or `NNNNN.parquet`, one Document per row (a
 recipe's `shard_format`); the extension picks the writer and the reader (`shard_writer`,
-`read_docs`). Writers are atomic (temporary name, then rename) and deterministic (gzip header
+`read_docs`). Writers are atomic (temporary name, then rename; in a run bound to a URL the final
+file is then uploaded, see minisigma.core.storage) and deterministic (gzip header
 without a timestamp or file name, JSON with sorted keys and compact separators; Parquet with
 pinned writer settings), so the same documents always give the same bytes and a crash never
 leaves a half-written shard under its final name.
@@ -25,6 +26,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 
 SHARD_GLOB = "[0-9][0-9][0-9][0-9][0-9].jsonl.gz"
@@ -49,7 +51,7 @@ def dumps(record: dict) -> str:
 
 
 def read_docs(path: str | os.PathLike, on_bad: Callable[[str], None] | None = None) -> Iterator[dict]:
-    """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet.
+    """Yield the records of one shard: jsonl.gz, plain .jsonl or .parquet (a local path or a URL).
 
     A damaged jsonl shard raises UserError naming the file and the line: a line that is not a JSON
     object, invalid UTF-8, or a gzip stream that is cut short or corrupt (the records before it are
@@ -57,17 +59,17 @@ def read_docs(path: str | os.PathLike, on_bad: Callable[[str], None] | None = No
     `on_bad`: a line that is not JSON ("bad_json") or not an object ("bad_record") is then given to
     it by that reason and skipped; a damaged file still raises.
     """
-    path = Path(path)
-    if path.name.endswith(PARQUET):
+    path = path if storage.is_url(path) else Path(path)  # a URL: e.g. `manifest verify s3://...`
+    name = storage.name(path)
+    if name.endswith(PARQUET):
         yield from read_parquet(path)
         return
-    opener = gzip.open if path.suffix == ".gz" else open
     lineno = 0
     try:
         # Binary lines decoded one at a time, so an encoding error names its own line (a text-mode
         # reader decodes in chunks, ahead of the line being parsed). surrogatepass: what ShardWriter
         # encodes with.
-        with opener(path, "rb") as f:
+        with _open_lines(path, name.endswith(".gz")) as f:
             for lineno, raw in enumerate(f, 1):
                 line = raw.decode("utf-8", "surrogatepass")
                 if not line.strip():
@@ -98,6 +100,13 @@ def read_docs(path: str | os.PathLike, on_bad: Callable[[str], None] | None = No
         raise UserError(f"{path}: shard not found") from None
 
 
+def _open_lines(path, gz: bool):
+    if not storage.is_url(path):
+        return gzip.open(path, "rb") if gz else open(path, "rb")
+    raw = storage.open_binary(path)
+    return gzip.GzipFile(fileobj=raw, mode="rb") if gz else raw
+
+
 def iter_docs(stage_dir: str | os.PathLike) -> Iterator[dict]:
     """Every document of a stage directory, shard by shard in order."""
     for shard in list_shards(stage_dir):
@@ -107,26 +116,31 @@ def iter_docs(stage_dir: str | os.PathLike) -> Iterator[dict]:
 def list_shards(stage_dir: str | os.PathLike, suffix: str | None = None) -> list[Path]:
     """The finished shards of a stage directory, in shard order (temporary files excluded);
     `suffix` None: document shards of either format."""
+    suffixes = DOC_SUFFIXES if suffix is None else (suffix,)
+    if storage.is_url(stage_dir):  # URLs (str) of the shards in a stage directory at a URL
+        return [storage.join(stage_dir, n) for n in storage.listdir(stage_dir)  # type: ignore[misc]
+                if n.endswith(suffixes) and n[:5].isdigit()]
     d = Path(stage_dir)
     if not d.is_dir():
         return []
-    suffixes = DOC_SUFFIXES if suffix is None else (suffix,)
     return sorted(p for p in d.iterdir() if p.name.endswith(suffixes) and p.name[:5].isdigit())
 
 
 def count_records(path: str | os.PathLike) -> int:
     """Records in a shard (Parquet: from its footer, without reading the rows)."""
-    path = Path(path)
-    if path.name.endswith(PARQUET):
+    if storage.name(path).endswith(PARQUET):
         import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
 
-        return pq.ParquetFile(path).metadata.num_rows
+        with storage.open_binary(path) as f:
+            return pq.ParquetFile(f).metadata.num_rows
     # Every line parsed: a shard that lists the right count but holds a damaged record is not intact
     # (read_docs names the file and line of the damage).
     return sum(1 for _ in read_docs(path))
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    if storage.is_url(path):
+        return storage.sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -162,6 +176,7 @@ def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
     tmp = tmp_path(final)
     tmp.write_bytes(data)
     os.replace(tmp, final)
+    storage.committed(final)  # a run at a URL: the object is uploaded once it is final here
 
 
 def atomic_write_json(final: str | os.PathLike, obj) -> None:
@@ -308,7 +323,7 @@ def read_parquet(path: str | os.PathLike, batch_size: int = 1024) -> Iterator[di
     import pyarrow.parquet as pq  # here: only Parquet shards need pyarrow
 
     try:
-        f = pq.ParquetFile(path)
+        f = pq.ParquetFile(storage.open_binary(path) if storage.is_url(path) else path)
     except (pa.ArrowException, OSError) as e:  # a truncated file has lost its footer
         raise UserError(f"{path}: not a readable Parquet shard ({e})") from None
     meta = f.schema_arrow.metadata or {}
