@@ -159,6 +159,42 @@ def small_recipe(tmp_path: Path, executor: str) -> Path:
     return p
 
 
+def test_curation_to_a_memory_url_is_byte_identical_to_a_local_run(tmp_path):
+    """A source and the refine stages (exact and MinHash dedup, with their work folders) into memory://
+    in-process: the same shards as a local run, paths in the manifests relative to the run."""
+    import tests.source_plugin  # noqa: F401  (registers type: paragraphs)
+    from curation.pipeline import curate
+    from curation.recipe import load
+
+    words = "the scheduler picks the next runnable thread from the run queue of each processor core".split()
+    paras = [" ".join(words[i:] + words[:i]) + f" and page {i} of the cache keeps blocks in memory" for i in range(12)]
+    paras += paras[:3] + [paras[4] + " again"]  # exact and near duplicates
+    notes = tmp_path / "notes.txt"
+    notes.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({"name": "m", "ray": {"executor": "local"},
+                                 "sources": [{"type": "paragraphs", "name": "notes", "path": str(notes)}],
+                                 "refine": {"executor": "local", "stages": ["normalize", "heuristics", "dedup_exact",
+                                                                            "minhash"],
+                                            "heuristics": {"min_words": 5}, "minhash": {"threshold": 0.7}}}))
+    local = curate(load(p), tmp_path / "local", progress=False)
+    url = f"memory://m-{uuid.uuid4().hex[:8]}/runs/t"
+    try:
+        cache = curate(load(p), url, progress=False)
+        theirs = local_bytes(local)
+        assert {"sources/notes/00000.jsonl.gz", "refine/dedup_exact/00000.jsonl.gz", "curated/00000.jsonl.gz"} <= \
+            set(theirs)
+        assert s3_bytes(url) == theirs
+        assert manifest.verify(url) == []
+        dropped = manifest.read_json(f"{url}/refine/dedup_exact/manifest.json")["counts"]["dropped"]
+        assert sum(dropped.values()) == 3
+        text = storage.read_bytes(f"{url}/refine/normalize/manifest.json").decode()
+        assert str(cache) not in text and '"../../sources/notes/00000.jsonl.gz"' in text
+    finally:
+        storage.rm("memory://" + url.split("://")[1].split("/")[0], recursive=True)
+        shutil.rmtree(storage.local_of(url), ignore_errors=True)
+
+
 @pytest.mark.slow
 @needs_apt
 def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_path, s3, two_node_cluster):  # noqa: F811
