@@ -31,6 +31,8 @@ def curate(recipe: CurationRecipe, run_dir: Path | str, ray_address: str | None 
     """Run a curation recipe into `run_dir`, a local directory or a URL (s3://, gs://, memory:// ...).
     Returns the local directory the run worked in (for a URL, its cache; see minisigma.core.storage)."""
     storage.set_options(recipe.storage_options)
+    if storage.is_url(run_dir):
+        storage.check_reachable(str(run_dir))
     run_dir = storage.run_dir(run_dir)  # bound: manifests record paths relative to it
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(run_dir, ray_address or recipe.ray.address, recipe.ray.executor, progress,

@@ -27,7 +27,7 @@ import yaml
 from pydantic import Field
 
 from minisigma.bench import load_benchmark
-from minisigma.core import paths
+from minisigma.core import paths, storage
 from minisigma.core.errors import UserError
 from minisigma.core.progress import console, log
 from minisigma.core.recipes import Section, load_recipe, project_path
@@ -132,6 +132,17 @@ def rerooted_copy(src: Path, prefix: str, out: Path, name: str, overrides: dict 
     return dest
 
 
+def recorded(path: Path, out: Path) -> str:
+    """A path as reproduce.json records it: relative to the run directory when inside it, else to the
+    project checkout when inside that, else as given (so the record of a run does not name the clone
+    or the directory that made it)."""
+    p = Path(path).resolve()
+    for root in (Path(out).resolve(), paths.REPO_ROOT):
+        if p.is_relative_to(root):
+            return p.relative_to(root).as_posix()
+    return str(path)
+
+
 class Progress:
     """<out>/reproduce.json: the status and time of every stage, written after each one."""
 
@@ -142,7 +153,7 @@ class Progress:
         if self.state["stages"] and self.state.get("seed") != seed:
             raise UserError(f"{out} was run with --seed {self.state.get('seed')}, not {seed}: "
                             "re-run it with the same seed, or choose another --out")
-        self.state.update(recipe=recipe.name, recipe_file=str(source), seed=seed, host=platform.node(),
+        self.state.update(recipe=recipe.name, recipe_file=recorded(source, out), seed=seed, host=platform.node(),
                           cpus=__import__("os").cpu_count())
 
     def done(self, name: str) -> bool:
@@ -322,7 +333,8 @@ def answer(questions: list[Question], summary: dict) -> dict:
             row[role + "_results"] = {"val_bpb": models[ppl_name].get("perplexity", {}).get("bpb"),
                                       "cmdgen_accuracy": m.get("cmdgen", {}).get("accuracy"),
                                       "cmdgen_cmd_score": m.get("cmdgen", {}).get("cmd_score"),
-                                      **_model_costs(m["checkpoint"])}
+                                      # recorded relative to the evaluation's folder
+                                      **_model_costs(str(Path(summary["recipe"]["out"]) / m["checkpoint"]))}
         a, b = row["sigma_results"], row["baseline_results"]
         row["kv_cache_reduction"] = round(1 - a["kv_bytes_per_token_bf16"] / b["kv_bytes_per_token_bf16"], 4)
         if a["val_bpb"] is not None and b["val_bpb"] is not None:
@@ -367,6 +379,7 @@ def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | 
         r = seeded(r, seed)
     out = Path(out or r.runs_prefix).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    storage.run_dir(out)  # bound: what the stages record inside it is relative to it
     state = Progress(out, r, source, seed)
     stages = _stages(r, out, ray_address, progress)
     names = [n for n, _ in stages] + ["report"]

@@ -87,6 +87,22 @@ def filesystem(url: str):
         raise UserError(f"{url}: cannot open this storage URL ({e})") from None
 
 
+def check_reachable(url: str) -> None:
+    """Fail early, in one line, when a run's URL cannot be used: no client for its protocol, or (object
+    storage) a bucket that is absent or that these credentials and endpoint cannot reach."""
+    from minisigma.core.errors import UserError
+
+    fs, path = filesystem(url)
+    bucket = path.strip("/").split("/", 1)[0]
+    if getattr(fs, "root_marker", "") == "" and bucket:  # bucketed stores (s3, gs); not memory:// or local
+        try:
+            found = fs.exists(bucket)
+        except Exception as e:  # any client error (refused connection, bad credentials) is the user's to fix
+            raise UserError(f"{url}: cannot reach the bucket {bucket} ({type(e).__name__}: {e})") from None
+        if not found:
+            raise UserError(f"{url}: no bucket {bucket} (or these credentials cannot see it)")
+
+
 # --------------------------------------------------------------------------- bindings
 @dataclass(frozen=True)
 class Binding:
@@ -410,7 +426,7 @@ def run_pulled(storage_spec: dict, dirs: list[str], fn, *args):
     return fn(*args)
 
 
-__all__ = ["is_url", "scheme", "set_options", "filesystem", "run_dir", "local_of", "bind", "unbind", "binding_of", "run_root",
+__all__ = ["is_url", "scheme", "set_options", "filesystem", "check_reachable", "run_dir", "local_of", "bind", "unbind", "binding_of", "run_root",
            "url_of", "target", "relative", "spec", "configure", "join", "name", "exists", "isfile", "isdir", "size",
            "open_binary", "read_bytes", "sha256", "write_bytes", "listdir", "find", "rm", "committed", "remove",
            "rmtree", "remote_files", "pull", "run_pulled", "iter_bound_dirs", "cache_root", "LOCATORS"]

@@ -66,6 +66,7 @@ from typing import Callable, Sequence
 
 from pydantic import Field
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.progress import StageProgress
 from minisigma.core.recipes import Section
@@ -413,7 +414,8 @@ def evaluate_checkpoint(tasks_path: str | Path, checkpoint: str | Path, out_dir:
             answers = generate_answers(model, tok, tasks, section.max_new_tokens, section.batch_size,
                                        lambda n: bar.advance(n=n))
         gen_seconds = time.time() - t0
-        meta = {"checkpoint": str(checkpoint), "model": cfg.name, "tasks_file": str(tasks_path),
+        # the checkpoint relative to out_dir inside a bound run (minisigma reproduce): the run can move
+        meta = {"checkpoint": storage.relative(checkpoint, out_dir), "model": cfg.name, "tasks_file": str(tasks_path),
                 "tasks_sha256": _sha256(tasks_path), "generate_seconds": round(gen_seconds, 3),
                 "max_new_tokens": section.max_new_tokens}
         with StageProgress("cmdgen: execute + score", len(tasks), enabled=show_progress, unit="tasks") as bar:

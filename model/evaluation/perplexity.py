@@ -26,6 +26,7 @@ from typing import Iterable, Iterator, Literal
 
 from pydantic import Field
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.shards import list_shards, read_docs
@@ -169,7 +170,9 @@ def evaluate_checkpoint(checkpoint: str | Path, section: PerplexitySection, out_
     t0 = time.time()
     docs = select_docs(iter_docs(section.docs), section.split, section.val_fraction, section.max_docs_per_source)
     result = evaluate(model, tok, docs, section.context, section.batch_size)
-    result.update({"checkpoint": str(checkpoint), "model": cfg.name, "docs_path": section.docs,
+    # inside a bound run (minisigma reproduce), relative to the file's folder: the run can move
+    where = str(checkpoint) if out_path is None else storage.relative(checkpoint, Path(out_path).parent)
+    result.update({"checkpoint": where, "model": cfg.name, "docs_path": section.docs,
                    "split": section.split, "val_fraction": section.val_fraction,
                    "seconds": round(time.time() - t0, 3)})
     if out_path is not None:

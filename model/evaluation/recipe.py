@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pydantic import Field, field_validator
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, load_recipe
 from model.evaluation import cmdgen, induction, perplexity
@@ -77,7 +78,7 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
     evaluator = None
     try:
         for name, ckpt in recipe.checkpoints.items():
-            entry: dict = {"checkpoint": ckpt}
+            entry: dict = {"checkpoint": storage.relative(ckpt, out)}  # inside a bound run: relative to out
             t0 = time.time()
             if recipe.perplexity is not None:
                 res = perplexity.evaluate_checkpoint(ckpt, recipe.perplexity, out / name / "perplexity.json")

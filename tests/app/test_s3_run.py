@@ -45,9 +45,8 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def s3(two_node_cluster, monkeypatch):  # noqa: F811
-    """An S3 server on 127.0.0.1 with one bucket; yields the URL of a fresh run location in it."""
-    import boto3
+def s3_server(monkeypatch):
+    """moto's S3 server on 127.0.0.1, and this process's AWS_* settings pointing at it."""
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -57,6 +56,17 @@ def s3(two_node_cluster, monkeypatch):  # noqa: F811
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3(two_node_cluster, s3_server):  # noqa: F811  (the cluster first: its workers never see AWS_*)
+    """A fresh run location in a new bucket; yields its URL."""
+    import boto3
+
     bucket = f"b-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     url = f"s3://{bucket}/runs/t"
@@ -65,7 +75,6 @@ def s3(two_node_cluster, monkeypatch):  # noqa: F811
     finally:
         shutil.rmtree(storage.local_of(url), ignore_errors=True)
         storage.unbind(storage.local_of(url))
-        server.stop()
 
 
 def s3_bytes(url: str, suffixes=(".jsonl.gz", ".warc.gz", ".parquet")) -> dict[str, str]:
@@ -242,3 +251,9 @@ def test_commands_without_url_support_say_so_in_one_line(tmp_path):
         "(`minisigma curate --out` and `minisigma manifest show/verify` take one)"]
     r = cli("synth", "recipes/synth/mini.yaml", "--in", tmp_path, "--out", "gs://bucket/synth")
     assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/synth: --out: a URL is not supported")
+
+
+def test_a_bucket_that_is_not_there_is_one_line(s3_server):
+    r = cli("curate", "recipes/curation/tiny.yaml", "--out", "s3://no-such-bucket/runs/t", "--quiet")
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: s3://no-such-bucket/runs/t: no bucket no-such-bucket (or these credentials cannot see it)"]
