@@ -248,6 +248,7 @@ OPERANDS = {
     "file": ("notes.txt", "on {}"),
     "dir": ("docs", "on the directory {}"),
     "file2": ("other.txt", "and {}"),
+    "file3": ("third.txt", "and {}"),
     "dest": ("backup.txt", "into {}"),
     "number": ("2", "with {meta} {}"),
 }
@@ -257,7 +258,7 @@ _OPERAND_NAMES = {
     "file": "file", "files": "file", "filename": "file", "filenames": "file", "path": "file", "paths": "file",
     "pathname": "file", "input": "file", "inputfile": "file", "infile": "file", "source": "file",
     "textfile": "file", "datafile": "file", "dir": "dir", "directory": "dir", "directories": "dir", "dirs": "dir",
-    "dest": "dest", "outfile": "dest",
+    "dest": "dest", "outfile": "dest", "target": "file", "link_name": "dest",
 }
 # an option's own metavar that takes a small number ("--lines=NUM", "-w COLS")
 _NUMBER_METAVARS = {"n", "num", "number", "count", "lines", "cols", "columns", "width", "depth", "level",
@@ -318,6 +319,12 @@ def synopsis_operands(page: ManPage) -> list[str] | None:
         kinds.append(kind)
         if bare == "FILES":  # "diff [OPTION]... FILES": a required pair
             kinds.append("file2")
+    # a second and third file placeholder ("diff3 MYFILE OLDFILE YOURFILE") are other files
+    files = 0
+    for i, k in enumerate(kinds):
+        if k in ("file", "file2"):
+            files += 1
+            kinds[i] = "file" if files == 1 else f"file{min(files, 3)}"
     return list(dict.fromkeys(kinds))
 
 

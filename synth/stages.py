@@ -193,7 +193,10 @@ class CmdgenSet(Stage):
             derived = derive_fixtures(p)
             if probe is None or not probe.available:
                 return info, derived, None, ""
-            return (info, *probe.choose(p, [derived, []] if derived else [[]]))
+            candidates = [derived, []] if derived else [[]]
+            if any(f.get("type") == "dir" for f in derived):  # "rmdir docs": the directory, empty
+                candidates.insert(1, [f for f in derived if f.get("type") == "dir"])
+            return (info, *probe.choose(p, candidates))
 
         prepared = {id(p): prepare(p) for p in eligible} if r.cmdgen.prefer_executable else {}
         if prepared:

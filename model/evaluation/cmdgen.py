@@ -475,6 +475,7 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
                 rows.append({"id": t.id, "tool": t.tool, "suite": t.suite, "package": t.package,
                              "fixtures": len(t.fixtures), "executable": reason is None, "dropped_reason": reason,
                              "statuses": [r.status for r in refs], "commands": list(t.commands),
+                             "no_execute": t.no_execute,
                              "stderr": _clip(refs[0].stderr, 300) if refs else None})
                 bar.advance(n=1)
     finally:

@@ -44,6 +44,8 @@ def page(synopsis: str, tool: str = "foo", options: str = "") -> str:
     ("foo [OPTION]...", []),
     ("foo [OPTION]... FILES", ["file", "file2"]),  # a required pair (diff)
     ("foo [OPTION]... FILE1 [FILE2 [SKIP1 [SKIP2]]]", ["file", "file2"]),
+    ("foo [OPTION]... MYFILE OLDFILE YOURFILE", ["file", "file2", "file3"]),  # diff3
+    ("foo [OPTION]... [-T] TARGET LINK_NAME", ["file", "dest"]),  # ln
     ("foo [OPTION]... --config CONFIGFILE", None),
     ("foo [options] destination [command]", None),  # a host is not a file
     ("foo [options] <pid> [...]", None),  # a required operand of no known kind
