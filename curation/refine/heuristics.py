@@ -208,9 +208,6 @@ class Heuristics(Filter, RefineStep):
     name = "heuristics"
     Config = HeuristicsConfig
 
-    def __init__(self, config: HeuristicsConfig | None = None):
-        super().__init__(config or HeuristicsConfig())
-
     def decide(self, doc: Document) -> str | None:
         reason, facts = check(doc.text, self.config)
         meta(doc)["code_fraction"] = facts["code_fraction"]

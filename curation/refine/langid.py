@@ -55,9 +55,6 @@ class LangId(Filter, RefineStep):
     name = "langid"
     Config = LangIdConfig
 
-    def __init__(self, config: LangIdConfig | None = None):
-        super().__init__(config or LangIdConfig())
-
     def decide(self, doc: Document) -> str | None:
         c = self.config
         lang, p, _ = identify(doc.text, c)

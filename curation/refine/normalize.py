@@ -46,9 +46,6 @@ class Normalize(Filter, RefineStep):
     name = "normalize"
     Config = NormalizeConfig
 
-    def __init__(self, config: NormalizeConfig | None = None):
-        super().__init__(config or NormalizeConfig())
-
     def decide(self, doc: Document) -> str | None:
         text = doc.text
         new, n_ctrl = normalize_text(text, self.config.form)

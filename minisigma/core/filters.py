@@ -22,6 +22,10 @@ class Filter(Stage):
     """Base of the document-at-a-time stages (normalize, heuristics, langid, classify, decontam ...)."""
 
     _sink: Sink | None = None
+    Config: type | None = None  # the recipe section class; a filter made without a config gets its defaults
+
+    def __init__(self, config=None):
+        super().__init__(self.Config() if config is None and self.Config is not None else config)
 
     def process(self, task: Task, sink: Sink) -> None:
         self._sink = sink
