@@ -3,6 +3,7 @@
     loss curves        model.train: Lightning's CSVLogger, <out>/logs/csv/version_N/metrics.csv
     CMDGen-mini        model.evaluation.cmdgen.score: <dir>/summary.json and <dir>/results.jsonl
     perplexity         model.evaluation.perplexity.evaluate_checkpoint: perplexity.json
+    induction probe    model.evaluation.induction.evaluate_checkpoint: induction.json
     ablations          model.ablations.run: ablation.json
 
 They sit apart from the writers so that reading a run loads neither torch nor Lightning (the
@@ -88,6 +89,13 @@ def read_perplexity(run: str | Path) -> list[tuple[str, dict]]:
         if isinstance(r, dict) and "per_source" in r:
             out.append((rel(Path(run), p.parent), r))
     return out
+
+
+def read_induction(run: str | Path) -> list[tuple[str, dict]]:
+    """Every `induction.json` under a run: (the model's directory relative to the run, the result).
+    Unreadable files, or ones without both losses, are left out."""
+    return [(rel(Path(run), p.parent), r) for p, r in read_json_files(run, "induction.json")
+            if isinstance(r, dict) and {"loss_first", "loss_repeat"} <= set(r)]
 
 
 def read_ablations(run: str | Path) -> tuple[list[dict], list[str]]:

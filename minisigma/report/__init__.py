@@ -37,6 +37,7 @@ from minisigma.report.sections.ablation import section_ablation
 from minisigma.report.sections.attention import section_attention
 from minisigma.report.sections.cmdgen import section_cmdgen
 from minisigma.report.sections.funnel import section_funnel
+from minisigma.report.sections.induction import section_induction
 from minisigma.report.sections.loss import section_loss
 from minisigma.report.sections.mix import section_mix
 from minisigma.report.sections.perplexity import section_perplexity
@@ -59,6 +60,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path], str]]] = [
     ("rewrites", "Model rewrites (synth)", section_rewrites),
     ("cmdgen", "CMDGen-mini (command generation)", section_cmdgen),
     ("perplexity", "Perplexity per source", section_perplexity),
+    ("induction", "Copying from context (induction probe)", section_induction),
     ("attention", "Attention efficiency", section_attention),
     ("ablation", "Ablations next to the paper", section_ablation),
 ]

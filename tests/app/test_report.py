@@ -83,6 +83,16 @@ def make_run(run: Path) -> Path:
                               for j, s_ in enumerate(["manpages", "localdocs", "blogs"])},
                "per_category": {}}
         (run / "eval" / name / "perplexity.json").write_text(json.dumps(ppl))
+    # model/evaluation/induction.py's induction.json, from a real probe of a real (untrained) model
+    import torch
+
+    from model.evaluation.induction import InductionSection, probe
+    from model.gpt import GPT, ModelConfig as _Cfg
+
+    torch.manual_seed(0)
+    probed = probe(GPT(_Cfg.preset("tiny", vocab_size=300)).eval(), 300, InductionSection(tokens=20, sequences=2))
+    (run / "eval" / "mini-sigma-pretrain").mkdir(parents=True, exist_ok=True)
+    (run / "eval" / "mini-sigma-pretrain" / "induction.json").write_text(json.dumps(probed))
     # `minisigma bench attention`'s results.json schema; KV bytes from the model's own accounting
     from model.gpt import ModelConfig
 
@@ -176,6 +186,7 @@ def test_every_section_renders_from_its_inputs(full_run):
     assert "<code>ls -l d0</code>" in secs["synth"]
     assert "1 of 3 rewrites kept (33%)" in secs["rewrites"] and "b179c9523d0e6a0f" in secs["rewrites"]
     assert "repetition_loop" in secs["rewrites"] and "135M-parameter model" in secs["rewrites"]
+    assert "<td class=\"l\">eval/mini-sigma-pretrain</td>" in secs["induction"] and "first copy" in secs["induction"]
     assert "1,031.500" in secs["stages"] and "pretrain:mini-sigma" in secs["stages"]
     assert "CMDGen-mini accuracy +0.125" in secs["questions"] and "-0.2500 (better)" in secs["questions"]
     # KV bytes at 32k context: 16 K + 16 V heads x 64 x 2 bytes x 2 layers (gqa) vs 4 K + 16 V
