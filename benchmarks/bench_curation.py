@@ -124,18 +124,26 @@ def run(src: Path, limit: int | None = 400, rounds: int = 3, shards: int = 4, pe
         config = ExtractConfig(min_chars=0)  # the defaults, keeping every non-empty page (as datatrove does)
         trafilatura_kwargs = dict(favour_precision=config.favor_precision, include_tables=config.include_tables,
                                   deduplicate=config.deduplicate, fast=config.fast)  # include_comments=False in both
+        # our side for each peer setting, at identical output: fast mode without the page-by-page
+        # fallback is datatrove's fast=True, the full algorithm is its fast=False
+        configs = {"ours": config,
+                   "ours_fast_only": config.model_copy(update={"fast_fallback": False}),
+                   "ours_full": config.model_copy(update={"fast": False})}
+        pairs = {"ours_fast_only": "datatrove_fast_True", "ours_full": "datatrove_fast_False"}
         texts: dict[str, dict[str, str]] = {}
 
-        def ours():
-            out = work / "ours"
-            shutil.rmtree(out, ignore_errors=True)
-            t0 = time.perf_counter()
-            run_stage(Extract(config), [str(p) for p in warcs], out, executor="local", progress=False)
-            seconds = time.perf_counter() - t0
-            texts["ours"] = ours_texts(out)
-            return seconds
+        def ours(name: str):
+            def side():
+                out = work / name
+                shutil.rmtree(out, ignore_errors=True)
+                t0 = time.perf_counter()
+                run_stage(Extract(configs[name]), [str(p) for p in warcs], out, executor="local", progress=False)
+                seconds = time.perf_counter() - t0
+                texts[name] = ours_texts(out)
+                return seconds
+            return side
 
-        sides = {"ours": ours}
+        sides = {"ours": ours("ours")}
         peer_versions = {}
         if peer:
             py = peer_python("datatrove-processing", PEER_REQUIREMENTS)
@@ -152,32 +160,45 @@ def run(src: Path, limit: int | None = 400, rounds: int = 3, shards: int = 4, pe
                     return r["seconds"]
                 return side
 
+            sides["ours_fast_only"] = ours("ours_fast_only")
             sides["datatrove_fast_True"] = datatrove(True)
+            sides["ours_full"] = ours("ours_full")
             sides["datatrove_fast_False"] = datatrove(False)
         times = alternate(sides, rounds)
+        peers = [k for k in times if k.startswith("datatrove")]
         res = {"pages": n, "rounds": rounds, "source": str(src),
-               "settings": {"ours": {**config.model_dump(), "executor": "local, 1 process"},
+               "settings": {"ours": {**config.model_dump(), "executor": "local, 1 process",
+                                     "sides": {"ours": "the defaults (fast, fast_fallback)",
+                                               "ours_fast_only": "fast=True, fast_fallback=False",
+                                               "ours_full": "fast=False"}},
                             "datatrove": {"Trafilatura": {**trafilatura_kwargs, "timeout": config.timeout_s,
                                                           "fast": "True / False (two sides)"},
                                           "executor": "LocalPipelineExecutor tasks=1 workers=1",
                                           "versions": peer_versions}},
                "sides": {k: summary(v, n) for k, v in times.items()},
-               "agreement": {k: agreement(texts["ours"], v) for k, v in texts.items() if k != "ours"},
-               "ratios": {k: ratio(summary(times["ours"], n), summary(v, n)) for k, v in times.items() if k != "ours"}}
+               # ours (the defaults) against each peer side, and each of our sides against its peer setting
+               "agreement": {k: agreement(texts["ours"], texts[k]) for k in peers},
+               "ratios": {k: ratio(summary(times["ours"], n), summary(times[k], n)) for k in peers},
+               "identical_output": {f"{o} vs {p}": {**agreement(texts[o], texts[p]),
+                                                    "ratio": ratio(summary(times[o], n), summary(times[p], n))}
+                                    for o, p in pairs.items() if p in times}}
         res["agreement"]["ours_pages_kept"] = len(texts["ours"])
         print(f"extraction of {n} HTML pages from {src}, one core each, {rounds} alternating rounds, "
               f"load average {started['load_average']}")
-        print("  ours      : " + ", ".join(f"{k}={v}" for k, v in config.model_dump().items()))
+        print("  ours      : " + ", ".join(f"{k}={v}" for k, v in config.model_dump().items() if k != "pdf")
+              + "  (ours_fast_only: fast_fallback=False; ours_full: fast=False)")
         print("  datatrove : Trafilatura(" + ", ".join(f"{k}={v}" for k, v in trafilatura_kwargs.items() if k != "fast")
               + f", timeout={config.timeout_s}, fast=True|False)  {peer_versions}")
-        print(f"  {'side':<22}{'best p/s':>10}{'median p/s':>12}{'kept':>7}{'identical to ours':>19}")
+        print(f"  {'side':<22}{'best p/s':>10}{'median p/s':>12}{'kept':>7}")
         for k, s in res["sides"].items():
-            a = res["agreement"].get(k)
-            kept = a["pages_kept_peer"] if a else len(texts["ours"])
-            ident = f"{a['identical_texts']} of {a['kept_by_both']}" if a else "-"
-            print(f"  {k:<22}{s['per_s_best']:>10.1f}{s['per_s_median']:>12.1f}{kept:>7}{ident:>19}")
+            print(f"  {k:<22}{s['per_s_best']:>10.1f}{s['per_s_median']:>12.1f}{len(texts[k]):>7}")
         for k, r in res["ratios"].items():
-            print(f"  ours / {k}: {r['best']:.2f}x best, {r['median']:.2f}x median (target >= 1.5x)")
+            a = res["agreement"][k]
+            print(f"  ours (defaults) / {k}: {r['best']:.2f}x best, {r['median']:.2f}x median; kept {a['pages_kept_ours']}"
+                  f" vs {a['pages_kept_peer']}, identical {a['identical_texts']} of {a['kept_by_both']}")
+        for k, r in res["identical_output"].items():
+            print(f"  {k}: {r['ratio']['best']:.2f}x best, {r['ratio']['median']:.2f}x median (target >= 1.5x); kept "
+                  f"{r['pages_kept_ours']} vs {r['pages_kept_peer']}, identical {r['identical_texts']} of {r['kept_by_both']}")
         if scaling:
             res["ray_scaling"] = ray_scaling([str(p) for p in warcs], work, config)
         write_result("curation", res, ("trafilatura", "lxml", "warcio", "datatrove", "ray"), started)

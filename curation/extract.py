@@ -125,6 +125,19 @@ TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.S | re.I)
 
 
 def extract_html(html: str, url: str, cfg: ExtractConfig) -> tuple[str, dict]:
+    """trafilatura on one page, under `extract_accel.accelerated()`: trafilatura's own algorithm and
+    output (byte-identical text, tests/curation/test_extract_accel.py), with its regex XPath filters
+    evaluated as precompiled Python predicates over lxml's C tree walk instead of libxml2 calling back
+    into Python per element and pattern. That is what makes ours cheaper than datatrove's `Trafilatura`
+    step at the same settings (`minisigma bench curation`): about half of trafilatura's time on the
+    bench pages was those callbacks."""
+    from curation.extract_accel import accelerated  # imports trafilatura: heavy, kept lazy as below
+
+    with accelerated():
+        return _extract_html(html, url, cfg)
+
+
+def _extract_html(html: str, url: str, cfg: ExtractConfig) -> tuple[str, dict]:
     import trafilatura
 
     options = dict(url=url, favor_precision=cfg.favor_precision, include_tables=cfg.include_tables,
