@@ -19,6 +19,15 @@ log line and an entry in the manifest's `repairs`. Temporary files a killed writ
 before the stage starts and again when all its tasks have finished, and counted as
 `stale_tmp_removed`.
 
+Object storage: `out_dir` may be a URL (s3://, gs://, memory:// ...) or lie in a run bound to one
+(minisigma.core.storage). Tasks then work in a per-node cache of the run: each pulls its input files,
+the stage's side directories (its path attributes: dedup work folders, classifiers) and its own
+checkpoint files, and every file it finishes is uploaded at once, the shard and its rejects before the
+commit marker. Resume reads the markers, shards and rejects at the URL, never the cache, so a rerun on
+another machine trusts exactly what the markers in the store name; the driver pulls what a stage
+committed before the next one plans. Paths inside a bound run (markers' inputs, manifests' inputs)
+are recorded relative to the stage directory, so a run can be moved (or copied into a bucket).
+
 Determinism: a task's output depends only on its inputs, its params and the stage config, and the
 shard writers are byte-deterministic, so a rerun (or a retried task after a worker died) writes
 byte-identical shards.
