@@ -58,7 +58,7 @@ def local_only(path: Path, option: str) -> Path:
     m = _URL_AS_PATH.match(str(path))
     if m and m.group(1).lower() != "file":
         raise UserError(f"{m.group(1)}://{str(path)[m.end():]}: {option}: a URL is not supported for this command"
-                        " (`minisigma curate --out` and `minisigma manifest show/verify` take one)")
+                        " (`minisigma curate --out` and `minisigma manifest show/verify/diff` take one)")
     return path
 
 
@@ -167,14 +167,15 @@ def manifest_snapshot(
 
 @manifest_app.command("diff")
 def manifest_diff(
-    run_dir: Path = typer.Argument(..., help="your run directory"),
-    reference: Path = typer.Argument(..., help="a reference run, e.g. manifests/reference/mini"),
+    run_dir: str = typer.Argument(..., help="your run directory, or its URL"),
+    reference: str = typer.Argument(..., help="a reference run, e.g. manifests/reference/mini, or its URL"),
     tolerance: float = typer.Option(0.10, help="relative difference reported as a finding"),
 ):
     """Compare the per-stage counts of a run with a reference run; exit 1 when they differ beyond the tolerance."""
-    from minisigma.core import manifest
+    from minisigma.core import manifest, storage
 
-    if manifest.diff(run_dir, reference, rel_tol=tolerance):
+    run, ref = (p if storage.is_url(p) else Path(p) for p in (run_dir, reference))
+    if manifest.diff(run, ref, rel_tol=tolerance):
         raise typer.Exit(1)
 
 

@@ -356,11 +356,13 @@ def diff(run_dir: str | Path, reference_dir: str | Path, rel_tol: float = 0.10,
     """Compare the counts of a run with a reference run, stage by stage; differences beyond
     `rel_tol` (relative) are reported."""
     console = console or _console()
-    run_dir, reference_dir = Path(run_dir), Path(reference_dir)
-    ours = {str(d.relative_to(run_dir)) if d != run_dir else ".": load_manifest(d / MANIFEST)
-            for d in stage_dirs(run_dir)}
-    ref = {str(d.relative_to(reference_dir)) if d != reference_dir else ".": load_manifest(d / MANIFEST)
-           for d in stage_dirs(reference_dir)}
+    run_dir, reference_dir = (str(p).rstrip("/") if storage.is_url(p) else Path(p) for p in (run_dir, reference_dir))
+
+    def by_stage(root) -> dict:  # relative stage directory ("." for the root) -> manifest
+        return {(_rel(d, root) if str(d) != str(root) else "."): load_manifest(_in(d, MANIFEST))
+                for d in stage_dirs(root)}
+
+    ours, ref = by_stage(run_dir), by_stage(reference_dir)
     table = Table(title=f"{run_dir} vs reference {reference_dir}")
     for col in ["stage", "metric", "run", "reference", "delta"]:
         table.add_column(col)

@@ -248,7 +248,7 @@ def test_commands_without_url_support_say_so_in_one_line(tmp_path):
     r = cli("tokenize", "recipes/train/tiny.yaml", "--in", "s3://bucket/runs/t/curated", "--out", tmp_path / "tok")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: s3://bucket/runs/t/curated: --in: a URL is not supported for this command "
-        "(`minisigma curate --out` and `minisigma manifest show/verify` take one)"]
+        "(`minisigma curate --out` and `minisigma manifest show/verify/diff` take one)"]
     r = cli("synth", "recipes/synth/mini.yaml", "--in", tmp_path, "--out", "gs://bucket/synth")
     assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/synth: --out: a URL is not supported")
 

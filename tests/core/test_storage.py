@@ -5,11 +5,13 @@ records its paths relative to its root, so it can be moved."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import uuid
 
 import pytest
+from rich.console import Console
 
 from minisigma.core import manifest, storage
 from minisigma.core.runner import run_stage
@@ -83,6 +85,10 @@ def test_stage_on_a_url_is_byte_identical_and_verifies(url, tmp_path):
     assert {f"minwords/.parts/{i:05d}.json" for i in range(3)} | {"minwords/manifest.json"} <= set(there)
     assert manifest.verify(url) == [] and manifest.verify(f"{url}/minwords") == []
     assert [storage.name(d) for d in manifest.stage_dirs(url)] == ["minwords"]
+    shown = io.StringIO()
+    manifest.show(url, console=Console(file=shown, width=200))
+    assert "minwords" in shown.getvalue() and f"{m['counts']['out']:,}" in shown.getvalue()
+    assert manifest.diff(f"{url}/minwords", tmp_path / "local", console=Console(file=io.StringIO())) == []
     assert sum(1 for s in list_shards(f"{url}/minwords") for _ in read_docs(s)) == m["counts"]["out"]
     assert sha256_file(f"{url}/minwords/00000.jsonl.gz") == sha256_file(tmp_path / "local" / "00000.jsonl.gz")
 
