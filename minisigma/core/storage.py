@@ -163,12 +163,6 @@ def binding_of(path) -> tuple[Binding, str] | None:
     return best, os.path.relpath(p, best.local)
 
 
-def run_root(path) -> Path | None:
-    """The root of the bound run that holds `path` (None outside any)."""
-    found = binding_of(path)
-    return Path(found[0].local) if found else None
-
-
 def url_of(path) -> str | None:
     """The URL a bound local path mirrors (None for a local run or an unbound path)."""
     found = binding_of(path)
@@ -426,7 +420,7 @@ def run_pulled(storage_spec: dict, dirs: list[str], fn, *args):
     return fn(*args)
 
 
-__all__ = ["is_url", "scheme", "set_options", "filesystem", "check_reachable", "run_dir", "local_of", "bind", "unbind", "binding_of", "run_root",
+__all__ = ["is_url", "scheme", "set_options", "filesystem", "check_reachable", "run_dir", "local_of", "bind", "unbind", "binding_of",
            "url_of", "target", "relative", "spec", "configure", "join", "name", "exists", "isfile", "isdir", "size",
            "open_binary", "read_bytes", "sha256", "write_bytes", "listdir", "find", "rm", "committed", "remove",
            "rmtree", "remote_files", "pull", "run_pulled", "iter_bound_dirs", "cache_root", "LOCATORS"]
