@@ -151,7 +151,7 @@ def test_stage_to_s3_on_two_nodes_survives_a_killed_worker_and_resumes_elsewhere
     assert hashes(storage.local_of(stage)) == hashes(tmp_path / "reference")
 
 
-def small_recipe(tmp_path: Path, executor: str) -> Path:
+def small_recipe(tmp_path: Path, executor: str, storage_options: dict | None = None) -> Path:
     """Every stage kind of `minisigma curate`, cheaply: two small Debian packages (fetch, man pages, an
     HTML tree crawled over loopback, extraction) and refine with exact and MinHash dedup."""
     recipe = {
@@ -164,6 +164,8 @@ def small_recipe(tmp_path: Path, executor: str) -> Path:
         "refine": {"executor": executor, "stages": ["normalize", "heuristics", "dedup_exact", "minhash"],
                    "heuristics": {"min_words": 30}, "minhash": {"threshold": 0.8, "num_perm": 64}},
     }
+    if storage_options:
+        recipe["storage_options"] = storage_options
     p = tmp_path / f"small-{executor}.yaml"
     p.write_text(yaml.safe_dump(recipe))
     return p
@@ -207,13 +209,18 @@ def test_curation_to_a_memory_url_is_byte_identical_to_a_local_run(tmp_path):
 
 @pytest.mark.slow
 @needs_apt
-def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_path, s3, two_node_cluster):  # noqa: F811
+def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_path, s3, two_node_cluster,  # noqa: F811
+                                                                           monkeypatch):
     from curation.pipeline import curate
     from curation.recipe import load
 
     local = curate(load(small_recipe(tmp_path, "local")), tmp_path / "local", progress=False)
     seed(local, s3)
-    curate(load(small_recipe(tmp_path, "ray")), s3, progress=False)
+    # the endpoint from the recipe's storage options this time, not the environment
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    monkeypatch.setattr(storage, "_OPTIONS", {})  # restored after the test
+    curate(load(small_recipe(tmp_path, "ray", {"s3": {"endpoint_url": endpoint}})), s3, progress=False)
     m = manifest.read_json(f"{s3}/extract/manifest.json")
     assert m["cluster"]["nodes"] == 2 and m["resumed_shards"] == 0  # made here, on two nodes
     assert manifest.read_json(f"{s3}/crawl/manifest.json")["resumed_shards"] >= 1  # moved in, trusted
@@ -222,6 +229,7 @@ def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_
     assert {"fetch/00000.jsonl.gz", "sources/manpages/00000.jsonl.gz", "crawl/00000.warc.gz",
             "extract/00000.jsonl.gz", "refine/dedup_exact/00000.jsonl.gz", "curated/00000.jsonl.gz"} <= set(theirs)
     assert ours == theirs
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # the command line takes it from the environment
     r = cli("manifest", "verify", s3)
     assert r.returncode == 0, r.stdout + r.stderr
     assert " 0 problem(s)" in r.stdout
