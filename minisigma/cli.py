@@ -58,7 +58,7 @@ def local_only(path: Path, option: str) -> Path:
     m = _URL_AS_PATH.match(str(path))
     if m and m.group(1).lower() != "file":
         raise UserError(f"{m.group(1)}://{str(path)[m.end():]}: {option}: a URL is not supported for this command"
-                        " (`minisigma curate --out` and `minisigma manifest show/verify/diff` take one)")
+                        " (`minisigma curate --out`, `minisigma tokenize --in` and `minisigma manifest show/verify/diff` take one)")
     return path
 
 
@@ -365,18 +365,19 @@ def eval_cmd(
 @app.command("tokenize")
 def tokenize_cmd(
     recipe: Path = typer.Argument(..., help="a training recipe (recipes/train/*.yaml): its tokenizer: and data: sections"),
-    in_dir: Path = typer.Option(..., "--in", help="curated shards (NNNNN.jsonl.gz)"),
+    in_dir: str = typer.Option(..., "--in", help="curated shards (NNNNN.jsonl.gz): a folder or its URL"),
     out: Path = typer.Option(..., "--out", help="output folder: tokenizer.json, train.bin, val.bin, manifest.json"),
 ):
     """Train the byte-level BPE tokenizer on curated shards, then pack them into train.bin/val.bin."""
-    local_only(in_dir, "--in")
+    from minisigma.core import storage
     from model import data, train
 
     r = train.load_train_recipe(recipe)
-    if not in_dir.is_dir():
+    source = in_dir if storage.is_url(in_dir) else Path(in_dir)  # shards are read through storage
+    if not storage.isdir(source):
         raise UserError(f"{in_dir}: --in is not a directory")
     out_dir(out)
-    m = data.tokenize(r.tokenizer, r.data, in_dir, out)
+    m = data.tokenize(r.tokenizer, r.data, source, out)
     print(f"vocab {m['vocab_size']}  train {m['train_tokens']:,} tokens  val {m['val_tokens']:,} tokens -> {out}")
     for src, s in m["sources"].items():
         print(f"  {src}: {s['docs']} docs, weight {s['weight']}, train {s['train_tokens']:,} ({s['train_share']:.1%}), "

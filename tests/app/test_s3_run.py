@@ -258,12 +258,34 @@ def test_tiny_curation_cli_to_s3_on_two_nodes(tmp_path, s3, two_node_cluster):  
 
 
 def test_commands_without_url_support_say_so_in_one_line(tmp_path):
-    r = cli("tokenize", "recipes/train/tiny.yaml", "--in", "s3://bucket/runs/t/curated", "--out", tmp_path / "tok")
+    r = cli("synth", "recipes/synth/mini.yaml", "--in", "s3://bucket/runs/t/curated", "--out", tmp_path / "synth")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: s3://bucket/runs/t/curated: --in: a URL is not supported for this command "
-        "(`minisigma curate --out` and `minisigma manifest show/verify/diff` take one)"]
-    r = cli("synth", "recipes/synth/mini.yaml", "--in", tmp_path, "--out", "gs://bucket/synth")
-    assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/synth: --out: a URL is not supported")
+        "(`minisigma curate --out`, `minisigma tokenize --in` and `minisigma manifest show/verify/diff` take one)"]
+    r = cli("tokenize", "recipes/train/tiny.yaml", "--in", tmp_path, "--out", "gs://bucket/tokens")
+    assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/tokens: --out: a URL is not supported")
+
+
+def test_tokenize_reads_curated_shards_from_a_url(tmp_path):
+    """`minisigma tokenize --in URL`: the same tokenizer and token files as from the local shards."""
+    from model.data import DataSection, tokenize
+    from model.tokenizer import TokenizerSection
+    from tests.train_corpus import TEST_MODULES, build
+
+    curated = build(tmp_path / "curated", TEST_MODULES[:3])
+    url = f"memory://tok-{uuid.uuid4().hex[:8]}/runs/t/curated"
+    fs, root = storage.filesystem(url)
+    try:
+        for p in sorted(curated.glob("*.jsonl.gz")):
+            fs.put_file(str(p), f"{root}/{p.name}")
+        section, data = TokenizerSection(vocab_size=300), DataSection(val_fraction=0.2)
+        a = tokenize(section, data, curated, tmp_path / "a")
+        b = tokenize(section, data, url, tmp_path / "b")
+        assert a["train_tokens"] == b["train_tokens"] > 0
+        for name in ("tokenizer.json", "train.bin", "val.bin"):
+            assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    finally:
+        storage.rm("memory://" + url.split("://")[1].split("/")[0], recursive=True)
 
 
 def test_a_bucket_that_is_not_there_is_one_line(s3_server):
