@@ -30,6 +30,7 @@ class Site:
                     site.log.append((time.monotonic(), self.path, dict(self.headers)))
                     site.in_flight += 1
                     site.max_in_flight = max(site.max_in_flight, site.in_flight)
+                self._in_flight = True
                 try:
                     route = site.routes.get(self.path)
                     if route is None:
@@ -39,6 +40,18 @@ class Site:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the crawler hung up on a hostile route: that is the point
                 finally:
+                    self._leave()
+
+            def send_response(self, code, message=None):
+                # A request stops being in flight when its response starts: from then on the client
+                # may read it whole and send its next request before this thread returns, so counting
+                # until the handler returns would see two "in flight" from a client that waits.
+                self._leave()
+                super().send_response(code, message)
+
+            def _leave(self):
+                if getattr(self, "_in_flight", False):
+                    self._in_flight = False
                     with site._lock:
                         site.in_flight -= 1
 
