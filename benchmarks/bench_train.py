@@ -11,15 +11,22 @@ shared machine hits both alike.
 The peak is measured, not taken from a datasheet: the best of several square matmuls (`torch.mm`,
 n = 1024 and 2048 on a CPU, 8192 on a GPU) in each precision, with the threads training uses. MFU =
 tokens/s x training FLOPs per token (`ModelConfig.flops_per_token`, 3x forward) / that peak. Writes
-benchmarks/results/train.json.
+benchmarks/results/NAME.json (`--name`, default train).
+
+Any two presets can be compared (`--models small,small-gqa`: the mini reproduction's pair), with
+`torch.compile` as the reproduction trains (`--compile`). A CPU kind that is not at hand can be
+approximated on one with more instructions by capping them: ``ATEN_CPU_CAPABILITY=avx2
+ONEDNN_MAX_CPU_ISA=AVX2`` runs PyTorch's and oneDNN's kernels as on a CPU without AVX-512 (and
+`precision: auto` then trains in float32, as it would there); the caps in force are recorded.
 
     python benchmarks/bench_train.py [--steps 4 --batch 4 --seq-len 256 --rounds 3]
-    minisigma bench train
+    minisigma bench train [--models small,small-gqa --batch 8 --compile --name train-small]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -65,7 +72,11 @@ def matmul_peak(dtype: str, device: str, sizes: tuple[int, ...] | None = None, r
     return {"flops": best[n_best], "n": n_best, "by_size": {str(k): round(v / 1e9, 1) for k, v in best.items()}}
 
 
-def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str):
+# the environment variables that cap the instruction sets PyTorch's and oneDNN's CPU kernels use
+ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+
+
+def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str, compile: bool = False):
     import torch
 
     from model.gpt import GPT, ModelConfig
@@ -73,6 +84,7 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str):
     cfg = ModelConfig.preset(name, max_seq_len=max(seq_len, 8))
     torch.manual_seed(0)
     model = GPT(cfg).to(device)
+    forward = torch.compile(model) if compile else model
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
     g = torch.Generator().manual_seed(1)
     x = torch.randint(0, cfg.vocab_size, (batch, seq_len + 1), generator=g).to(device)
@@ -80,7 +92,7 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str):
 
     def step():
         with torch.autocast(amp_device, dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-            loss = model(x[:, :-1], x[:, 1:])
+            loss = forward(x[:, :-1], x[:, 1:])
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -92,21 +104,26 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str):
 
 
 def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, device: str | None = None,
-        dtypes: list[str] | None = None, write: bool = True) -> dict:
+        dtypes: list[str] | None = None, write: bool = True, models: tuple[str, str] = ("mini", "gqa"),
+        compile: bool = False, name: str = "train") -> dict:
+    """Time `models` (a DiffQKV preset, then its baseline) in alternating rounds in each precision."""
     import torch
 
     started = machine()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtypes = dtypes or precisions(device)
-    names = ("mini", "gqa")
+    names = tuple(models)
     tokens = steps * batch * seq_len
+    caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
     where = torch.cuda.get_device_name() if device == "cuda" else f"{started['cpu']}, {torch.get_num_threads()} threads"
-    res: dict = {"device": where, "batch": batch, "seq_len": seq_len, "steps": steps, "rounds": rounds, "precisions": {}}
+    res: dict = {"device": where, "batch": batch, "seq_len": seq_len, "steps": steps, "rounds": rounds,
+                 "models": list(names), "compile": compile, "isa_caps": caps, "precisions": {}}
     print(f"training throughput on {where}: batch {batch} x {seq_len} tokens, {steps} steps a round, {rounds} "
-          f"alternating rounds, load average {started['load_average']}")
+          f"alternating rounds{', torch.compile' if compile else ''}, load average {started['load_average']}"
+          + (f", instruction sets capped: {caps}" if caps else ""))
     for dtype in dtypes:
         peak = matmul_peak(dtype, device)
-        models = {n: _step_fn(n, batch, seq_len, device, dtype) for n in names}
+        models = {n: _step_fn(n, batch, seq_len, device, dtype, compile) for n in names}
         for _, step in models.values():  # warm-up (allocator, kernels)
             step()
         times: dict[str, list[float]] = {n: [] for n in names}
@@ -127,20 +144,22 @@ def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, dev
                       "flops_per_token": fpt, "mfu_best": round(best * fpt / peak["flops"], 4),
                       "mfu_median": round(med * fpt / peak["flops"], 4), "heads": f"{cfg.n_q}/{cfg.n_k}/{cfg.n_v}",
                       "d_aug": cfg.d_aug, "kv_bytes_per_token": cfg.kv_bytes_per_token()}
-        out["ratio_mini_gqa_median"] = round(out["mini"]["tok_s_median"] / out["gqa"]["tok_s_median"], 3)
+        a, b = names
+        out["ratio_median"] = round(out[a]["tok_s_median"] / out[b]["tok_s_median"], 3)
         res["precisions"][dtype] = out
         print(f"{dtype}: measured matmul peak {out['matmul_peak_gflops']:,.1f} GFLOP/s (torch.mm n={peak['n']}; "
               f"by n: {peak['by_size']})")
-        print(f"  {'model':<6} {'Q/K/V':>7} {'AugQ':>5} {'params':>11} {'GFLOP/tok':>10} {'tok/s best':>11} "
+        w = max(6, *(len(n) for n in names))
+        print(f"  {'model':<{w}} {'Q/K/V':>7} {'AugQ':>5} {'params':>11} {'GFLOP/tok':>10} {'tok/s best':>11} "
               f"{'tok/s med':>10} {'MFU best':>9} {'MFU med':>8}")
         for n in names:
             r = out[n]
-            print(f"  {n:<6} {r['heads']:>7} {r['d_aug']:>5} {r['params']:>11,} {r['flops_per_token'] / 1e9:>10.4f} "
+            print(f"  {n:<{w}} {r['heads']:>7} {r['d_aug']:>5} {r['params']:>11,} {r['flops_per_token'] / 1e9:>10.4f} "
                   f"{r['tok_s_best']:>11,.0f} {r['tok_s_median']:>10,.0f} {r['mfu_best']:>9.1%} {r['mfu_median']:>8.1%}")
-        print(f"  mini / gqa tokens/s (median): {out['ratio_mini_gqa_median']:.3f}  (FLOPs per token ratio "
-              f"{out['mini']['flops_per_token'] / out['gqa']['flops_per_token']:.3f})")
+        print(f"  {a} / {b} tokens/s (median): {out['ratio_median']:.3f}  (FLOPs per token ratio "
+              f"{out[a]['flops_per_token'] / out[b]['flops_per_token']:.3f})")
     if write:
-        write_result("train", res, ("torch",), started)
+        write_result(name, res, ("torch",), started)
     return res
 
 
@@ -150,5 +169,8 @@ if __name__ == "__main__":
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--models", default="mini,gqa", help="two presets: a DiffQKV one, then its baseline")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the models, as the recipes train")
+    ap.add_argument("--name", default="train", help="the result's name: benchmarks/results/NAME.json")
     a = ap.parse_args()
-    run(a.steps, a.batch, a.seq_len, a.rounds)
+    run(a.steps, a.batch, a.seq_len, a.rounds, models=tuple(a.models.split(",")), compile=a.compile, name=a.name)

@@ -419,10 +419,23 @@ def bench_train_cmd(
     batch: int = typer.Option(4, "--batch", min=1),
     seq_len: int = typer.Option(256, "--seq-len", min=8),
     rounds: int = typer.Option(3, "--rounds", min=1, help="alternating rounds (mini, gqa, mini, gqa, ...)"),
+    models: str = typer.Option("mini,gqa", "--models",
+                               help="two model presets, DiffQKV then its baseline (small,small-gqa: the mini reproduction's)"),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the models, as the training recipes do"),
+    name: str = typer.Option("train", "--name", help="the result's name: benchmarks/results/NAME.json"),
 ):
-    """Training tokens/s and MFU of the `mini` preset (DiffQKV + AugQ) vs the GQA baseline of the same size,
-    in float32 and bf16 (where native), against the matmul peak measured here; writes benchmarks/results/train.json."""
-    load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len, rounds=rounds)
+    """Training tokens/s and MFU of a DiffQKV preset vs its GQA baseline (default: `mini` vs `gqa`), in float32
+    and bf16 (where native), against the matmul peak measured here; writes benchmarks/results/NAME.json.
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 runs the kernels as on a CPU without AVX-512."""
+    from model.gpt import PRESETS
+
+    pair = tuple(m.strip() for m in models.split(","))
+    if len(pair) != 2 or not all(m in PRESETS for m in pair):
+        raise UserError(f"--models: {models}: two of the presets {', '.join(sorted(PRESETS))}, separated by a comma")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"--name: {name}: letters, digits, '.', '_' and '-' only (it names a file)")
+    load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len, rounds=rounds, models=pair,
+                                      compile=compile, name=name)
 
 
 @app.command("report")
@@ -495,31 +508,40 @@ app.add_typer(classifier_app, name="classifier")
 @app.command("refine")
 def refine_cmd(
     recipe: Path = typer.Argument(..., help="a curation recipe with a refine section (defaults when absent)"),
-    run: Path = typer.Option(..., "--run", help="a run directory with extract/ and/or sources/*/ shards"),
+    run: str = typer.Option(..., "--run", help="a run directory with extract/ and/or sources/*/ shards: a local path "
+                                                "or a URL such as s3://bucket/runs/t"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", envvar="RAY_ADDRESS", help="join this Ray cluster"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ):
     """Refine a run: normalize, heuristics, langid, exact dedup, classify, MinHash dedup, decontam -> <run>/curated."""
-    from curation.refine.pipeline import load_refine_config, load_shard_format, refine
-    from minisigma.core import manifest
+    from curation.refine.pipeline import load_refine_config, load_shard_format, load_storage_options, refine
+    from minisigma.core import manifest, storage
 
     c = load_refine_config(recipe)
-    refine(local_only(run, "--run"), c, ray_address=ray_address, progress=not quiet, shard_format=load_shard_format(recipe))
-    manifest.show(run)
+    storage.set_options(load_storage_options(recipe))
+    where = location(run, "--run")
+    local = refine(where, c, ray_address=ray_address, progress=not quiet, shard_format=load_shard_format(recipe))
+    manifest.show(where if isinstance(where, str) else local.parent)
 
 
 @classifier_app.command("train")
 def classifier_train_cmd(
     recipe: Path = typer.Argument(..., help="a curation recipe (refine.classifiers section)"),
-    run: Path = typer.Option(..., "--run", help="the run whose documents train the classifiers"),
-    docs: Optional[Path] = typer.Option(None, "--docs", help="a stage directory to train on (default: refine/dedup_exact)"),
+    run: str = typer.Option(..., "--run", help="the run whose documents train the classifiers: a local path or a URL"),
+    docs: Optional[str] = typer.Option(None, "--docs", help="a stage directory (or its URL) to train on "
+                                                          "(default: refine/dedup_exact)"),
 ):
     """Train the quality and category classifiers into <run>/classifiers/ and print held-out P/R/F1."""
     import json
 
-    from curation.refine.pipeline import load_refine_config, train_classifiers
+    from curation.refine.pipeline import load_refine_config, load_storage_options, train_classifiers
+    from minisigma.core import storage
 
-    info = train_classifiers(local_only(run, "--run"), load_refine_config(recipe), docs)
+    c = load_refine_config(recipe)
+    storage.set_options(load_storage_options(recipe))
+    where = location(run, "--run")
+    docs_dir = None if docs is None else docs if storage.is_url(docs) else Path(docs)
+    info = train_classifiers(where, c, docs_dir)
     for name, i in info.items():
         print(name, json.dumps({"heldout": i["heldout"]["macro"], "accuracy": i["heldout"]["accuracy"],
                                 "training_data": i["training_data"]}))

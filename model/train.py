@@ -28,6 +28,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.progress import log, quiet_third_party
 from model.data import StreamDataModule, TokenStream, load_tokens, stream_fingerprint
@@ -207,12 +208,19 @@ class StopAfter(_lightning().Callback):
 
 
 # ----------------------------------------------------------------------------- assembling a run
+# oneDNN's instruction-set caps (ONEDNN_MAX_CPU_ISA) below which it has no native bf16 matmul
+_ONEDNN_ISA_WITHOUT_BF16 = {"SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI"}
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU multiplies bf16 matrices in hardware (x86 AVX512-BF16 or AMX-BF16).
 
     Read from /proc/cpuinfo: oneDNN also runs bf16 on CPUs without these instructions, by
-    emulation, which is slower than float32; only the native instructions make bf16 pay.
+    emulation, which is slower than float32; only the native instructions make bf16 pay. A cap
+    set with ONEDNN_MAX_CPU_ISA (e.g. AVX2, to run as a CPU without AVX-512 would) is honoured.
     """
+    if os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper() in _ONEDNN_ISA_WITHOUT_BF16:
+        return False
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -383,7 +391,8 @@ def run(recipe: TrainRecipe, resume: bool = False, stop_after: int | None = None
         if summary["finished"]:
             _export(state, cfg, tok, out / "final")
             summary["export"] = str(out / "final")
-        (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        # paths inside a run relative to out (the run can move), the checkout's relative to it
+        (out / "summary.json").write_text(json.dumps(storage.recorded(summary, out), indent=2) + "\n")
     return summary
 
 

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -133,6 +135,32 @@ def test_auto_precision_on_cpu_follows_native_bf16(monkeypatch):
     monkeypatch.setattr(train, "cpu_has_native_bf16", lambda: False)
     assert train.resolve_precision("auto") == "32-true"
     assert train.resolve_precision("32-true") == "32-true"
+
+
+def test_an_isa_cap_below_bf16_turns_native_bf16_off(monkeypatch):
+    from model import train
+
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # run as a CPU without AVX-512 would
+    assert train.cpu_has_native_bf16() is False
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "avx512_core")
+    assert train.cpu_has_native_bf16() is False
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert train.cpu_has_native_bf16() is bool(re.search(r"\b(avx512_bf16|amx_bf16)\b", flags))
+
+
+def test_bench_train_compares_any_two_presets_and_names_its_result(tmp_path, monkeypatch):
+    """`minisigma bench train --models small,small-gqa --name N`: both presets timed, the result in N.json."""
+    monkeypatch.setenv("MINISIGMA_BENCH_RESULTS", str(tmp_path))
+    p = subprocess.run([sys.executable, "-m", "minisigma.cli", "bench", "train", "--models", "tiny,mha", "--steps", "1",
+                        "--rounds", "1", "--batch", "1", "--seq-len", "16", "--name", "t-tiny"],
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    res = json.loads((tmp_path / "t-tiny.json").read_text())
+    assert res["models"] == ["tiny", "mha"] and res["precisions"]["float32"]["mha"]["params"] > 0 and res["precisions"]["float32"]["tiny"]["tok_s_median"] > 0
+    bad = subprocess.run([sys.executable, "-m", "minisigma.cli", "bench", "train", "--models", "small,nope"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --models: small,nope:")
 
 
 @pytest.mark.gpu
