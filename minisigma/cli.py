@@ -405,12 +405,21 @@ def ablate_cmd(
     quick: bool = typer.Option(False, "--quick", help="use the recipe's quick budget (fewer steps and seeds)"),
     out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: the recipe's out_dir)"),
     tokens: Optional[Path] = typer.Option(None, "--tokens", help="token folder to train and evaluate on instead of the base recipe's"),
+    store: Optional[str] = typer.Option(None, "--store", help="also keep the table and every run's score as "
+                                        "benchmarks/results/NAME.json, with the machine and command (the README's figures)"),
 ):
     """Train every variant x seed of an ablation with equal budgets; write a table (mean, spread) and a plot."""
     from model import ablations
 
+    name = _result_name("--store", store) if store is not None else None  # refused before hours of training
+    common = load_benchmark("common") if name else None
+    started = common.machine() if common else None
     res = ablations.main(recipe, quick=quick, out_dir=out_dir(out) if out is not None else None, tokens_dir=tokens)
     print(res["table_md"])
+    if common:
+        common.write_result(name, {"recipe": str(recipe), "quick": quick, "table": res["table"],
+                                   "table_md": res["table_md"], "runs": res["results"]},
+                            ("torch", "lightning"), started)
 
 
 @bench_app.command("train")
@@ -432,10 +441,15 @@ def bench_train_cmd(
     pair = tuple(m.strip() for m in models.split(","))
     if len(pair) != 2 or not all(m in PRESETS for m in pair):
         raise UserError(f"--models: {models}: two of the presets {', '.join(sorted(PRESETS))}, separated by a comma")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
-        raise UserError(f"--name: {name}: letters, digits, '.', '_' and '-' only (it names a file)")
     load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len, rounds=rounds, models=pair,
-                                      compile=compile, name=name)
+                                      compile=compile, name=_result_name("--name", name))
+
+
+def _result_name(option: str, name: str) -> str:
+    """A benchmark result's name (it becomes benchmarks/results/NAME.json)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise UserError(f"{option}: {name}: letters, digits, '.', '_' and '-' only (it names a file)")
+    return name
 
 
 @app.command("report")

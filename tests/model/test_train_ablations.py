@@ -77,3 +77,31 @@ def test_ablation_refuses_mixed_tokenizers(tmp_path_factory, tmp_path):
                        variants=[{"name": "a"}, {"name": "b", "tokens_dir": str(b / "tokens")}])
     with pytest.raises(UserError, match="share one tokenizer"):
         run(load_ablation(rec))
+
+
+def test_ablate_store_keeps_the_table_as_a_benchmark_result(tmp_path_factory, tmp_path):
+    """`minisigma ablate RECIPE --store NAME`: the table and every run's score in benchmarks/results/NAME.json
+    (here MINISIGMA_BENCH_RESULTS), with the command line and the machine, so a README figure has its file."""
+    import os
+    import subprocess
+    import sys
+
+    corpus = tiny_tokens(tmp_path_factory)
+    write_recipe(tmp_path / "base.yaml", name="b", out_dir=str(tmp_path / "unused"),
+                 data={"tokens_dir": str(corpus / "tokens")}, model={"preset": "tiny"},
+                 optim={"lr": 3e-3, "warmup_steps": 1},
+                 train={"micro_batch": 4, "seq_len": 32, "eval_batches": 2, "threads": 1})
+    rec = write_recipe(tmp_path / "ab.yaml", name="stored", base="base.yaml", out_dir=str(tmp_path / "out"),
+                       model={"n_layer": 1}, budget={"max_steps": 2, "seeds": [0]}, eval={"batches": 2},
+                       variants=[{"name": "GQA K4/V4", "overrides": {"n_k": 4, "n_v": 4, "d_aug": 0}},
+                                 {"name": "K1/V4", "overrides": {"n_k": 1, "n_v": 4, "d_aug": 0}}])
+    env = {**os.environ, "MINISIGMA_BENCH_RESULTS": str(tmp_path / "results")}
+    p = subprocess.run([sys.executable, "-m", "minisigma.cli", "ablate", str(rec), "--store", "ablation-test"],
+                       capture_output=True, text=True, env=env, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    stored = json.loads((tmp_path / "results" / "ablation-test.json").read_text())
+    assert stored["quick"] is False and [r["variant"] for r in stored["table"]] == ["GQA K4/V4", "K1/V4"]
+    assert len(stored["runs"]) == 2 and "--store ablation-test" in stored["command"] and stored["machine"]["cpu"]
+    bad = subprocess.run([sys.executable, "-m", "minisigma.cli", "ablate", str(rec), "--store", "../x"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: --store: ../x:")
