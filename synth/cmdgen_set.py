@@ -23,16 +23,22 @@ Each item records the Debian package that ships its tool (`program_info`: the lo
 ``tools_package``, else the man page's own package) and its suite: ``general``, or ``gpu`` for the
 GPU-tooling family (the manifest's ``suite: gpu`` packages), which is scored textually
 (``no_execute``). A general item gets fixtures (`derive_fixtures`: the files its command names,
-with contents of their kind: text, CSV, JSON, tar/gzip/xz/bzip2/zip archives, scripts), and, where a
-sandbox can be made, the reference is run with and without them (`FixtureProbe`) and the variant
-under which it exits 0 is kept. A general item whose reference exits 0 under neither stays in the
+with contents of their kind: text, CSV, JSON, tar/gzip/xz/bzip2/zip archives, scripts) and, where
+its command needs a context no file gives, a setup (`derive_setups`: a git repository with history,
+a tag, a branch and a local remote for a git command). Where a sandbox can be made, the reference is
+run under each variant (with and without the fixtures, each setup) (`FixtureProbe`) and the first
+under which it exits 0 is kept; when it failed for want of root (`unrunnable_kind` needs_root), the
+variants are tried again as namespaced root (the item's ``privileged``: the sandbox's own user
+namespace, minisigma/core/sandbox.py). A reference that ran is run once more, and the manifest
+counts those whose stdout or file effect differed (``reference_nondeterministic``: time stamps
+of new commits, ...). A general item whose reference exits 0 under none stays in the
 ``general`` (executable) family only if no probe could be made; otherwise it moves to the
 ``textual`` family (``no_execute`` with the probe's reason, scored like the GPU family), or with
 ``cmdgen.unrunnable: drop`` leaves the set; either way its reason class (`unrunnable_kind`:
 needs_root, needs_device, needs_systemd, needs_network, needs_operand, timeout ...) is counted in
 the stage manifest (``textual_<kind>`` / ``unrunnable_<kind>``).
 Output lines: the task-file format of model/evaluation/cmdgen.py ({"id","task","command","tool",
-"package","suite","fixtures","no_execute"}).
+"package","suite","fixtures","setup","privileged","no_execute"}).
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ import hashlib
 import json
 import re
 import shlex
+from dataclasses import dataclass
 from pathlib import Path
 
 from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
@@ -51,7 +58,7 @@ from minisigma.core.shards import atomic_write_bytes
 from synth.commands import _WRAPPERS, command_words, family
 from synth.screen import normalize_command
 
-EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "no_execute")
+EVAL_KEYS = ("id", "task", "command", "tool", "package", "suite", "fixtures", "setup", "privileged", "no_execute")
 GPU_NO_EXECUTE = "a GPU tool: needs a GPU and its driver, which the sandbox has not (scored by exact match and CMD score)"
 UNRUNNABLE = "the reference does not run in the sandbox: "  # + the probe's status and stderr line
 # the family of general items whose reference the builder's probe could not run: kept, scored by
@@ -97,12 +104,14 @@ def unrunnable_kind(why: str) -> str:
     status = why.split(" ", 1)[0]
     if status == "not_executable":
         return "tool_not_installed"
-    if status in ("timeout", "killed"):
+    if status == "timeout":
         return "timeout"
     for kind, rx in _UNRUNNABLE_KINDS:
         if rx.search(why):
             return kind
-    return "reference_error"
+    # killed: by a signal (the CPU limit), or an exit status above 128 that says so (git's usage
+    # errors exit 129, and then its stderr line has matched above)
+    return "timeout" if status == "killed" else "reference_error"
 
 
 def is_heldout(key: str, fraction: float, seed: str) -> bool:
@@ -186,7 +195,7 @@ def order_key(pair: dict) -> tuple:
 
 
 def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None = None,
-              no_execute: str | None = None) -> dict:
+              no_execute: str | None = None, setup: str | None = None, privileged: bool = False) -> dict:
     """A task-file item; a general item with `no_execute` (its reference does not run) is in the
     textual family (TEXTUAL_SUITE)."""
     info = info or {}
@@ -201,6 +210,10 @@ def eval_item(pair: dict, info: dict | None = None, fixtures: list[dict] | None 
         item["suite"] = TEXTUAL_SUITE
     if fixtures:
         item["fixtures"] = fixtures
+    if setup:
+        item["setup"] = setup
+    if privileged:
+        item["privileged"] = True
     return item
 
 
@@ -371,10 +384,79 @@ def derive_fixtures(pair: dict) -> list[dict]:
     return out
 
 
+# A git repository for a git command (`derive_setups`): two commits on main, a tag, a branch with a
+# third commit, a bare remote in /tmp that both branches and the tag are pushed to (so push, fetch
+# and pull have somewhere to go without a network), every date fixed so that its commit ids are the
+# same in every run, and every file's time stamp fixed (then refreshed into the index) so that
+# `git status` finds nothing to rewrite. The fixtures already in /scratch are committed with it.
+_GIT_REPO = """\
+set -e
+export GIT_AUTHOR_NAME='Sandbox User' GIT_AUTHOR_EMAIL=user@example.com
+export GIT_COMMITTER_NAME='Sandbox User' GIT_COMMITTER_EMAIL=user@example.com
+export GIT_AUTHOR_DATE='2024-01-01T10:00:00+00:00' GIT_COMMITTER_DATE='2024-01-01T10:00:00+00:00'
+git init -q --bare --initial-branch=main /tmp/origin.git
+git init -q --initial-branch=main .
+git config user.name 'Sandbox User'; git config user.email user@example.com
+printf '# example\\n\\nA small example project.\\n' > README.md
+printf 'print("hello")\\n' > hello.py
+git add -A; git commit -q -m 'Initial commit'
+git tag -a v1.0 -m 'Version 1.0'
+git checkout -q -b feature
+printf 'def greet(name):\\n    return "hello " + name\\n' > greet.py
+git add greet.py; GIT_AUTHOR_DATE='2024-01-02T10:00:00+00:00' GIT_COMMITTER_DATE='2024-01-02T10:00:00+00:00' git commit -q -m 'Add greet.py'
+git checkout -q main
+printf '\\nRun it with python3 hello.py.\\n' >> README.md
+GIT_AUTHOR_DATE='2024-01-03T10:00:00+00:00' GIT_COMMITTER_DATE='2024-01-03T10:00:00+00:00' git commit -q -am 'Document how to run it'
+git remote add origin /tmp/origin.git
+git push -q -u origin main feature --tags
+"""
+_GIT_DIRTY = """\
+printf 'Work in progress.\\n' >> README.md
+"""
+_GIT_STAMPS = """\
+find . -path ./.git -prune -o -exec touch -h -d @1704067200 {} +
+git update-index -q --refresh
+"""
+GIT_SETUPS = (_GIT_REPO + _GIT_DIRTY + _GIT_STAMPS, _GIT_REPO + _GIT_STAMPS)
+
+
+def derive_setups(pair: dict) -> list[str]:
+    """The setups a command may need, tried in order (`FixtureProbe`): for a git command (the
+    program is git, or the man page is git's: git-log ...) a repository with an uncommitted change
+    in README.md, else the same repository clean; none for other commands."""
+    if program_of(pair["command"]) == "git" or family(pair.get("tool") or "") == "git":
+        return list(GIT_SETUPS)
+    return []
+
+
+@dataclass
+class Probed:
+    """What the probe chose for an item: the fixtures and setup its reference ran under, whether as
+    namespaced root, the status (None: nothing could be run) and, when it did not run, why (the
+    status and the first line of stderr); `deterministic` is False when a second run of an ok
+    reference printed or left something else."""
+
+    fixtures: list
+    setup: str | None = None
+    privileged: bool = False
+    status: str | None = None
+    why: str = ""
+    deterministic: bool = True
+
+
+def _outcome(r) -> tuple:
+    """What Success compares of a run: its stdout (trailing blanks aside) and what it did to the files."""
+    ch = r.changes()
+    effect = None if ch is None else {p: (r.files or {}).get(p) for paths in ch.values() for p in paths}
+    return ("\n".join(line.rstrip() for line in r.stdout.rstrip().splitlines()), effect)
+
+
 class FixtureProbe:
-    """Runs a reference in the evaluation sandbox under candidate fixture sets and keeps the first
-    under which it exits 0 (else the first set): the task's fixtures are what its reference needs.
-    `available` is False where no sandbox can be made; then derived fixtures are kept unprobed."""
+    """Runs a reference in the evaluation sandbox under candidate variants (fixture sets x setups)
+    and keeps the first under which it exits 0 (else the first): the task's fixtures and setup are
+    what its reference needs. Unprivileged first; only when a variant failed for want of root
+    (`unrunnable_kind` needs_root) are the variants tried again as namespaced root. `available` is
+    False where no sandbox can be made; then derived fixtures are kept unprobed."""
 
     def __init__(self, wall_seconds: float = 10.0):
         try:
@@ -388,20 +470,35 @@ class FixtureProbe:
     def available(self) -> bool:
         return self.sandbox is not None
 
-    def choose(self, pair: dict, candidates: list[list[dict]]) -> tuple[list[dict], str | None, str]:
-        """(fixtures, status of the reference under them, why it did not run: the status and the
-        first line of its stderr); status None when nothing could be run."""
+    def _run(self, pair: dict, fixtures: list[dict], setup: str | None, privileged: bool):
+        return self.sandbox.run(pair["command"], setup=setup, tool=program_of(pair["command"]),
+                                fixtures=fixtures_from(fixtures, "probe"), track=True, privileged=privileged)
+
+    def choose(self, pair: dict, candidates: list[list[dict]], setups: list[str] | None = None) -> Probed:
+        """Try the fixture sets `candidates`, each under every setup of `setups` (none: no setup),
+        unprivileged, then as namespaced root where that is what was missing; return the first
+        variant under which the reference exits 0, else the first variant with why it failed (as
+        root, where it was retried: what stops it then)."""
+        variants = [(f, s) for f in candidates for s in (setups or [None])]
         if self.sandbox is None:
-            return candidates[0], None, ""
+            return Probed(candidates[0], variants[0][1])
         first = None
-        for fixtures in candidates:
-            r = self.sandbox.run(pair["command"], tool=program_of(pair["command"]),
-                                 fixtures=fixtures_from(fixtures, "probe"), track=True)
-            if first is None:
+        for privileged in (False, True):
+            if privileged and not any(unrunnable_kind(w) == "needs_root" for w in whys):
+                break
+            whys = []
+            for fixtures, setup in variants:
+                r = self._run(pair, fixtures, setup, privileged)
+                if r.status == "ok":
+                    again = self._run(pair, fixtures, setup, privileged)
+                    return Probed(fixtures, setup, privileged, "ok", "",
+                                  deterministic=again.status == "ok" and _outcome(again) == _outcome(r))
                 line = next((x.strip() for x in r.stderr.splitlines() if x.strip()), "")
-                first = (fixtures, r.status, f"{r.status} (exit {r.exit_code}): {line[:160]}" if line else r.status)
-            if r.status == "ok":
-                return fixtures, "ok", ""
+                mode = ", namespaced root" if privileged else ""
+                whys.append(f"{r.status} (exit {r.exit_code}{mode}): {line[:160]}" if line else
+                            f"{r.status} (namespaced root)" if privileged else r.status)
+                if first is None or privileged and first.privileged is False:
+                    first = Probed(fixtures, setup, privileged, r.status, whys[-1])
         return first
 
     def close(self) -> None:
@@ -410,5 +507,5 @@ class FixtureProbe:
 
 
 __all__ = ["Split", "is_heldout", "eval_problem", "family", "order_key", "eval_item", "write_jsonl", "read_jsonl",
-           "EVAL_KEYS", "program_info", "derive_fixtures", "FixtureProbe", "GPU_NO_EXECUTE", "UNRUNNABLE",
-           "TEXTUAL_SUITE", "unrunnable_kind"]
+           "EVAL_KEYS", "program_info", "derive_fixtures", "derive_setups", "FixtureProbe", "Probed", "GPU_NO_EXECUTE",
+           "UNRUNNABLE", "TEXTUAL_SUITE", "unrunnable_kind"]

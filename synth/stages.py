@@ -26,8 +26,10 @@ from synth.backends import BackendError, make_backend
 from synth.cmdgen_set import (
     UNRUNNABLE,
     FixtureProbe,
+    Probed,
     Split,
     derive_fixtures,
+    derive_setups,
     eval_item,
     eval_problem,
     order_key,
@@ -186,21 +188,22 @@ class CmdgenSet(Stage):
                 continue
             eligible.append(p)
 
-        def prepare(p: dict) -> tuple[dict, list | None, str | None, str]:
+        def prepare(p: dict) -> tuple[dict, Probed]:
             info = tool_info.get(p["tool"]) or {"package": None, "suite": "general"}
             if info["suite"] == "gpu" or not r.cmdgen.fixtures:
-                return info, None, None, ""
+                return info, Probed(None)
             derived = derive_fixtures(p)
+            setups = derive_setups(p)
             if probe is None or not probe.available:
-                return info, derived, None, ""
+                return info, Probed(derived, setups[0] if setups else None)
             candidates = [derived, []] if derived else [[]]
             if any(f.get("type") == "dir" for f in derived):  # "rmdir docs": the directory, empty
                 candidates.insert(1, [f for f in derived if f.get("type") == "dir"])
-            return (info, *probe.choose(p, candidates))
+            return info, probe.choose(p, candidates, setups)
 
         prepared = {id(p): prepare(p) for p in eligible} if r.cmdgen.prefer_executable else {}
         if prepared:
-            eligible.sort(key=lambda p: (prepared[id(p)][0]["suite"] == "general" and prepared[id(p)][2] != "ok",
+            eligible.sort(key=lambda p: (prepared[id(p)][0]["suite"] == "general" and prepared[id(p)][1].status != "ok",
                                          order_key(p)))
         per_tool: dict[str, int] = {}
         per_family: dict[str, int] = {}
@@ -209,10 +212,10 @@ class CmdgenSet(Stage):
         for p in eligible:
             fam = family(p["tool"])
             if drop_unrunnable:
-                info, fixtures, status, why = prepared.get(id(p)) or prepare(p)
-                prepared[id(p)] = (info, fixtures, status, why)
-                if info["suite"] != "gpu" and status not in (None, "ok"):
-                    sink.drop(p, f"unrunnable_{unrunnable_kind(why)}")
+                info, probed = prepared.get(id(p)) or prepare(p)
+                prepared[id(p)] = (info, probed)
+                if info["suite"] != "gpu" and probed.status not in (None, "ok"):
+                    sink.drop(p, f"unrunnable_{unrunnable_kind(probed.why)}")
                     continue
             if kept >= r.cmdgen.max_tasks:
                 sink.drop(p, "over_max_tasks")
@@ -226,16 +229,25 @@ class CmdgenSet(Stage):
             per_tool[p["tool"]] = per_tool.get(p["tool"], 0) + 1
             per_family[fam] = per_family.get(fam, 0) + 1
             kept += 1
-            info, fixtures, status, why = prepared.get(id(p)) or prepare(p)
+            info, probed = prepared.get(id(p)) or prepare(p)
             no_execute = None
             if info["suite"] != "gpu" and r.cmdgen.fixtures:
-                if status is not None:
-                    sink.stat(f"reference_{status}")
-                    if status != "ok" and r.cmdgen.execute_only_runnable:
-                        no_execute = UNRUNNABLE + why
-                        sink.stat(f"textual_{unrunnable_kind(why)}")
-                sink.stat("with_fixtures" if fixtures else "without_fixtures")
-            item = eval_item(p, info, fixtures, no_execute)
+                if probed.status is not None:
+                    sink.stat(f"reference_{probed.status}")
+                    if probed.status != "ok" and r.cmdgen.execute_only_runnable:
+                        no_execute = UNRUNNABLE + probed.why
+                        sink.stat(f"textual_{unrunnable_kind(probed.why)}")
+                    if probed.status == "ok":
+                        # how it ran: as namespaced root, after a setup; and whether a second run agreed
+                        for key, on in (("reference_privileged", probed.privileged),
+                                        ("reference_with_setup", probed.setup is not None),
+                                        ("reference_nondeterministic", not probed.deterministic)):
+                            if on:
+                                sink.stat(key)
+                sink.stat("with_fixtures" if probed.fixtures else "without_fixtures")
+            runs = probed.status in (None, "ok")  # the setup and root an unrunnable item was tried with are not kept
+            item = eval_item(p, info, probed.fixtures, no_execute, probed.setup if runs else None,
+                             probed.privileged and runs)
             sink.stat(f"suite_{item['suite']}")  # the size of each family: general, textual, gpu
             sink.write({**item, "text": p["text"], "metadata": p.get("metadata", {})})
 

@@ -8,18 +8,20 @@ namespaces:
   host's 127.0.0.1 services nor any outside address is reachable;
 - **read-only system**: ``/usr`` (and the merged-/usr links ``/bin``, ``/lib`` ...) bound
   read-only; from ``/etc`` only what programs need to start (dynamic linker cache, alternatives,
-  time zone) plus a generated ``passwd``/``group``/``hosts``; ``/root``, ``/home``, ``/etc/shadow``,
+  time zone, LVM's packaged configuration) plus a generated ``passwd``/``group``/``hosts``; ``/root``, ``/home``, ``/etc/shadow``,
   ``/var``, ``/sys``, the host's ``/tmp`` and ``/proc`` simply do not exist inside;
-- **a fresh scratch directory**: ``/scratch`` (the working directory and ``$HOME``) and ``/tmp``
-  are new size-limited tmpfs mounts, gone when the command ends; the task's optional ``setup``
+- **a fresh scratch directory**: ``/scratch`` (the working directory and ``$HOME``), ``/tmp`` and
+  ``/run`` are new size-limited tmpfs mounts, gone when the command ends; the task's optional ``setup``
   shell commands run first, in the same sandbox, to seed the scratch directory;
 - **task fixtures** (`Fixture`): files, directories and symlinks with their contents and
   permissions, at the paths a task names (relative ones in ``/scratch``, absolute ones under a
   top-level directory such as ``/data`` or ``/var``, never the system's ``/usr``, ``/etc``,
   ``/proc`` ...). The evaluator writes them to a per-task host tree, bound read-only at
   ``/.fixtures``; the driver copies that tree into the writable, size-limited tmpfs mounted at
-  each named top-level directory (``/scratch`` and ``/tmp`` are already ones), then sets the
-  declared modes, so nothing a command does to them reaches the host tree;
+  each named top-level directory (``/scratch``, ``/tmp`` and ``/run`` are already ones), then sets the
+  declared modes, so nothing a command does to them reaches the host tree. Every fixture carries
+  the same modification time (`FIXTURE_MTIME`, 2024-01-01 00:00 UTC), so ``ls -l``, ``find
+  -newer`` or an archive of them print the same in every run;
 - **file-system state** (``track=True``): after the command exits, every process left inside is
   killed and the driver lists the tracked trees (``/scratch`` and the fixtures' directories:
   type, mode, sha256 of each regular file, symlink targets) before and after the command into a
@@ -27,7 +29,25 @@ namespaces:
   them and ``changes()`` the created, deleted and changed paths;
 - **no privileges**: when the evaluator runs as root it drops, before starting bubblewrap, to a
   host user id that no account has, drawn anew for each run (so that concurrent sandboxes do not
-  share RLIMIT_NPROC's per-user count, and none is ``nobody``, which daemons share); inside, the process has no capabilities and may not create namespaces;
+  share RLIMIT_NPROC's per-user count, and none is ``nobody``, which daemons share); bubblewrap
+  itself is never setuid here. Inside, by default, the command is user 1000 with no capabilities
+  and may not create namespaces (``--disable-userns``);
+- **namespaced root** (``run(..., privileged=True)``, a task's explicit opt-in): the command is
+  user 0 with every capability, *in its own user namespace only* (rootless-container style: that
+  uid 0 is the unprivileged host user id above). The capabilities act on the namespaces the
+  sandbox owns and nothing else: it may add links, addresses, routes, qdiscs and firewall rules to
+  its own network namespace (still only a loopback, no route out), set its own host name, read
+  its own sockets; the kernel checks everything that reaches the host (modules, the clock, the
+  kernel log, raw devices, sysctls outside its network namespace, raising a hard rlimit, another
+  user's files: the host's files belong to ids unmapped in the namespace, so the capabilities do
+  not apply to them) against the initial user namespace, where it has nothing. What a namespace
+  owner could otherwise still do is closed by a seccomp filter (libseccomp, through
+  ``pyseccomp``): every mount-family call (``mount``, ``umount2``, ``pivot_root``, the new mount
+  API: ``fsopen`` ... ``mount_setattr``) and any new user namespace (``unshare``/``clone`` with
+  ``CLONE_NEWUSER``; ``clone3``, whose flags a filter cannot read, fails with ENOSYS so libc
+  falls back to ``clone``) fail, so the read-only binds stay read-only, nothing is mounted over
+  ``/usr`` or onto the host's trees, and no unsized tmpfs can be made. All other bounds below
+  apply unchanged; ``Result.privileged`` records the mode;
 - **limits**: CPU seconds, address space, file size, open files and process count (setrlimit,
   inherited by everything inside), a cap on captured output, and a wall-clock timeout after which
   the whole sandbox is killed (killing bubblewrap tears down the PID namespace with every process
@@ -50,9 +70,11 @@ namespaces:
   plus the tmpfs sizes. Without libseccomp and without a cgroup, no sandbox is made
   (SandboxUnavailable), since memfd would then be unbounded.
 
-In both modes every writable mount is a sized tmpfs (``/scratch``, ``/tmp``, ``/dev/shm``:
-``scratch_bytes`` each, and a task's fixture directories, sized alike) and the rest of the tree (bubblewrap's own root tmpfs holding ``/etc``, and
-the ``/dev`` tmpfs) is remounted read-only, so nothing else can be filled.
+In both modes every writable mount is a sized tmpfs (``/scratch``, ``/tmp``, ``/run``, ``/dev/shm``:
+``scratch_bytes`` each, and a task's fixture directories, sized alike) and the rest of the tree
+(bubblewrap's own root tmpfs holding ``/etc``, and the ``/dev`` tmpfs) is remounted read-only, so
+nothing else can be filled; a privileged run can mount nothing new (the seccomp filter above) and
+its filter denies the unbounded-memory calls too where no cgroup bounds memory.
 
 A command whose program is not installed (``command not found``, exit status 126/127) is reported
 with status ``not_executable``; nothing a command does inside is raised as an exception here, and
@@ -93,11 +115,16 @@ RUN_UID_BASE, RUN_UID_SPAN = 1 << 30, 1 << 29
 # time zone and libmagic; never credentials or host configuration.
 ETC_ALLOW = ("ld.so.cache", "ld.so.conf", "ld.so.conf.d", "alternatives", "localtime", "timezone",
              "magic", "magic.mime", "mime.types", "nsswitch.conf", "protocols", "services",
-             "inputrc", "bash.bashrc", "profile")
+             "inputrc", "bash.bashrc", "profile", "lvm")  # lvm: LVM's packaged lvm.conf (else it cannot start)
 
 # Denied (EPERM) by the seccomp filter when no cgroup bounds the sandbox's memory: the ways to hold
 # memory that neither RLIMIT_AS nor a tmpfs size limits.
 UNBOUNDED_MEMORY_SYSCALLS = ("memfd_create", "memfd_secret", "shmget")
+# Denied (EPERM) to a privileged (namespaced-root) run: whatever changes the mount tree, so the
+# read-only binds stay read-only and no unsized file system appears (module docstring).
+MOUNT_SYSCALLS = ("mount", "umount2", "pivot_root", "move_mount", "open_tree", "fsopen", "fsconfig",
+                  "fsmount", "fspick", "mount_setattr")
+CLONE_NEWUSER = 0x10000000
 
 SETUP_FAILED = "minisigma-sandbox: setup failed"
 TOOL_MISSING = "minisigma-sandbox: tool not installed"
@@ -109,7 +136,7 @@ STATE_BYTES = 1 << 20  # the largest file-system listing kept (more: the state i
 DRIVER = r"""
 if [ -n "$MS_FIXTURE_ROOTS" ]; then
   for r in $MS_FIXTURE_ROOTS; do
-    cp -a "/.fixtures/$r/." "/$r/" 2>/dev/null || { echo "%s (fixtures: /$r)" >&2; exit 125; }
+    cp -a --no-preserve=ownership "/.fixtures/$r/." "/$r/" 2>/dev/null || { echo "%s (fixtures: /$r)" >&2; exit 125; }
   done
   while IFS= read -r -d '' m && IFS= read -r -d '' f; do
     chmod -- "$m" "$f" 2>/dev/null || { echo "%s (fixture mode $m $f)" >&2; exit 125; }
@@ -182,12 +209,13 @@ class Result:
     # None when not tracked or when the listing did not come back (timeout, killed driver)
     files_before: dict | None = None
     files: dict | None = None
+    privileged: bool = False  # ran as namespaced root (module docstring)
 
     def to_dict(self) -> dict:
         return {"status": self.status, "exit_code": self.exit_code, "stdout": self.stdout,
                 "stderr": self.stderr, "seconds": round(self.seconds, 3), "truncated": self.truncated,
                 "signal": self.signal, "memory_limit": self.memory_limit, "oom_killed": self.oom_killed,
-                "changes": self.changes()}
+                "privileged": self.privileged, "changes": self.changes()}
 
     def changes(self) -> dict | None:
         """What the command did to the tracked trees: created, deleted and changed paths."""
@@ -207,7 +235,8 @@ class Sandbox:
                                      "commands cannot be executed safely without it")
         self._drop_to_nobody = os.geteuid() == 0
         self._cgroup_parent = usable_cgroup_parent() if self.use_cgroup else None
-        self._seccomp = None if self._cgroup_parent is not None else _memory_seccomp_filter()
+        self._seccomp = None if self._cgroup_parent is not None else _seccomp_filter(memory=True)
+        self._seccomp_root: bytes | None = None  # compiled on the first privileged run
         self._etc = Path(tempfile.mkdtemp(prefix="minisigma-sandbox-etc-"))
         self._write_etc()
 
@@ -240,14 +269,18 @@ class Sandbox:
     def __exit__(self, *exc):
         self.close()
 
-    def argv(self, mounts: Sequence[str] = ()) -> list[str]:
+    def argv(self, mounts: Sequence[str] = (), privileged: bool = False) -> list[str]:
         """The bubblewrap command line (without the program to run); `mounts`: a task's fixture
-        mounts (`FixtureTree.mounts`), placed after the sandbox's own writable mounts."""
+        mounts (`FixtureTree.mounts`), placed after the sandbox's own writable mounts.
+        `privileged`: uid 0 with every capability in the sandbox's own user namespace; the caller
+        adds the seccomp filter that goes with it (`_run`)."""
         lim = self.limits
-        a = [self.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-             "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
-             "--die-with-parent", "--new-session", "--hostname", "sandbox",
-             "--ro-bind", "/usr", "/usr"]
+        a = [self.bwrap, "--unshare-all", "--unshare-user"]
+        if privileged:
+            a += ["--uid", "0", "--gid", "0", "--cap-add", "ALL"]
+        else:
+            a += ["--disable-userns", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID)]
+        a += ["--die-with-parent", "--new-session", "--hostname", "sandbox", "--ro-bind", "/usr", "/usr"]
         for top in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
             p = Path("/") / top
             if p.is_symlink():
@@ -262,6 +295,7 @@ class Sandbox:
         # The writable places, each a tmpfs of bounded size ...
         a += ["--proc", "/proc", "--dev", "/dev",
               "--size", str(lim.scratch_bytes), "--tmpfs", "/tmp",
+              "--size", str(lim.scratch_bytes), "--tmpfs", "/run",
               "--size", str(lim.scratch_bytes), "--tmpfs", "/dev/shm",
               "--size", str(lim.scratch_bytes), "--tmpfs", "/scratch"]
         a += list(mounts)  # a task's fixture mounts (new top-level paths: before the remount below)
@@ -272,7 +306,7 @@ class Sandbox:
         a += ["--remount-ro", "/dev", "--remount-ro", "/"]
         a += ["--chdir", "/scratch", "--clearenv",
               "--setenv", "PATH", SANDBOX_PATH, "--setenv", "HOME", "/scratch",
-              "--setenv", "USER", "user", "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb",
+              "--setenv", "USER", "root" if privileged else "user", "--setenv", "LANG", "C.UTF-8", "--setenv", "TERM", "dumb",
               "--setenv", "TMPDIR", "/tmp"]
         return a
 
@@ -295,24 +329,36 @@ class Sandbox:
 
     # ---------------------------------------------------------------- running
     def run(self, command: str, setup: str | None = None, tool: str | None = None,
-            fixtures: Sequence["Fixture"] = (), track: bool = False) -> Result:
+            fixtures: Sequence["Fixture"] = (), track: bool = False, privileged: bool = False) -> Result:
         """Run `command` with bash in a fresh sandbox, after `fixtures` and `setup`; never raises.
 
         `tool`, when given, is checked first: if no such program exists inside, the result is
         ``not_executable`` without running anything. `track`: list the tracked trees before and
-        after the command (``Result.files_before`` / ``Result.files``, module docstring). Every
+        after the command (``Result.files_before`` / ``Result.files``, module docstring).
+        `privileged`: setup and command run as namespaced root (module docstring). Every
         failure, the sandbox's own included, is a Result with a status.
         """
         try:
             with FixtureTree(fixtures, track, self.limits.scratch_bytes) as tree:
-                return self._run(command, setup, tool, tree)
+                r = self._run(command, setup, tool, tree, privileged)
         except Exception as e:  # a failure of the sandbox itself, never of what the command did
-            return self._result("sandbox_error", None, "", f"minisigma-sandbox: {type(e).__name__}: {e}", 0.0)
+            r = self._result("sandbox_error", None, "", f"minisigma-sandbox: {type(e).__name__}: {e}", 0.0)
+        r.privileged = bool(privileged)
+        return r
 
     def _result(self, status: str, code: int | None, stdout: str, stderr: str, seconds: float, **kw) -> Result:
         return Result(status, code, stdout, stderr, seconds, memory_limit=self.memory_limit, **kw)
 
-    def _run(self, command, setup, tool, tree: "FixtureTree") -> Result:
+    def _filter(self, privileged: bool) -> bytes | None:
+        """The compiled seccomp program of a run: the memory calls where no cgroup bounds memory,
+        plus the mount family and new user namespaces for a privileged run (module docstring)."""
+        if not privileged:
+            return self._seccomp
+        if self._seccomp_root is None:
+            self._seccomp_root = _seccomp_filter(memory=self._cgroup_parent is None, mounts=True)
+        return self._seccomp_root
+
+    def _run(self, command, setup, tool, tree: "FixtureTree", privileged: bool = False) -> Result:
         for name, value in (("command", command), ("setup", setup), ("tool", tool)):
             if value is not None and not isinstance(value, str):
                 return self._result("not_executable" if name != "setup" else "setup_failed", None, "",
@@ -326,14 +372,18 @@ class Sandbox:
                 prefix = SETUP_FAILED if name == "setup" else "minisigma-sandbox"
                 return self._result("setup_failed" if name == "setup" else "not_executable", None, "",
                                     f"{prefix}: the {name} contains a NUL byte, which no shell command can hold", 0.0)
-        argv = self.argv(tree.mounts) + tree.env
+        try:
+            program = self._filter(privileged)
+        except SandboxUnavailable as e:
+            return self._result("sandbox_error", None, "", f"minisigma-sandbox: {e}", 0.0)
+        argv = self.argv(tree.mounts, privileged) + tree.env
         pass_fds: tuple[int, ...] = ()
         cgroup = None
         if self._cgroup_parent is not None:
             cgroup = _Cgroup.create(self._cgroup_parent, self.limits.memory_bytes)
-        elif self._seccomp is not None:
+        if program is not None:
             r, w = os.pipe()  # bubblewrap reads the compiled filter from this descriptor to EOF
-            os.write(w, self._seccomp)
+            os.write(w, program)
             os.close(w)
             pass_fds = (r,)
             argv += ["--seccomp", str(r)]
@@ -474,6 +524,7 @@ class Sandbox:
 SYSTEM_ROOTS = frozenset({"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "proc", "dev",
                           "sys", "fixtures", ".fixtures"})
 FIXTURE_TYPES = ("file", "dir", "symlink")
+FIXTURE_MTIME = 1704067200  # 2024-01-01T00:00:00Z: every fixture's time stamp, the same in every run
 
 
 @dataclass(frozen=True)
@@ -550,7 +601,7 @@ class FixtureTree:
             modes = self._write(self._dir)
             self.mounts += ["--ro-bind", str(self._dir), "/.fixtures"]
             for root in roots:
-                if root not in ("scratch", "tmp"):  # those two are tmpfs mounts already
+                if root not in ("scratch", "tmp", "run"):  # those are tmpfs mounts already
                     self.mounts += ["--size", str(self.tmpfs_bytes), "--tmpfs", f"/{root}"]
             self.env += ["--setenv", "MS_FIXTURE_ROOTS", " ".join(roots)]
             (self._dir / ".modes").write_bytes(b"".join(f"{m:o}\0{path}\0".encode() for m, path in modes))
@@ -588,6 +639,9 @@ class FixtureTree:
             if fx.mode is not None and fx.type != "symlink":
                 modes.append((fx.mode, f"/{root}/{rel}"))
         modes.sort(key=lambda m: (-m[1].count("/"), m[1]))
+        # fixed time stamps (cp -a keeps them), deepest first: writing an entry changes its directory's
+        for entry in sorted(top.rglob("*"), key=lambda q: -len(q.parts)):
+            os.utime(entry, (FIXTURE_MTIME, FIXTURE_MTIME), follow_symlinks=False)
         return modes
 
     def started(self) -> None:
@@ -880,18 +934,29 @@ def usable_cgroup_parent() -> Path | None:
     return found
 
 
-def _memory_seccomp_filter() -> bytes:
-    """A compiled seccomp program (for bubblewrap's --seccomp) denying UNBOUNDED_MEMORY_SYSCALLS."""
+def _seccomp_filter(memory: bool = False, mounts: bool = False) -> bytes:
+    """A compiled seccomp program (for bubblewrap's --seccomp): `memory` denies
+    UNBOUNDED_MEMORY_SYSCALLS, `mounts` (a privileged run) denies MOUNT_SYSCALLS and new user
+    namespaces (EPERM; ``clone3`` ENOSYS, so that libc falls back to ``clone``)."""
     try:
-        # imported here: only needed where no cgroup bounds memory, and it loads libseccomp.so
+        # imported here: only needed where no cgroup bounds memory or for a privileged run, and it
+        # loads libseccomp.so
         import pyseccomp as seccomp
     except (ImportError, OSError) as e:
+        if mounts:
+            raise SandboxUnavailable(f"libseccomp cannot be loaded ({e}): a privileged (namespaced-root) "
+                                     "run needs it to deny mounts and new user namespaces") from None
         raise SandboxUnavailable(
             f"no cgroup v2 memory controller is writable here and libseccomp cannot be loaded ({e}): "
             "memory a command holds in memfd or shared memory could not be bounded") from None
     f = seccomp.SyscallFilter(defaction=seccomp.ALLOW)  # other architectures' syscalls: killed
-    for name in UNBOUNDED_MEMORY_SYSCALLS:
+    for name in (UNBOUNDED_MEMORY_SYSCALLS if memory else ()) + (MOUNT_SYSCALLS if mounts else ()):
         f.add_rule(seccomp.ERRNO(errno.EPERM), name)
+    if mounts:
+        newuser = seccomp.Arg(0, seccomp.MASKED_EQ, CLONE_NEWUSER, CLONE_NEWUSER)
+        f.add_rule(seccomp.ERRNO(errno.EPERM), "unshare", newuser)
+        f.add_rule(seccomp.ERRNO(errno.EPERM), "clone", newuser)
+        f.add_rule(seccomp.ERRNO(errno.ENOSYS), "clone3")
     with tempfile.TemporaryFile() as t:
         f.export_bpf(t)
         t.seek(0)

@@ -24,6 +24,10 @@ Task file format (JSON Lines, UTF-8, one object per line, blank lines ignored)::
                 working directory /scratch, absolute ones under a top-level directory such as
                 /data (minisigma/core/sandbox.py: Fixture)
 - ``setup``     optional bash run after the fixtures, in the same sandbox (its output is discarded)
+- ``privileged`` optional boolean: the setup, the references and the generated command run as
+                namespaced root (uid 0 with every capability in the sandbox's own user namespace,
+                minisigma/core/sandbox.py), for tasks such as ``ip link add`` or ``iptables -L``
+                that act on the sandbox's own namespaces; every result row records it
 - ``no_execute`` optional: why the task is scored without execution (exact match, CMD score and
                 Calibration only), e.g. "needs a GPU"
 - ``metadata``  reserved: any JSON value, carried by producers (provenance), ignored here; so is
@@ -85,7 +89,7 @@ from model.generation import generate_ids
 from model.io import load_pretrained
 
 REQUIRED = ("id", "task", "tool")  # plus one of "command" / "commands"
-OPTIONAL = ("command", "commands", "setup", "fixtures", "package", "suite", "no_execute")
+OPTIONAL = ("command", "commands", "setup", "fixtures", "package", "suite", "no_execute", "privileged")
 RESERVED = ("metadata",)  # and every key starting with "x-"
 _SUITE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -136,6 +140,7 @@ class Task:
     package: str | None = None
     suite: str = "general"
     no_execute: str | None = None
+    privileged: bool = False
 
     @property
     def command(self) -> str:
@@ -202,6 +207,8 @@ def _task_from(obj, p: Path, lineno: int) -> Task:
     for k in ("setup", "package", "no_execute"):
         if obj.get(k) is not None and not isinstance(obj[k], str):
             raise UserError(f"{where}: {k!r} must be a string")
+    if not isinstance(obj.get("privileged", False), bool):
+        raise UserError(f"{where}: 'privileged' must be true or false")
     suite = obj.get("suite", "general")
     if not isinstance(suite, str) or not _SUITE.match(suite):
         raise UserError(f"{where}: 'suite' must be a lower-case name like 'general' or 'gpu'")
@@ -209,7 +216,7 @@ def _task_from(obj, p: Path, lineno: int) -> Task:
     return Task(id=obj["id"], task=obj["task"].strip(), commands=tuple(dict.fromkeys(c.strip() for c in commands)),
                 tool=obj["tool"].strip(), setup=obj.get("setup") or None, fixtures=fixtures,
                 package=(obj.get("package") or "").strip() or None, suite=suite,
-                no_execute=(obj.get("no_execute") or "").strip() or None)
+                no_execute=(obj.get("no_execute") or "").strip() or None, privileged=obj.get("privileged", False))
 
 
 # ----------------------------------------------------------------------------------- prompting
@@ -285,10 +292,11 @@ class Evaluator:
             self.sandbox.close()
 
     def _run(self, task: Task, command: str, tool: str | None = None):
-        return self.sandbox.run(command, setup=task.setup, tool=tool, fixtures=task.fixtures, track=True)
+        return self.sandbox.run(command, setup=task.setup, tool=tool, fixtures=task.fixtures, track=True,
+                                privileged=task.privileged)
 
     def _reference(self, task: Task, command: str):
-        key = (command, task.setup, task.fixtures)
+        key = (command, task.setup, task.fixtures, task.privileged)
         if key not in self._refs:
             self._refs[key] = self._run(task, command, tool=program_of(command))
         return self._refs[key]
@@ -315,7 +323,8 @@ class Evaluator:
         refs = self.references(task)
         gen = None
         row = {"id": task.id, "tool": task.tool, "suite": task.suite, "task": task.task, "reference": task.command,
-               "references": list(task.commands), "generated": generated, "answer": answer}
+               "references": list(task.commands), "generated": generated, "answer": answer,
+               "privileged": task.privileged}
         keep = self.section.keep_output
         if refs:
             gen = self._run(task, generated)
@@ -384,7 +393,8 @@ def evaluate_answers(tasks: Sequence[Task], answers: Sequence[str], out_dir: str
         "score_seconds": round(time.time() - t0, 3),
         **(meta or {}),
     })
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    # paths inside a run relative to out (the run can move), the checkout's relative to it
+    (out / "summary.json").write_text(json.dumps(storage.recorded(summary, out), indent=2, sort_keys=True) + "\n")
     return summary
 
 
@@ -437,6 +447,8 @@ def task_to_dict(t: Task) -> dict:
             d[k] = getattr(t, k)
     if t.suite != "general":
         d["suite"] = t.suite
+    if t.privileged:
+        d["privileged"] = True
     if t.fixtures:
         d["fixtures"] = [fixture_to_dict(f) for f in t.fixtures]
     return d
@@ -473,7 +485,8 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
                 refs = evaluator.references(t)
                 reason = evaluator.dropped_reason(t, refs, True)
                 rows.append({"id": t.id, "tool": t.tool, "suite": t.suite, "package": t.package,
-                             "fixtures": len(t.fixtures), "executable": reason is None, "dropped_reason": reason,
+                             "fixtures": len(t.fixtures), "setup": t.setup is not None, "privileged": t.privileged,
+                             "executable": reason is None, "dropped_reason": reason,
                              "statuses": [r.status for r in refs], "commands": list(t.commands),
                              "no_execute": t.no_execute,
                              "stderr": _clip(refs[0].stderr, 300) if refs else None})
@@ -484,7 +497,10 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
     def block(rs):
         ex = sum(r["executable"] for r in rs)
         return {"tasks": len(rs), "executable": ex, "executable_share": round(ex / len(rs), 4) if rs else None,
-                "dropped": _counts(r["dropped_reason"] for r in rs if not r["executable"])}
+                "dropped": _counts(r["dropped_reason"] for r in rs if not r["executable"]),
+                # how the executable ones ran: as namespaced root, after a setup (a git repository ...)
+                "executable_privileged": sum(r["executable"] and r["privileged"] for r in rs),
+                "executable_with_setup": sum(r["executable"] and r["setup"] for r in rs)}
 
     suites = sorted({r["suite"] for r in rows})
     general = [r for r in rows if not r["dropped_reason"] == "no_execute"]

@@ -238,7 +238,7 @@ def _host_shmem() -> int:
     raise AssertionError("no Shmem in /proc/meminfo")
 
 
-def _run_watching_shmem(sb: Sandbox, command: str):
+def _run_watching_shmem(sb: Sandbox, command: str, **kw):
     """Run `command`, sampling the host's Shmem meanwhile; return (result, peak growth in bytes)."""
     base = _host_shmem()
     peak = [base]
@@ -252,7 +252,7 @@ def _run_watching_shmem(sb: Sandbox, command: str):
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        r = sb.run(command)
+        r = sb.run(command, **kw)
     finally:
         done.set()
         t.join()
@@ -432,3 +432,94 @@ def test_concurrent_sandboxes_do_not_share_the_process_limit():
             t.join()
     assert (r.status, r.stdout) == ("ok", "alive\n"), r
     assert full["r"].status in {"ok", "error", "timeout", "killed"}, full["r"]
+
+
+# --------------------------------------------------------------------------- namespaced root
+def _privileged_attacks(h) -> list[tuple[str, str]]:
+    """(name, command) run as namespaced root; each prints an ESCAPED-... marker only if it worked."""
+    port = h["port"]
+    return [
+        ("remount_usr_rw", "mount -o remount,rw /usr; mount -o remount,rw,bind /usr; "
+                           "echo x > /usr/pwned && echo ESCAPED-usr"),
+        ("mount_over_usr", "mount -t tmpfs none /usr && echo ESCAPED-mount"),
+        ("remount_etc_file", "mount -o remount,rw,bind /etc/passwd; echo pwned >> /etc/passwd && echo ESCAPED-etc"),
+        ("bind_fixture_tree_rw", "mkdir -p m && mount --bind /.fixtures m && touch m/pwned && echo ESCAPED-bind"),
+        ("unmount_usr", "umount -l /usr && echo ESCAPED-umount"),
+        ("unsized_tmpfs", "mkdir -p m && mount -t tmpfs -o size=8g none m && head -c 1G /dev/zero > m/f "
+                          "&& echo ESCAPED-tmpfs"),
+        ("new_mount_api", "python3 -c \"import ctypes, os; libc = ctypes.CDLL(None, use_errno=True); "
+                          "fd = libc.syscall(430, b'tmpfs', 0); print('ESCAPED-fsopen' if fd >= 0 else ctypes.get_errno())\""),
+        ("nested_userns", "unshare -U -r true && echo ESCAPED-unshare; python3 -c \"import os; "
+                          "os.unshare(os.CLONE_NEWUSER); print('ESCAPED-userns')\""),
+        ("cgroup_mount", "mkdir -p cg && mount -t cgroup2 none cg && echo max > cg/memory.max && echo ESCAPED-cgroup"),
+        ("raise_hard_limits", "ulimit -Hu 100000 && echo ESCAPED-nproc; ulimit -Hv unlimited && echo ESCAPED-as"),
+        ("set_clock", "date -s '2000-01-01' >/dev/null && echo ESCAPED-clock"),
+        ("kernel_log_and_modules", "dmesg -C && echo ESCAPED-dmesg; modprobe dummy && echo ESCAPED-modprobe"),
+        ("host_sysctl", "echo 1 > /proc/sys/kernel/sysrq && echo ESCAPED-sysctl; "
+                        "echo s > /proc/sysrq-trigger && echo ESCAPED-sysrq"),
+        ("mknod_disk", "mknod sda b 8 0 && head -c 1 sda && echo ESCAPED-mknod"),
+        ("chown_system_file", "chown 0:0 /usr/bin/ls && chmod 4777 /usr/bin/ls && echo ESCAPED-chown"),
+        ("host_loopback_after_routes", "ip link set lo up; ip addr add 10.9.9.9/24 dev lo; "
+                                       "ip route add default dev lo; iptables -P OUTPUT ACCEPT; "
+                                       f"curl -s -m 2 http://127.0.0.1:{port}/; curl -s -m 2 http://10.0.2.2:{port}/"),
+        ("raw_socket_out", "ping -c 1 -W 1 1.1.1.1 && echo ESCAPED-ping"),
+        ("enter_pid1_namespaces", "nsenter -t 1 -a true && ls /proc/1/root/root && echo ESCAPED-nsenter"),
+    ]
+
+
+_PRIV_NAMES = [n for n, _ in _privileged_attacks({"port": 1})]
+
+
+@pytest.fixture(scope="module")
+def usr_listing():
+    return sorted(os.listdir("/usr")), sorted(os.listdir("/usr/bin"))
+
+
+@pytest.mark.parametrize("name", _PRIV_NAMES + ["fork_bomb", "memory_bomb", "fill_disk", "write_repo", "rm_host_dir",
+                                                "curl_host_loopback", "proc_root_escape", "kill_sentinel"])
+def test_namespaced_root_is_contained(name, host, sandbox, usr_listing):
+    """As namespaced root (privileged=True) every capability acts on the sandbox's own namespaces
+    only: no mount, no new user namespace, no host file, no host network, no raised limit."""
+    command = dict(_privileged_attacks(host) + _hostile(host))[name]
+    r, grew = _run_watching_shmem(sandbox, command, privileged=True)
+    assert r.privileged and grew < ATTACK // 2
+    assert r.status in {"ok", "error", "not_executable", "timeout", "output_limit", "killed"}, (r.status, r.stderr)
+    assert "ESCAPED" not in r.stdout, r
+    assert "host-service-reached" not in r.stdout and SECRET not in r.stdout + r.stderr
+    assert (sorted(os.listdir("/usr")), sorted(os.listdir("/usr/bin"))) == usr_listing
+    assert not Path("/usr/pwned").exists() and os.stat("/usr/bin/ls").st_mode & 0o7777 == 0o755
+    _assert_host_unchanged(host)
+    assert _no_orphans()
+    after = sandbox.run("id -u; ls -A", setup="touch seeded", privileged=True)
+    assert (after.status, after.stdout) == ("ok", "0\nseeded\n"), after
+
+
+def test_namespaced_root_acts_on_its_own_namespaces(sandbox):
+    """What the mode is for: root's network tools on the sandbox's own network namespace, the
+    process bound and the memory-call filter as without it."""
+    r = sandbox.run("id -u; ip link add br9 type bridge && ip -o link show | awk -F': ' '{print $2}'; "
+                    "iptables -A INPUT -i lo -j ACCEPT && iptables -S INPUT", privileged=True)
+    assert r.status == "ok", r
+    assert r.stdout.split("\n")[:3] == ["0", "lo", "br9"] and "-A INPUT -i lo -j ACCEPT" in r.stdout
+    plain = sandbox.run("ip link add br9 type bridge")
+    assert plain.status == "error" and "Operation not permitted" in plain.stderr and not plain.privileged
+    procs = sandbox.run(
+        "python3 -c \"import os, time\nn = 0\ntry:\n    while True:\n        if os.fork() == 0:\n"
+        "            os.close(1); os.close(2); time.sleep(2); os._exit(0)\n        n += 1\n"
+        "except OSError as e:\n    print(n, e.errno)\"", privileged=True)
+    forked, errno_ = map(int, procs.stdout.split())
+    assert forked < sandbox.limits.processes and errno_ == 11, procs
+    # nothing is left of a privileged run: the next (unprivileged) one sees a fresh network namespace
+    assert sandbox.run("ip -o link show | awk -F': ' '{print $2}'").stdout.split() == ["lo"]
+
+
+@pytest.mark.parametrize("use_cgroup", [True, False], ids=["default", "no_cgroup"])
+def test_namespaced_root_memory_is_bounded(use_cgroup):
+    lim = Limits(wall_seconds=30, cpu_seconds=20, memory_bytes=128 << 20, file_bytes=32 << 20)
+    with Sandbox(lim, use_cgroup=use_cgroup) as sb:
+        r, grew = _run_watching_shmem(sb, MEMFD_FILL, privileged=True)
+    assert r.privileged and r.status in ("killed", "error"), r
+    assert _held(r.stdout) <= lim.memory_bytes, r.stdout
+    if r.memory_limit == "rlimit":
+        assert r.stdout.split() == ["refused", "1"], r  # memfd_create: EPERM
+    assert grew < ATTACK // 2

@@ -129,7 +129,8 @@ def test_reference_only_check_measures_the_executable_share(tmp_path):
     r = check_references(write(tmp_path / "t.jsonl", tasks), tmp_path / "refs.json")
     assert json.loads((tmp_path / "refs.json").read_text())["overall"] == r["overall"]
     assert r["overall"] == {"tasks": 6, "executable": 3, "executable_share": 0.5,
-                            "dropped": {"no_execute": 1, "reference_error": 1, "reference_not_executable": 1}}
+                            "dropped": {"no_execute": 1, "reference_error": 1, "reference_not_executable": 1},
+                            "executable_privileged": 0, "executable_with_setup": 0}
     assert r["executed_tasks"]["tasks"] == 5 and r["executed_tasks"]["executable"] == 3
     assert r["per_suite"]["gpu"]["executable"] == 0
 
@@ -154,6 +155,7 @@ def test_reference_only_check_measures_the_executable_share(tmp_path):
     ({"id": "x", "task": "t", "tool": "ls", "command": "ls", "fixtures": [{"path": "a"}, {"path": "./a"}]},
      "fixtures[1]: path './a' is declared twice"),
     ({"id": "x", "task": "t", "tool": "ls", "command": "ls", "suite": "GPU!"}, "'suite' must be"),
+    ({"id": "x", "task": "t", "tool": "ls", "command": "ls", "privileged": "yes"}, "'privileged' must be true or false"),
 ])
 def test_format_errors_are_one_line(tmp_path, line, message):
     p = write(tmp_path / "t.jsonl", [line])
@@ -171,3 +173,50 @@ def test_reserved_keys_are_accepted_and_ignored(tmp_path):
     d = task_to_dict(task)
     assert "metadata" not in d and d["fixtures"][0] == {"path": "bin.dat", "base64": "AAEC", "mode": "0400"}
     assert load_tasks(write(tmp_path / "u.jsonl", [d])) == [task]
+
+
+# A bridge only namespaced root can add (in the sandbox's own network namespace); the interface
+# list shows what the command did.
+LINKS = "ip -o link show | awk -F': ' '{print $2}'"
+BRIDGE = {"id": "ip-1", "task": "Add a bridge named br0, then list the network interfaces", "tool": "ip",
+          "command": f"ip link add br0 type bridge && {LINKS}", "privileged": True}
+
+
+@needs_bwrap
+def test_privileged_task_runs_as_namespaced_root_and_is_judged_by_stdout(tmp_path, evaluator):
+    plain = dict(BRIDGE, id="ip-2", privileged=False)
+    tasks = load_tasks(write(tmp_path / "t.jsonl", [BRIDGE, plain]))
+    assert tasks[0].privileged and not tasks[1].privileged
+    assert task_to_dict(tasks[0])["privileged"] is True and "privileged" not in task_to_dict(tasks[1])
+    answers = [(0, f"ip link add name br0 type bridge && {LINKS}", True),
+               (0, f"ip link add br1 type bridge && {LINKS}", False),  # another name: another listing
+               (0, LINKS, False),  # nothing added
+               (1, BRIDGE["command"], False)]  # the same command without root cannot add it
+    evaluate_answers([tasks[i] for i, _, _ in answers], [a for _, a, _ in answers], tmp_path / "eval", evaluator)
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert [r["privileged"] for r in rows] == [True, True, True, False]
+    assert rows[0]["reference_stdout"] == "lo\nbr0\n" and rows[0]["generated_stdout"] == "lo\nbr0\n"
+    assert [r["success"] for r in rows] == [ok for _, _, ok in answers]
+    assert rows[3]["executable"] is False and rows[3]["dropped_reason"] == "reference_error"
+    assert "Operation not permitted" in rows[3]["reference_stderr"]
+
+
+@needs_bwrap
+def test_git_task_in_the_builders_repository_is_judged_by_stdout_and_files(tmp_path, evaluator):
+    from synth.cmdgen_set import GIT_SETUPS
+
+    dirty, clean = GIT_SETUPS
+    tasks = load_tasks(write(tmp_path / "t.jsonl", [
+        {"id": "log", "task": "Show the history, one line per commit", "tool": "git-log",
+         "command": "git log --oneline", "setup": clean},
+        {"id": "tag", "task": "Tag the current commit v2.0", "tool": "git-tag",
+         "command": "git tag v2.0", "setup": dirty}]))
+    answers = [(0, "git log --pretty=oneline --abbrev-commit", True), (0, "git log --oneline -1", False),
+               (1, "git tag v2.0 HEAD", True), (1, "git tag v2.0 HEAD~1", False), (1, "git tag v2.1", False)]
+    evaluate_answers([tasks[i] for i, _, _ in answers], [a for _, a, _ in answers], tmp_path / "eval", evaluator)
+    rows = [json.loads(x) for x in (tmp_path / "eval" / "results.jsonl").read_text().splitlines()]
+    assert rows[0]["reference_stdout"].splitlines()[-1].endswith(" Initial commit")
+    assert [r["success"] for r in rows] == [ok for _, _, ok in answers]
+    # the three tag answers print the same (nothing): what they left in .git tells them apart
+    assert rows[2]["reference_changes"]["created"] == ["/scratch/.git/refs/tags/v2.0"]
+    assert all(r["generated_stdout"] == "" for r in rows[2:])

@@ -11,7 +11,16 @@ import pytest
 import yaml
 
 from curation.sources.localdocs import DEFAULT_MANIFEST, load_manifest
-from synth.cmdgen_set import GPU_NO_EXECUTE, TEXTUAL_SUITE, UNRUNNABLE, FixtureProbe, derive_fixtures, program_info
+from synth.cmdgen_set import (
+    GPU_NO_EXECUTE,
+    TEXTUAL_SUITE,
+    UNRUNNABLE,
+    FixtureProbe,
+    derive_fixtures,
+    derive_setups,
+    eval_item,
+    program_info,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 needs_bwrap = pytest.mark.skipif(shutil.which("bwrap") is None, reason="bubblewrap not installed")
@@ -64,16 +73,62 @@ def test_probe_keeps_the_fixtures_under_which_the_reference_runs():
         ]
         for pair, with_fixtures in cases:
             derived = derive_fixtures(pair)
-            fixtures, status, _ = probe.choose(pair, [derived, []])
-            assert status == "ok", pair
-            assert bool(fixtures) is with_fixtures, pair
-        fixtures, status, why = probe.choose({"task": "t", "command": "cat missing.txt.gz", "tool": "cat"}, [[]])
-        assert status == "error" and fixtures == [] and why.startswith("error (exit 1): cat: missing.txt.gz")
+            got = probe.choose(pair, [derived, []])
+            assert got.status == "ok" and not got.privileged and got.setup is None, pair
+            assert bool(got.fixtures) is with_fixtures, pair
+        got = probe.choose({"task": "t", "command": "cat missing.txt.gz", "tool": "cat"}, [[]])
+        assert got.status == "error" and got.fixtures == [] and got.why.startswith("error (exit 1): cat: missing.txt.gz")
+        assert not got.privileged  # not a want of root: never retried as root
         # a man page's tool name is not the program: git-commit runs as git
-        _, status, why = probe.choose({"task": "t", "command": "git --version", "tool": "git-version"}, [[]])
-        assert status == "ok" and why == ""
+        got = probe.choose({"task": "t", "command": "git --version", "tool": "git-version"}, [[]])
+        assert got.status == "ok" and got.why == ""
     finally:
         probe.close()
+
+
+@pytest.fixture(scope="module")
+def probe():
+    pr = FixtureProbe()
+    assert pr.available
+    yield pr
+    pr.close()
+
+
+@needs_bwrap
+def test_probe_retries_as_namespaced_root_only_for_want_of_root(probe):
+    """`iptables -L` fails unprivileged ("you must be root"), so the probe tries it again as
+    namespaced root, where it lists the sandbox's own (empty) tables; a failure of another kind is
+    never retried, and one that root does not cure keeps the reason it has as root."""
+    got = probe.choose({"task": "t", "command": "iptables -L INPUT", "tool": "iptables"}, [[]])
+    assert (got.status, got.privileged, got.deterministic) == ("ok", True, True)
+    got = probe.choose({"task": "t", "command": "ls missing.txt", "tool": "ls"}, [[]])
+    assert (got.status, got.privileged) == ("error", False)
+    got = probe.choose({"task": "t", "command": "dmesg", "tool": "dmesg"}, [[]])  # the host's kernel log
+    assert (got.status, got.privileged) == ("error", True)
+    assert got.why.startswith("error (exit 1, namespaced root): dmesg:")
+    item = eval_item({"id": "x", "task": "t", "command": "iptables -L INPUT", "tool": "iptables"},
+                     {"package": "iptables", "suite": "general"}, [], None, None, True)
+    assert item["privileged"] is True and item["suite"] == "general"
+
+
+@needs_bwrap
+def test_git_command_gets_a_repository(probe):
+    """A git command runs in a repository the setup makes (fixed dates: the same commit ids in every
+    run, so a second run agrees); `git stash` gets the variant with an uncommitted change; a command
+    whose effect carries the time (a new commit) is flagged non-deterministic by the probe."""
+    log = {"id": "log", "task": "Show the history one line per commit", "tool": "git-log",
+           "command": "git log --oneline"}
+    assert derive_setups(log) and derive_setups({"task": "t", "command": "ls", "tool": "ls"}) == []
+    got = probe.choose(log, [[]], derive_setups(log))
+    assert (got.status, got.privileged, got.deterministic) == ("ok", False, True) and got.setup
+    stash = {"id": "stash", "task": "Put the uncommitted changes aside", "tool": "git-stash", "command": "git stash"}
+    got_stash = probe.choose(stash, [[]], derive_setups(stash))
+    assert got_stash.status == "ok" and got_stash.setup == derive_setups(stash)[0]  # the one with a change
+    commit = {"task": "t", "command": "git commit -am 'Save the draft'", "tool": "git-commit"}
+    got_commit = probe.choose(commit, [[]], derive_setups(commit))
+    assert got_commit.status == "ok" and not got_commit.deterministic
+    item = eval_item(log, {"package": "git", "suite": "general"}, [], None, got.setup)
+    assert item["setup"] == got.setup and "privileged" not in item
 
 
 @pytest.mark.slow

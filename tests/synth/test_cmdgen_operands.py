@@ -113,6 +113,9 @@ def test_directory_and_destination_operands_get_their_fixtures():
     ("error (exit 1): wget: missing URL", "needs_network"),
     ("error (exit 1): blockdev: no device specified", "needs_device"),
     ("error (exit 3): frobnicate failed", "reference_error"),
+    ("killed (exit 129): usage: git ls-tree [<options>] <tree-ish> [<path>...]", "needs_operand"),  # git's usage exit
+    ("killed (exit 137)", "timeout"),
+    ("error (exit 1, namespaced root): dmesg: read kernel buffer failed: Operation not permitted", "needs_root"),
 ])
 def test_unrunnable_references_are_classed_by_reason(why, kind):
     assert unrunnable_kind(why) == kind
@@ -130,11 +133,12 @@ def test_option_task_runs_against_its_fixture_and_a_wrong_command_is_judged_by_s
     assert [f["path"] for f in derived] == ["notes.txt"]
     probe = FixtureProbe()
     try:
-        fixtures, status, why = probe.choose(pair, [derived, []])
-        assert (status, why, fixtures) == ("ok", "", derived)
+        got = probe.choose(pair, [derived, []])
+        assert (got.status, got.why, got.fixtures, got.deterministic) == ("ok", "", derived, True)
+        fixtures = got.fixtures
         # a task whose operand is missing does not run: its reason class says so
-        _, status, why = probe.choose({"task": "t", "command": "diff --brief notes.txt", "tool": "diff"}, [derived])
-        assert status == "error" and unrunnable_kind(why) == "needs_operand"
+        got = probe.choose({"task": "t", "command": "diff --brief notes.txt", "tool": "diff"}, [derived])
+        assert got.status == "error" and unrunnable_kind(got.why) == "needs_operand"
     finally:
         probe.close()
     item = eval_item(pair, {"package": "coreutils", "suite": "general"}, fixtures)
