@@ -30,10 +30,7 @@ from minisigma.core.shards import list_shards
 def curate(recipe: CurationRecipe, run_dir: Path | str, ray_address: str | None = None, progress: bool = True) -> Path:
     """Run a curation recipe into `run_dir`, a local directory or a URL (s3://, gs://, memory:// ...).
     Returns the local directory the run worked in (for a URL, its cache; see minisigma.core.storage)."""
-    storage.set_options(recipe.storage_options)
-    if storage.is_url(run_dir):
-        storage.check_reachable(str(run_dir))
-    run_dir = storage.run_dir(run_dir)  # bound: manifests record paths relative to it
+    run_dir = storage.open_run(run_dir, recipe.storage_options)  # bound: manifests record paths relative to it
     run_dir.mkdir(parents=True, exist_ok=True)
     ctx = RunContext(run_dir, ray_address or recipe.ray.address, recipe.ray.executor, progress,
                      doc_suffix=recipe.shard_suffix)

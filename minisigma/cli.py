@@ -58,7 +58,8 @@ def local_only(path: Path, option: str) -> Path:
     m = _URL_AS_PATH.match(str(path))
     if m and m.group(1).lower() != "file":
         raise UserError(f"{m.group(1)}://{str(path)[m.end():]}: {option}: a URL is not supported for this command"
-                        " (`minisigma curate --out`, `minisigma tokenize --in` and `minisigma manifest show/verify/diff` take one)")
+                        " (`minisigma curate --out`, `refine --run`, `classifier train --run`, `tokenize --in` and"
+                        " `manifest show/verify/diff` take one)")
     return path
 
 
@@ -161,7 +162,7 @@ def manifest_snapshot(
     """Keep the small record of a run (stage manifests, stage times, evaluation summaries) for `manifest diff`."""
     from minisigma.core import manifest
 
-    files = manifest.snapshot(run_dir, out_dir(dest, "DEST"))
+    files = manifest.snapshot(local_only(run_dir, "RUN_DIR"), out_dir(dest, "DEST"))
     print(f"{len(files)} files -> {dest}")
 
 
@@ -217,7 +218,7 @@ def serve_cmd(
     """Serve a checkpoint over an OpenAI-compatible HTTP API (chat/completions, streaming), with an API key."""
     from model.server import Limits, read_api_key, serve
 
-    if not checkpoint.is_dir():
+    if not local_only(checkpoint, "--checkpoint").is_dir():
         raise UserError(f"{checkpoint}: checkpoint directory not found")
     key = read_api_key(api_key_file)
     limits = Limits(max_body_bytes=max_body_bytes, header_timeout_s=header_timeout, body_timeout_s=body_timeout,
@@ -241,7 +242,7 @@ def generate_cmd(
     from model.generation import generate
     from model.io import load_pretrained
 
-    model, _, tok = load_pretrained(checkpoint)
+    model, _, tok = load_pretrained(local_only(checkpoint, "--checkpoint"))
     if tok is None:
         raise UserError(f"{checkpoint}: tokenizer.json is missing")
     try:
@@ -265,7 +266,7 @@ def export_cmd(
         raise UserError(f"--format: expected hf, got {format!r}")
     from model.hf_export import export_hf
 
-    folder = export_hf(checkpoint, out)
+    folder = export_hf(local_only(checkpoint, "--checkpoint"), out_dir(out))
     print(f"{folder}: AutoModelForCausalLM.from_pretrained({str(folder)!r}, trust_remote_code=True)")
 
 
@@ -321,10 +322,14 @@ def eval_cmd(
     if target == "cmdgen":
         from model.evaluation import cmdgen
 
+        for path, option in ((tasks, "--tasks"), (checkpoint, "--checkpoint")):
+            if path is not None:
+                local_only(path, option)
+
         if reference_only is not None:
             if tasks is None or checkpoint is not None or no_execute:
                 raise UserError("eval cmdgen --reference-only needs --tasks FILE.jsonl (and no --checkpoint/--no-execute)")
-            r = cmdgen.check_references(tasks, reference_only, show_progress=True)
+            r = cmdgen.check_references(tasks, out_file(reference_only, "--reference-only"), show_progress=True)
             o = r["overall"]
             print(f"{o['executable']}/{o['tasks']} tasks have a reference that runs with status ok "
                   f"(executable share {o['executable_share']}) -> {reference_only}")
@@ -414,7 +419,8 @@ def ablate_cmd(
     name = _result_name("--store", store) if store is not None else None  # refused before hours of training
     common = load_benchmark("common") if name else None
     started = common.machine() if common else None
-    res = ablations.main(recipe, quick=quick, out_dir=out_dir(out) if out is not None else None, tokens_dir=tokens)
+    res = ablations.main(recipe, quick=quick, out_dir=out_dir(out) if out is not None else None,
+                         tokens_dir=local_only(tokens, "--tokens") if tokens is not None else None)
     print(res["table_md"])
     if common:
         common.write_result(name, {"recipe": str(recipe), "quick": quick, "table": res["table"],
@@ -479,7 +485,7 @@ def seeds_cmd(
     paired t-test of the per-seed differences."""
     from minisigma import seeds
 
-    result = seeds.write(runs, out_file(out))
+    result = seeds.write([local_only(r, "RUNS") for r in runs], out_file(out))
     for q in result["questions"]:
         print(q["title"])
         for row in q["runs"]:
@@ -509,7 +515,7 @@ def bench_curation(
 ):
     """Extraction pages/s per core vs datatrove with the same trafilatura settings: pages kept, identical
     texts, ratios; writes benchmarks/results/curation.json."""
-    if not src.is_dir():
+    if not local_only(src, "SRC").is_dir():
         raise UserError(f"{src}: not a directory")
     load_benchmark("bench_curation").run(src, limit or None, rounds, shards, peer=peer, scaling=scaling)
 

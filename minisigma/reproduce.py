@@ -132,17 +132,6 @@ def rerooted_copy(src: Path, prefix: str, out: Path, name: str, overrides: dict 
     return dest
 
 
-def recorded(path: Path, out: Path) -> str:
-    """A path as reproduce.json records it: relative to the run directory when inside it, else to the
-    project checkout when inside that, else as given (so the record of a run does not name the clone
-    or the directory that made it)."""
-    p = Path(path).resolve()
-    for root in (Path(out).resolve(), paths.REPO_ROOT):
-        if p.is_relative_to(root):
-            return p.relative_to(root).as_posix()
-    return str(path)
-
-
 class Progress:
     """<out>/reproduce.json: the status and time of every stage, written after each one."""
 
@@ -153,7 +142,7 @@ class Progress:
         if self.state["stages"] and self.state.get("seed") != seed:
             raise UserError(f"{out} was run with --seed {self.state.get('seed')}, not {seed}: "
                             "re-run it with the same seed, or choose another --out")
-        self.state.update(recipe=recipe.name, recipe_file=recorded(source, out), seed=seed, host=platform.node(),
+        self.state.update(recipe=recipe.name, recipe_file=str(Path(source).resolve()), seed=seed, host=platform.node(),
                           cpus=__import__("os").cpu_count())
 
     def done(self, name: str) -> bool:
@@ -163,7 +152,8 @@ class Progress:
         prev = self.state["stages"].get(name, {})
         total = prev.get("seconds", 0.0) + seconds  # an interrupted then resumed stage counts both parts
         self.state["stages"][name] = {"status": status, "seconds": round(total, 1), **info}
-        atomic_write_json(self.path, self.state)
+        # paths (the recipe file, checkpoints, the report) relative to the run or the checkout: the run can move
+        atomic_write_json(self.path, storage.recorded(self.state, self.path.parent))
 
 
 def resumable(run_dir: Path) -> bool:
@@ -333,8 +323,7 @@ def answer(questions: list[Question], summary: dict) -> dict:
             row[role + "_results"] = {"val_bpb": models[ppl_name].get("perplexity", {}).get("bpb"),
                                       "cmdgen_accuracy": m.get("cmdgen", {}).get("accuracy"),
                                       "cmdgen_cmd_score": m.get("cmdgen", {}).get("cmd_score"),
-                                      # recorded relative to the evaluation's folder
-                                      **_model_costs(str(Path(summary["recipe"]["out"]) / m["checkpoint"]))}
+                                      **_model_costs(m["checkpoint"])}  # as the eval recipe names it
         a, b = row["sigma_results"], row["baseline_results"]
         row["kv_cache_reduction"] = round(1 - a["kv_bytes_per_token_bf16"] / b["kv_bytes_per_token_bf16"], 4)
         if a["val_bpb"] is not None and b["val_bpb"] is not None:

@@ -34,9 +34,10 @@ from typing import Iterator
 import numpy as np
 from pydantic import Field
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.manifest import read_json
-from minisigma.core.recipes import Section
+from minisigma.core.recipes import LocalPath, Section
 from minisigma.core.shards import atomic_write_json, list_shards, read_docs, sha256_file
 from model.tokenizer import EOT, TokenizerSection, build_tokenizer
 
@@ -46,7 +47,7 @@ ENCODE_BATCH = 256  # documents per encode_batch call (the Rust side parallelise
 class DataSection(Section):
     """`data:` section of a pretraining recipe."""
 
-    tokens_dir: str = "runs/tokens"  # where `minisigma tokenize` wrote train.bin/val.bin
+    tokens_dir: LocalPath = "runs/tokens"  # where `minisigma tokenize` wrote train.bin/val.bin
     val_fraction: float = Field(0.05, ge=0.0, lt=1.0)
     weights: dict[str, float] = Field(default_factory=dict)  # source -> repetition factor (>= 0)
     default_weight: float = Field(1.0, ge=0.0)  # for sources not named in `weights`
@@ -187,7 +188,8 @@ def tokenize_corpus(in_dir: str | Path, tok, out_dir: str | Path, section: DataS
     }
     if (out / "tokenizer.json").is_file():
         manifest["tokenizer_sha256"] = sha256_file(out / "tokenizer.json")
-    atomic_write_json(out / "manifest.json", manifest)
+    # inputs inside a run relative to out (the run can move), the checkout's relative to it
+    atomic_write_json(out / "manifest.json", storage.recorded(manifest, out))
     return manifest
 
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from minisigma.core.errors import UserError
-from minisigma.core.recipes import Section, load_recipe
+from minisigma.core.recipes import LocalPath, Section, load_recipe
 
 from model.data import DataSection
 from model.gpt import ModelConfig
@@ -27,7 +27,7 @@ class ModelSection(Section):
     overrides: dict[str, Any] = Field(default_factory=dict)  # ModelConfig fields to change
     # Start from an exported model (model.safetensors + config.json), e.g. the next pretraining
     # phase with other data.weights; its config replaces preset/overrides.
-    init_from: str | None = None
+    init_from: LocalPath | None = None
 
 
 class OptimSection(Section):
@@ -69,8 +69,8 @@ class TrainSection(Section):
 
 
 class SFTSection(Section):
-    pairs: list[str]  # instruction-pair JSONL files (or directories of *.jsonl) made by synth
-    init_from: str | None = None  # exported pretrained model dir (model.safetensors + config.json + tokenizer.json)
+    pairs: list[LocalPath]  # instruction-pair JSONL files (or directories of *.jsonl) made by synth
+    init_from: LocalPath | None = None  # exported pretrained model dir (model.safetensors + config.json + tokenizer.json)
     system_prompt: str | None = None  # system turn for pairs without their own "system"
     val_fraction: float = Field(0.05, ge=0, lt=1)  # held out by pair (hash of its text)
     pack: bool = True  # pack whole conversations into rows (first-fit decreasing) or one per row
@@ -79,7 +79,7 @@ class SFTSection(Section):
 class TrainRecipe(Section):
     name: str
     kind: Literal["pretrain", "sft"] = "pretrain"
-    out_dir: str  # run directory: ckpt/, logs/, steps.jsonl, final/
+    out_dir: LocalPath  # run directory: ckpt/, logs/, steps.jsonl, final/ (local: README, On object storage)
     tokenizer: TokenizerSection = Field(default_factory=TokenizerSection)
     data: DataSection = Field(default_factory=DataSection)
     model: ModelSection = Field(default_factory=ModelSection)

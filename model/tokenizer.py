@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 
 from pydantic import Field
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section
 from minisigma.core.shards import atomic_write_bytes, atomic_write_json, list_shards, read_docs, sha256_file
@@ -144,7 +145,7 @@ def build_tokenizer(section: TokenizerSection, in_dir: str | Path, out_dir: str 
                                      section.max_train_chars)
     data = tok.to_str().encode("utf-8")
     atomic_write_bytes(out / "tokenizer.json", data)
-    atomic_write_json(out / "tokenizer.manifest.json", {
+    atomic_write_json(out / "tokenizer.manifest.json", storage.recorded({
         "kind": "byte-level BPE (HF tokenizers)",
         "recipe": section.model_dump(),
         "vocab_size": tok.get_vocab_size(),
@@ -153,5 +154,5 @@ def build_tokenizer(section: TokenizerSection, in_dir: str | Path, out_dir: str 
         "trained_on": stats,
         "sha256": _sha256_bytes(data),
         "seconds": round(time.time() - t0, 2),
-    })
+    }, out))  # inputs inside a run relative to out (the run can move), the checkout's relative to it
     return tok

@@ -264,7 +264,7 @@ def train_quality(docs: list[dict], c: QualityTrainConfig, out_dir: str | Path) 
                               "train_examples": len(train), "heldout_examples": len(test)},
             "heldout": metrics, "heldout_by_kind": by_kind, "config": c.model_dump(mode="json"),
             "seconds": round(time.time() - t0, 2)}
-    atomic_write_json(out_dir / "classifier.json", info)
+    atomic_write_json(out_dir / "classifier.json", storage.recorded(info, out_dir))  # paths: the run can move
     return info
 
 
@@ -297,7 +297,7 @@ def train_category(docs: list[dict], c: CategoryTrainConfig, out_dir: str | Path
                               "docs_per_label": dict(sorted(taken.items())), "train_examples": len(train),
                               "heldout_examples": len(test)},
             "heldout": metrics, "config": c.model_dump(mode="json"), "seconds": round(time.time() - t0, 2)}
-    atomic_write_json(out_dir / "classifier.json", info)
+    atomic_write_json(out_dir / "classifier.json", storage.recorded(info, out_dir))  # paths: the run can move
     return info
 
 

@@ -6,12 +6,15 @@
     models   <run>/classifiers/{quality,category}/ (trained first when missing: `minisigma classifier train`)
 
 Every dropped document is in its stage's rejects/ with the reason; every stage has a manifest.
+The run may be a URL (s3://, gs://, memory:// ...): what refine reads is pulled from it into the run's
+local cache first, and everything it writes is committed there (minisigma.core.storage).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from minisigma.core import storage
 from minisigma.core.document import doc_shards, read_sample
 from minisigma.core.errors import UserError
 from minisigma.core.manifest import read_json, read_stages
@@ -37,6 +40,12 @@ def load_refine_config(path: str | Path) -> RefineConfig:
         raise UserError(str(e).replace(f"{path}: refine: ", f"{path}: refine.")) from None
 
 
+def load_storage_options(path: str | Path) -> dict[str, dict]:
+    """The `storage_options` of a curation recipe (fsspec options by protocol); none for a refine-only YAML."""
+    data = load_yaml(path)
+    return parse_recipe(data, CurationRecipe, str(path)).storage_options if "sources" in data else {}
+
+
 def load_shard_format(path: str | Path) -> str:
     """The `shard_format` of a curation recipe (or of a refine-only YAML): jsonl.gz or parquet."""
     data = load_yaml(path)
@@ -46,6 +55,18 @@ def load_shard_format(path: str | Path) -> str:
     if fmt not in FORMATS:
         raise UserError(f"{path}: shard_format: expected one of {', '.join(FORMATS)}, got {fmt!r}")
     return fmt
+
+
+def pull_inputs(run_dir: Path, *more: str) -> None:
+    """For a run at a URL: bring what refinement reads into the run's local cache (the extracted pages,
+    each source's documents, the classifiers trained before, and the stage directories `more`), without
+    their rejects. A local run: nothing."""
+    url = storage.url_of(run_dir)
+    if url is None:
+        return
+    sources = [f"sources/{n}" for n in storage.listdir(storage.join(url, "sources"))]
+    for d in ("extract", *sources, "classifiers", *more):
+        storage.pull(run_dir / d, skip=("rejects",))
 
 
 def run_inputs(run_dir: Path) -> list[Path]:
@@ -58,10 +79,14 @@ def run_inputs(run_dir: Path) -> list[Path]:
     return inputs
 
 
-def train_classifiers(run_dir: str | Path, c: RefineConfig, docs_dir: Path | None = None) -> dict:
+def train_classifiers(run_dir: str | Path, c: RefineConfig, docs_dir: str | Path | None = None) -> dict:
     """`minisigma classifier train`: both classifiers into <run>/classifiers, from `docs_dir` (default:
-    the dedup_exact output, else the run's inputs)."""
-    run_dir = Path(run_dir)
+    the dedup_exact output, else the run's inputs). The run (and `docs_dir`) may be a URL."""
+    run_dir = storage.open_run(run_dir)
+    pull_inputs(run_dir, "refine/dedup_exact")
+    if docs_dir is not None and storage.is_url(docs_dir):
+        docs_dir = storage.local_of(str(docs_dir))  # inside the run, or bound as a folder of its own
+        storage.pull(docs_dir, skip=("rejects",))
     if docs_dir is None:
         d = run_dir / "refine" / "dedup_exact"
         shards = list_shards(d) or run_inputs(run_dir)
@@ -75,7 +100,8 @@ def refine(run_dir: str | Path, recipe: RefineConfig | None = None, ray_address:
     """Run the recipe's refine stages; their document shards are written in `shard_format`
     (jsonl.gz | parquet)."""
     c = recipe or RefineConfig()
-    run_dir = Path(run_dir)
+    run_dir = storage.open_run(run_dir)
+    pull_inputs(run_dir)
     inputs = run_inputs(run_dir)
     if not inputs:
         raise UserError(f"{run_dir}: no input shards under extract/ or sources/*/")

@@ -27,6 +27,7 @@ from typing import Iterator, Literal
 
 import yaml
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.recipes import Section, parse_recipe, project_path
 from minisigma.core.runner import Sink, Stage, Task
@@ -109,8 +110,7 @@ def selected_packages(src: LocalDocsSource) -> list[PackageSpec]:
 def cache_root(src: LocalDocsSource) -> Path:
     if src.cache_dir:
         return Path(src.cache_dir)
-    base = os.environ.get("MINISIGMA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minisigma")
-    return Path(base) / "localdocs"
+    return storage.cache_base() / "localdocs"
 
 
 # --------------------------------------------------------------------------- fetch

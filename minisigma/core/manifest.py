@@ -198,8 +198,10 @@ def build_manifest(*, stage: str, recipe, inputs: list[Path], parts: list[dict],
 
 
 def write_manifest(stage_dir: str | Path, manifest: dict) -> Path:
+    """Write a stage's manifest; every path in it (the recipe section echoed, inputs, `extra`) is written
+    relative to the stage directory or the checkout (`storage.recorded`), so the run can move."""
     p = Path(stage_dir) / MANIFEST
-    atomic_write_json(p, manifest)
+    atomic_write_json(p, storage.recorded(manifest, p.parent))
     return p
 
 

@@ -8,11 +8,12 @@ into one line that names the file and the dotted key, e.g.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
+from minisigma.core import storage
 from minisigma.core.errors import UserError
 from minisigma.core.paths import REPO_ROOT
 
@@ -24,6 +25,17 @@ class Section(BaseModel):
 
 
 M = TypeVar("M", bound=BaseModel)
+
+
+def _local(value: str) -> str:
+    if storage.is_url(value):
+        raise ValueError(f"{value}: a URL is not supported here, give a local path (README: On object storage)")
+    return value
+
+
+# A recipe field naming a local file or directory: a storage URL (s3://, gs:// ...) is a one-line error
+# instead of a local folder named "s3:" (for the stages that work on local files only: training, evaluation).
+LocalPath = Annotated[str, AfterValidator(_local)]
 
 
 

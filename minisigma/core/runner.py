@@ -318,7 +318,10 @@ def run_task(stage: Stage, task: Task, out_dir: str, storage_spec: dict | None =
     except BaseException:
         sink.abort()
         raise
-    part.update(index=task.index, inputs=[storage.relative(p, out) for p in task.inputs], input_sha256=made_from, seconds=round(time.time() - t0, 3),
+    # `inputs` as every record of a run writes paths (storage.recorded); the keys of `input_sha256` stay
+    # relative to the stage directory (or absolute outside the run): damage() opens them
+    part.update(index=task.index, inputs=storage.recorded(list(task.inputs), out), input_sha256=made_from,
+                seconds=round(time.time() - t0, 3),
                 host=socket.gethostname(), pid=os.getpid())
     atomic_write_json(part_path(out, task.index), part)  # the commit marker: written last
     return part

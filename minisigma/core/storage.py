@@ -113,9 +113,13 @@ class Binding:
 _BINDINGS: dict[str, Binding] = {}
 
 
+def cache_base() -> Path:
+    """minisigma's cache on this machine: $MINISIGMA_CACHE, default ~/.cache/minisigma."""
+    return Path(os.environ.get("MINISIGMA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minisigma"))
+
+
 def cache_root() -> Path:
-    base = os.environ.get("MINISIGMA_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "minisigma")
-    return Path(base) / "runs"
+    return cache_base() / "runs"
 
 
 def run_dir(location) -> Path:
@@ -128,6 +132,21 @@ def run_dir(location) -> Path:
     p = Path(location)
     bind(p, None)
     return p
+
+
+def open_run(location, options: dict[str, dict] | None = None) -> Path:
+    """A run directory a command was given (a local path or a URL), ready to work in: the recipe's
+    storage `options` set, a URL's bucket checked (one-line error when it cannot be reached), and the
+    run bound (`run_dir`), so its manifests record paths relative to it. Returns the local directory.
+    A local path inside a run bound already (a URL's cache that curate hands to refine, a corpus of a
+    reproduction) is that run's: it is not bound again."""
+    set_options(options)
+    if is_url(location):
+        check_reachable(str(location))
+        return run_dir(location)
+    if binding_of(location) is not None:
+        return Path(location)
+    return run_dir(location)
 
 
 def local_of(url: str) -> Path:
@@ -178,12 +197,64 @@ def target(path) -> str:
 
 
 def relative(path, base) -> str:
-    """`path` relative to `base` when both lie in the same bound run (so a moved run still finds it),
+    """`path` relative to `base` when both lie in one bound run (so a moved run still finds it; a run
+    bound inside another, such as a reproduction's second corpus, counts as part of the outer one),
     else `path` as given."""
-    a, b = binding_of(path), binding_of(base)
-    if a is None or b is None or a[0] is not b[0]:
+    if is_url(path) or is_url(base):
         return str(path)
-    return os.path.relpath(os.path.abspath(path), os.path.abspath(base))
+    p, b = os.path.abspath(path), os.path.abspath(base)
+    for root in _BINDINGS:
+        if all(x == root or x.startswith(root + os.sep) for x in (p, b)):
+            return os.path.relpath(p, b)
+    return str(path)
+
+
+def _library_roots() -> list[str]:
+    """The folders installed packages live in (site-packages), longest first."""
+    import sysconfig
+
+    roots = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    return sorted(roots, key=len, reverse=True)
+
+
+def recorded(value, base):
+    """`value` as a file in folder `base` records it, with no absolute path of this machine in it: the
+    one rule for every path a manifest, summary or record of a run writes (a recipe section echoed, an
+    input, a checkpoint, a task file). Strings that are absolute paths (and Path objects), anywhere in
+    a JSON-like value (dicts, lists, their keys too), are rewritten:
+
+    - inside the same bound run as `base` (storage.run_dir): relative to `base`, like a relative link
+      (`../../extract/00000.jsonl.gz` from a stage directory, `sft/final` from the run's root), so the
+      run can be moved or copied into a bucket;
+    - else inside the project checkout: relative to it (`recipes/...`, `manifests/sources/...`, as the
+      recipes name them);
+    - else inside minisigma's cache (a package unpacked by the localdocs source): as
+      `$MINISIGMA_CACHE/...` (whatever folder that is on the machine, default ~/.cache/minisigma);
+    - else inside the Python environment's site-packages (a model file a package ships): as
+      `site-packages/<package>/...`;
+    - else as given. Relative paths, URLs and other strings are kept."""
+    if isinstance(value, dict):
+        return {recorded(k, base) if isinstance(k, str) else k: recorded(v, base) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [recorded(v, base) for v in value]
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+        if not os.path.isabs(value):
+            return value
+    elif not (isinstance(value, str) and os.path.isabs(value) and not is_url(value)):
+        return value
+    rel = relative(value, base)
+    if not os.path.isabs(rel):
+        return rel.replace(os.sep, "/")
+    from minisigma.core.paths import REPO_ROOT
+
+    p = os.path.abspath(value)
+    roots = [(str(REPO_ROOT), None), (os.path.abspath(cache_base()), "$MINISIGMA_CACHE")]
+    for root, shown in roots + [(r, os.path.basename(r)) for r in _library_roots()]:
+        if p == root or p.startswith(root + os.sep):
+            inside = os.path.relpath(p, root).replace(os.sep, "/")
+            return inside if shown is None else f"{shown}/{inside}"
+    return value
 
 
 def spec() -> dict:
@@ -420,7 +491,7 @@ def run_pulled(storage_spec: dict, dirs: list[str], fn, *args):
     return fn(*args)
 
 
-__all__ = ["is_url", "scheme", "set_options", "filesystem", "check_reachable", "run_dir", "local_of", "bind", "unbind", "binding_of",
-           "url_of", "target", "relative", "spec", "configure", "join", "name", "exists", "isfile", "isdir", "size",
+__all__ = ["is_url", "scheme", "set_options", "filesystem", "check_reachable", "open_run", "run_dir", "local_of", "bind", "unbind", "binding_of",
+           "url_of", "target", "relative", "recorded", "spec", "configure", "join", "name", "exists", "isfile", "isdir", "size",
            "open_binary", "read_bytes", "sha256", "write_bytes", "listdir", "find", "rm", "committed", "remove",
-           "rmtree", "remote_files", "pull", "run_pulled", "iter_bound_dirs", "cache_root", "LOCATORS"]
+           "rmtree", "remote_files", "pull", "run_pulled", "iter_bound_dirs", "cache_base", "cache_root", "LOCATORS"]

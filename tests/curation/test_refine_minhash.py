@@ -112,33 +112,15 @@ def test_partitioned_components_match_union_find(tmp_path):
     assert m["components"]["iterations"] > 10 and m["components"]["components"] == len(groups)
 
 
-def test_minhash_on_two_node_ray_cluster(tmp_path):
-    import ray
-    from ray.cluster_utils import Cluster
-
+def test_minhash_on_two_node_ray_cluster(tmp_path, two_node_cluster):
     docs, inputs = _planted(tmp_path, n_bases=120, seed=2)
     c = MinHashConfig(nodes_per_partition=60, band_records_per_bucket=1000)
     run_minhash(inputs, tmp_path / "local", c, executor="local", progress=False)
-    was = ray.is_initialized()
-    if was:
-        ray.shutdown()
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    cluster.add_node(num_cpus=1)
-    try:
-        ray.init(address=cluster.address)
-        cluster.wait_for_nodes()
-        m = run_minhash(inputs, tmp_path / "ray", c, executor="ray", progress=False)
-        assert m["cluster"]["nodes"] == 2
-        for name in [p.name for p in list_shards(tmp_path / "local")]:
-            assert sha256_file(tmp_path / "ray" / name) == sha256_file(tmp_path / "local" / name)
-        assert m["counts"]["dropped"].get("minhash_duplicate", 0) > 0
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-        if was:
-            from minisigma.core.runner import ensure_ray
-
-            ensure_ray(None, num_cpus=2)
+    m = run_minhash(inputs, tmp_path / "ray", c, executor="ray", progress=False)
+    assert m["cluster"]["nodes"] == 2
+    for name in [p.name for p in list_shards(tmp_path / "local")]:
+        assert sha256_file(tmp_path / "ray" / name) == sha256_file(tmp_path / "local" / name)
+    assert m["counts"]["dropped"].get("minhash_duplicate", 0) > 0
 
 
 def test_union_find_forest_has_the_components_with_bounded_degree():
