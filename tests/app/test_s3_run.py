@@ -7,7 +7,10 @@ process, so they reach the server only through the settings the runner passes th
 - a small curation (localdocs fetch, man pages, crawl, extract, refine with exact and MinHash dedup)
   into s3:// on two nodes: `minisigma manifest verify s3://...` passes and every shard is
   byte-identical to the same recipe run locally from the same crawl (see CRAWLS);
-- (slow) `minisigma curate recipes/curation/tiny.yaml --out s3://bucket/runs/t` on two nodes.
+- (slow) `minisigma curate recipes/curation/tiny.yaml --out s3://bucket/runs/t` on two nodes;
+- `minisigma classifier train` and `minisigma refine` with `--run` at a URL: in-process on memory://
+  (byte-identical to a local run, resumed from an empty cache without training again) and (slow) on
+  the command line into S3 on two nodes.
 """
 
 from __future__ import annotations
@@ -102,8 +105,9 @@ def seed(local: Path, url: str, stages=CRAWLS) -> None:
                 fs.put_file(str(p), f"{root}/{p.relative_to(local).as_posix()}")
 
 
-def cli(*args, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0", "COLUMNS": "200"}
+def cli(*args, timeout: float = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**(os.environ if env is None else env), "PYTHONPATH": str(REPO), "RAY_USAGE_STATS_ENABLED": "0",
+           "COLUMNS": "200"}
     return subprocess.run([sys.executable, "-m", "minisigma.cli", *map(str, args)], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -266,6 +270,19 @@ def test_commands_without_url_support_say_so_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("error: gs://bucket/tokens: --out: a URL is not supported")
 
 
+def test_export_and_training_refuse_a_url_in_one_line(tmp_path):
+    r = cli("export", "--checkpoint", tmp_path, "--out", "s3://bucket/hf")
+    assert r.returncode == 2 and r.stderr.startswith("error: s3://bucket/hf: --out: a URL is not supported")
+    assert not (REPO / "s3:").exists()  # no local folder named after the URL
+    # training writes Lightning checkpoints and memory-maps its tokens: a recipe naming a URL is refused
+    recipe = tmp_path / "train.yaml"
+    recipe.write_text(yaml.safe_dump({"name": "t", "out_dir": "s3://bucket/runs/t/pretrain"}))
+    r = cli("train", recipe)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {recipe}: out_dir: s3://bucket/runs/t/pretrain: a URL is not supported here, give a local path "
+        "(README: On object storage)"]
+
+
 def test_tokenize_reads_curated_shards_from_a_url(tmp_path):
     """`minisigma tokenize --in URL`: the same tokenizer and token files as from the local shards."""
     from model.data import DataSection, tokenize
@@ -292,3 +309,99 @@ def test_a_bucket_that_is_not_there_is_one_line(s3_server):
     r = cli("curate", "recipes/curation/tiny.yaml", "--out", "s3://no-such-bucket/runs/t", "--quiet")
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
         "error: s3://no-such-bucket/runs/t: no bucket no-such-bucket (or these credentials cannot see it)"]
+
+
+# --------------------------------------------------------------------------- refine and classifiers at a URL
+SMALL_CATEGORIES = {"os_kernel": ["os", "signal", "select"], "networking": ["socket", "ssl", "http.client"],
+                    "storage_databases": ["sqlite3", "tarfile", "shutil"]}
+
+
+def refine_run(root: Path) -> Path:
+    """A run with two source shards of real documentation (weak categories, exact duplicates): what
+    `minisigma classifier train` and `minisigma refine` start from."""
+    from benchmarks.realtext import stdlib_docs
+    from minisigma.core.shards import ShardWriter
+
+    docs = stdlib_docs(categories=SMALL_CATEGORIES)
+    docs += [{**d, "id": d["id"] + "-copy"} for d in docs[::9]]
+    for s in range(2):
+        with ShardWriter(root / "sources" / "pydoc" / f"{s:05d}.jsonl.gz") as w:
+            w.write_all(docs[s::2])
+    return root
+
+
+def refine_recipe(tmp_path: Path, executor: str, storage_options: dict | None = None) -> Path:
+    data = {"refine": {"executor": executor, "stages": ["normalize", "heuristics", "dedup_exact", "classify"],
+                       "heuristics": {"min_words": 20}, "classify": {"quality_keep_fraction": 0.9}}}
+    p = tmp_path / f"refine-{executor}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    if storage_options:  # a whole curation recipe carries the storage options
+        p.write_text(yaml.safe_dump({"name": "refine", "sources": [], "storage_options": storage_options,
+                                     "refine": data["refine"]}))
+    return p
+
+
+def classifier_bytes(url_or_dir) -> dict[str, str]:
+    return {f"{k}/model.bin": storage.sha256(storage.join(str(url_or_dir), k, "model.bin"))
+            for k in ("quality", "category")}
+
+
+def test_classifier_train_and_refine_on_a_memory_url_are_byte_identical_to_a_local_run(tmp_path, monkeypatch):
+    """`classifier train --run URL` and `refine --run URL` in-process (memory://): the same classifiers
+    and shards as the local run, verified at the URL; rerun from an empty cache, every shard resumes from
+    the markers and the classifiers come from the URL (none is trained again)."""
+    from curation.refine import classify
+    from curation.refine.pipeline import load_refine_config, refine, train_classifiers
+
+    monkeypatch.setenv("MINISIGMA_CACHE", str(tmp_path / "cache"))
+    local = refine_run(tmp_path / "local")
+    url = f"memory://r-{uuid.uuid4().hex[:8]}/runs/t"
+    seed(local, url, stages=("sources",))
+    c = load_refine_config(refine_recipe(tmp_path, "local"))
+    try:
+        train_classifiers(local, c)
+        info = train_classifiers(url, c)
+        assert info["category"]["labels"] == sorted(SMALL_CATEGORIES)
+        assert classifier_bytes(url + "/classifiers") == classifier_bytes(local / "classifiers")
+        refine(local, c, progress=False)
+        refine(url, c, progress=False)
+        ours, theirs = s3_bytes(url), local_bytes(local)
+        assert {"refine/dedup_exact/00000.jsonl.gz", "curated/00001.jsonl.gz"} <= set(theirs) and ours == theirs
+        assert manifest.verify(url) == []
+        m = manifest.read_json(f"{url}/curated/manifest.json")
+        assert m["counts"]["dropped"].get("quality_below_threshold", 0) > 0
+        assert m["inputs"][0]["path"] == "../refine/dedup_exact/00000.jsonl.gz"
+        # another machine: an empty cache; the classifiers are pulled from the URL, not trained again
+        shutil.rmtree(storage.local_of(url))
+        monkeypatch.setattr(classify, "train_from_shards", lambda *a: pytest.fail("trained the classifiers again"))
+        refine(url, c, progress=False)
+        again = manifest.read_json(f"{url}/curated/manifest.json")
+        assert again["resumed_shards"] == 2 and again["repairs"] == []
+        assert s3_bytes(url) == theirs
+    finally:
+        storage.rm("memory://" + url.split("://")[1].split("/")[0], recursive=True)
+
+
+@pytest.mark.slow  # about a minute here: two command-line processes joining the cluster, fastText twice
+def test_classifier_train_and_refine_cli_to_s3_on_two_nodes(tmp_path, s3, two_node_cluster):
+    """The two commands on the command line into moto's S3 server, refine's tasks on two Ray nodes, the
+    endpoint from the recipe's storage_options: the shards and classifiers of the local run, verified."""
+    from curation.refine.pipeline import load_refine_config, refine, train_classifiers
+
+    local = refine_run(tmp_path / "local")
+    c = load_refine_config(refine_recipe(tmp_path, "local"))
+    train_classifiers(local, c)
+    refine(local, c, progress=False)
+    seed(local, s3, stages=("sources",))
+    recipe = refine_recipe(tmp_path, "ray", {"s3": {"endpoint_url": os.environ["AWS_ENDPOINT_URL"]}})
+    env = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}  # from the recipe only
+    r = cli("classifier", "train", recipe, "--run", s3, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.startswith("quality {")
+    r = cli("refine", recipe, "--run", s3, "--quiet", "--ray-address", two_node_cluster.address, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "curated" in r.stdout  # the run's table, read from the bucket
+    assert s3_bytes(s3) == local_bytes(local)
+    assert classifier_bytes(f"{s3}/classifiers") == classifier_bytes(local / "classifiers")
+    assert manifest.read_json(f"{s3}/curated/manifest.json")["cluster"]["nodes"] == 2
+    assert manifest.verify(s3) == []
