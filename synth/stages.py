@@ -168,9 +168,10 @@ class CmdgenSet(Stage):
         """Keep the answerable candidates within the caps; give each its package, suite and fixtures.
 
         With `cmdgen.prefer_executable`, the caps take first, tool by tool, the candidates whose
-        reference exits 0 in the sandbox (probed with their fixtures), then the others in the usual
-        order (examples first): a tool keeps its tasks, and the set runs what it scores where the
-        tool's documentation allows it."""
+        reference exits 0 in the sandbox (probed with their fixtures and setups; those whose second
+        run agreed before those whose did not), then the others in the usual order (examples first):
+        a tool keeps its tasks, and the set runs what it scores where the tool's documentation
+        allows it."""
         r = self.recipe
         eligible = []
         for p in sorted(candidates, key=order_key):
@@ -202,9 +203,19 @@ class CmdgenSet(Stage):
             return info, probe.choose(p, candidates, setups)
 
         prepared = {id(p): prepare(p) for p in eligible} if r.cmdgen.prefer_executable else {}
+        for info, probed in prepared.values():
+            # the probed pool, before any cap: how many of the eligible held-out references run here
+            if info["suite"] == "gpu":
+                sink.stat("eligible_gpu")
+            elif probed.status is not None:
+                sink.stat("eligible_runnable" if probed.status == "ok" else "eligible_unrunnable")
         if prepared:
-            eligible.sort(key=lambda p: (prepared[id(p)][0]["suite"] == "general" and prepared[id(p)][1].status != "ok",
-                                         order_key(p)))
+            def rank(p):  # runnable first, and among those the ones a second run agreed with
+                info, probed = prepared[id(p)]
+                general = info["suite"] == "general"
+                return (general and probed.status != "ok", general and not probed.deterministic, order_key(p))
+
+            eligible.sort(key=rank)
         per_tool: dict[str, int] = {}
         per_family: dict[str, int] = {}
         kept = 0

@@ -84,7 +84,15 @@ from minisigma.core.sandbox import (
     program_of,
 )
 from model.chat import answer_text, pair_to_messages, render_prompt, stop_ids
-from model.evaluation.metrics import Embedder, Execution, executable_families, families, score_task, summarize
+from model.evaluation.metrics import (
+    Embedder,
+    Execution,
+    executable_families,
+    families,
+    score_task,
+    success,
+    summarize,
+)
 from model.generation import generate_ids
 from model.io import load_pretrained
 
@@ -342,13 +350,15 @@ class Evaluator:
         if task.no_execute:
             row["no_execute"] = task.no_execute
 
-        def ex(r):
-            return Execution(r.status, r.exit_code, r.stdout, r.files, r.files_before)
-
         row.update(score_task(
-            self.embedder, generated, list(task.commands), ex(gen) if gen else None,
-            [ex(r) for r in refs] if refs else [None] * len(task.commands), self.section.threshold))
+            self.embedder, generated, list(task.commands), _execution(gen) if gen else None,
+            [_execution(r) for r in refs] if refs else [None] * len(task.commands), self.section.threshold))
         return row
+
+
+def _execution(r) -> Execution:
+    """The part of a sandbox result the metrics compare."""
+    return Execution(r.status, r.exit_code, r.stdout, r.files, r.files_before)
 
 
 def _sha256(path: Path) -> str:
@@ -472,7 +482,10 @@ def fixture_to_dict(f: Fixture) -> dict:
 def check_references(tasks_path: str | Path, out_path: str | Path, section: CmdgenSection | None = None,
                      show_progress: bool = False) -> dict:
     """Run every task's references in the sandbox (no model): the executable share of a task set,
-    per suite and per reason, and each task's status, written as JSON to `out_path`."""
+    per suite and per reason, and each task's status, written as JSON to `out_path`. A reference
+    that ran is run once more in a fresh sandbox: ``reproducible`` says whether the two runs would
+    count as a Success against each other (same stdout, same file effect), i.e. whether a correct
+    answer can be told right by execution (a new git commit carries the time it was made)."""
     section = section or CmdgenSection()
     tasks_path = Path(tasks_path)
     tasks = load_tasks(tasks_path)
@@ -484,11 +497,16 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
             for t in tasks:
                 refs = evaluator.references(t)
                 reason = evaluator.dropped_reason(t, refs, True)
+                reproducible = None
+                if reason is None:
+                    i, first = next((i, r) for i, r in enumerate(refs) if r.status == "ok")
+                    again = evaluator._run(t, t.commands[i], tool=program_of(t.commands[i]))
+                    reproducible = success(_execution(again), _execution(first))
                 rows.append({"id": t.id, "tool": t.tool, "suite": t.suite, "package": t.package,
                              "fixtures": len(t.fixtures), "setup": t.setup is not None, "privileged": t.privileged,
                              "executable": reason is None, "dropped_reason": reason,
                              "statuses": [r.status for r in refs], "commands": list(t.commands),
-                             "no_execute": t.no_execute,
+                             "no_execute": t.no_execute, "reproducible": reproducible,
                              "stderr": _clip(refs[0].stderr, 300) if refs else None})
                 bar.advance(n=1)
     finally:
@@ -500,6 +518,8 @@ def check_references(tasks_path: str | Path, out_path: str | Path, section: Cmdg
                 "dropped": _counts(r["dropped_reason"] for r in rs if not r["executable"]),
                 # how the executable ones ran: as namespaced root, after a setup (a git repository ...)
                 "executable_privileged": sum(r["executable"] and r["privileged"] for r in rs),
+                # executable, but a second run of the reference differs from the first (time stamps)
+                "executable_not_reproducible": sum(r["reproducible"] is False for r in rs),
                 "executable_with_setup": sum(r["executable"] and r["setup"] for r in rs)}
 
     suites = sorted({r["suite"] for r in rows})

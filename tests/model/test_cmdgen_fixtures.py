@@ -130,7 +130,9 @@ def test_reference_only_check_measures_the_executable_share(tmp_path):
     assert json.loads((tmp_path / "refs.json").read_text())["overall"] == r["overall"]
     assert r["overall"] == {"tasks": 6, "executable": 3, "executable_share": 0.5,
                             "dropped": {"no_execute": 1, "reference_error": 1, "reference_not_executable": 1},
-                            "executable_privileged": 0, "executable_with_setup": 0}
+                            "executable_privileged": 0, "executable_not_reproducible": 0,
+                            "executable_with_setup": 0}
+    assert [t["reproducible"] for t in r["tasks"]] == [True, True, True, None, None, None]
     assert r["executed_tasks"]["tasks"] == 5 and r["executed_tasks"]["executable"] == 3
     assert r["per_suite"]["gpu"]["executable"] == 0
 
@@ -220,3 +222,17 @@ def test_git_task_in_the_builders_repository_is_judged_by_stdout_and_files(tmp_p
     # the three tag answers print the same (nothing): what they left in .git tells them apart
     assert rows[2]["reference_changes"]["created"] == ["/scratch/.git/refs/tags/v2.0"]
     assert all(r["generated_stdout"] == "" for r in rows[2:])
+
+
+@needs_bwrap
+def test_reference_check_flags_references_a_second_run_disagrees_with(tmp_path):
+    from synth.cmdgen_set import GIT_SETUPS
+
+    tasks = [{"id": "now", "task": "Print the time in nanoseconds", "tool": "date", "command": "date +%s%N"},
+             {"id": "commit", "task": "Commit every change", "tool": "git-commit", "command": "git commit -qam draft",
+              "setup": GIT_SETUPS[0]},  # the new commit's id carries the time it was made
+             {"id": "tag", "task": "Tag the current commit v2.0", "tool": "git-tag", "command": "git tag v2.0",
+              "setup": GIT_SETUPS[0]}]
+    r = check_references(write(tmp_path / "t.jsonl", tasks), tmp_path / "refs.json")
+    assert [t["reproducible"] for t in r["tasks"]] == [False, False, True]
+    assert r["overall"]["executable"] == 3 and r["overall"]["executable_not_reproducible"] == 2

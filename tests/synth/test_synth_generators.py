@@ -252,8 +252,8 @@ def test_pipeline_default_recipe(corpus, tmp_path, ray_local):
     assert verify(out) == []
     pairs = [p for s in list_shards(out / "pairs") for p in read_docs(s)]
     split = ms["pairs"]["split"]
-    assert split == {"level": "item", "heldout_fraction": 0.08, "seed": "cmdgen-mini-v1"}
-    item_split = Split("item", 0.08, "cmdgen-mini-v1")
+    assert split == {"level": "item", "heldout_fraction": 0.2, "seed": "cmdgen-mini-v1"}
+    item_split = Split("item", 0.2, "cmdgen-mini-v1")
     assert len(pairs) >= 800 and not any(item_split.heldout(p) for p in pairs)
     assert ms["pairs"]["counts"]["dropped"]["heldout_item"] > 0
 
