@@ -40,9 +40,12 @@ from typing import IO, Iterator
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 # Schemes that name documents to fetch (crawl seeds, source endpoints), never a place to store a run.
 LOCATORS = frozenset({"http", "https", "ftp"})
-# The environment a worker needs to reach the same object store as the driver.
+# The environment a worker needs to reach the same object store as the driver: S3's, and GCS's
+# (STORAGE_EMULATOR_HOST: a GCS emulator's endpoint, which gcsfs honours; GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT
+# =false turns off gcsfs's bucket-type lookup over the gRPC Storage Control API, which emulators lack).
 CLOUD_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION",
-             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS")
+             "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS",
+             "GOOGLE_CLOUD_PROJECT", "STORAGE_EMULATOR_HOST", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT")
 # Temporary names of files being written (".NAME.tmp-PID", see minisigma.core.shards.tmp_path): never synced.
 _TMP = re.compile(r"\..+\.tmp-[0-9]+")
 _CHUNK = 1 << 20
