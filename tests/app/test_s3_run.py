@@ -360,7 +360,7 @@ def test_classifier_train_and_refine_on_a_memory_url_are_byte_identical_to_a_loc
     c = load_refine_config(refine_recipe(tmp_path, "local"))
     try:
         train_classifiers(local, c)
-        info = train_classifiers(url, c)
+        info = train_classifiers(url, c, f"{url}/sources/pydoc")  # --docs at the URL: the same documents
         assert info["category"]["labels"] == sorted(SMALL_CATEGORIES)
         assert classifier_bytes(url + "/classifiers") == classifier_bytes(local / "classifiers")
         refine(local, c, progress=False)
