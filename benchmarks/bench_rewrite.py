@@ -9,7 +9,9 @@
    is installed), at each `--threads` count, batch 1 vs batch 4, the same `--requests` prompts of
    the mini recipe's `--template`, at most `--max-tokens` new tokens each (the recipe's sampling:
    an answer may stop earlier), no response cache: rewrites/s and completion tokens/s (model load
-   timed apart). `--rounds N` repeats the whole set with the runtimes alternating (A B A B), so a
+   timed apart; `prefill_seconds`: the same prompts with one new token each, so
+   `decode_tokens_per_s` = (tokens - requests) / (seconds - prefill_seconds) is the generation
+   rate after prompt processing). `--rounds N` repeats the whole set with the runtimes alternating (A B A B), so a
    change of load on shared cores hits both alike; `summary` gives the median of the rounds.
    Batching: transformers pads the batch into one tensor; llama_cpp decodes the batch's requests
    as parallel sequences of one context (`batching` in the JSON says so).
@@ -88,16 +90,22 @@ def run_runtimes(path: Path, prompts: list[list[dict]], max_tokens: int, threads
                     t = time.perf_counter()
                     b._runtime()
                     load_s = time.perf_counter() - t
+                    t = time.perf_counter()  # the prompts alone (and one new token each): prompt processing
+                    b.chat_many(prompts, max_tokens=1)
+                    prefill = time.perf_counter() - t
                     t = time.perf_counter()
                     outs = b.chat_many(prompts, max_tokens=max_tokens)
                     dt = time.perf_counter() - t
                     toks = sum(o.completion_tokens for o in outs)
+                    decode_tps = (toks - len(prompts)) / (dt - prefill) if dt > prefill else None
                     rows.append({"round": rnd, "runtime": rt, "threads": th, "batch_size": bs,
                                  "requests": len(prompts), "max_tokens": max_tokens,
                                  "prompt_tokens": sum(o.prompt_tokens for o in outs), "completion_tokens": toks,
                                  "stopped": sum(o.finish_reason == "stop" for o in outs),
                                  "seconds": round(dt, 2), "load_seconds": round(load_s, 2),
                                  "rewrites_per_s": round(len(prompts) / dt, 4), "tokens_per_s": round(toks / dt, 2),
+                                 "prefill_seconds": round(prefill, 2),
+                                 "decode_tokens_per_s": round(decode_tps, 2) if decode_tps else None,
                                  "loadavg_1m_before": round(load, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)})
                     print(json.dumps(rows[-1]), flush=True)
                     del b
@@ -117,6 +125,8 @@ def summarise(rows: list[dict]) -> list[dict]:
                     "tokens_per_s_median": round(statistics.median(r["tokens_per_s"] for r in rs), 2),
                     "tokens_per_s_best": max(r["tokens_per_s"] for r in rs),
                     "rewrites_per_s_median": round(statistics.median(r["rewrites_per_s"] for r in rs), 4),
+                    "prefill_seconds_median": round(statistics.median(r["prefill_seconds"] for r in rs), 2),
+                    "decode_tokens_per_s_median": round(statistics.median(r["decode_tokens_per_s"] or 0 for r in rs), 2),
                     "loadavg_1m": [r["loadavg_1m_before"] for r in rs]})
     return out
 
