@@ -8,7 +8,10 @@ partitions need one), and what they commit is written through to the URL. The UR
 rerun, on any machine, trusts only what the commit markers in the object store name.
 
 - `run_dir(location)` binds a run: a URL to its cache, a local path to itself (a local run then
-  records its paths relative to its root in the manifests, so it can be moved).
+  records its paths relative to its root in the manifests, so it can be moved); `open_run` is what a
+  command calls with the run it was given (options set, a URL's bucket checked, the run bound).
+- `recorded(value, base)`: the one rule for every path a record of a run writes (manifests, markers,
+  summaries): relative inside the run, else to the checkout, $MINISIGMA_CACHE or site-packages.
 - `committed(path)` uploads a file that has just reached its final local name (the shard writers
   and `atomic_write_*` call it): object first, marker last gives the same commit semantics on object
   storage as `os.replace` gives locally (a PUT is atomic: an object is whole or absent).
