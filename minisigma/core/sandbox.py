@@ -29,9 +29,10 @@ namespaces:
   them and ``changes()`` the created, deleted and changed paths;
 - **no privileges**: when the evaluator runs as root it drops, before starting bubblewrap, to a
   host user id that no account has, drawn anew for each run (so that concurrent sandboxes do not
-  share RLIMIT_NPROC's per-user count, and none is ``nobody``, which daemons share); bubblewrap
-  itself is never setuid here. Inside, by default, the command is user 1000 with no capabilities
-  and may not create namespaces (``--disable-userns``);
+  share RLIMIT_NPROC's per-user count, and none is ``nobody``, which daemons share), and
+  bubblewrap runs as that user (Debian's is not setuid; a setuid one refuses ``--cap-add`` to
+  unprivileged callers, so a privileged run there ends as ``sandbox_error``). Inside, by default,
+  the command is user 1000 with no capabilities and may not create namespaces (``--disable-userns``);
 - **namespaced root** (``run(..., privileged=True)``, a task's explicit opt-in): the command is
   user 0 with every capability, *in its own user namespace only* (rootless-container style: that
   uid 0 is the unprivileged host user id above). The capabilities act on the namespaces the
