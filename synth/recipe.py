@@ -18,7 +18,7 @@ class BackendConfig(Section):
     model_package: Optional[str] = None
     model_path: Optional[str] = None
     runtime: Literal["auto", "transformers", "llama_cpp"] = "auto"
-    batch_size: int = Field(4, ge=1, le=256)  # requests generated together (transformers runtime)
+    batch_size: int = Field(4, ge=1, le=256)  # requests generated together (both local runtimes)
     threads: Optional[int] = Field(None, ge=1)  # torch / llama.cpp threads (default: the library's)
     # sampling of the local backend when a template does not set it: greedy decoding of a small
     # instruct model loops, so the default samples (measured: benchmarks/bench_rewrite.py --settings)
