@@ -27,6 +27,7 @@ import torch
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import machine  # noqa: E402
 from model.gpt import GPT, DiffQKVAttention, KVCache, ModelConfig, Rotary, grouped_decode_attention  # noqa: E402
 
 TARGET_KV = 0.375  # KV cache 37.5% smaller (exact)
@@ -238,6 +239,7 @@ def run(contexts=(1024, 4096, 16384, 32768), batches=(1, 8), layers=2, hidden=20
         train_seq=256, repeats=0, out_dir="runs/bench/attention", threads=1, log=print) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    started = machine()
     if threads:
         torch.set_num_threads(threads)
     dt = getattr(torch, dtype)
@@ -294,7 +296,8 @@ def run(contexts=(1024, 4096, 16384, 32768), batches=(1, 8), layers=2, hidden=20
 
     png = out / "decode_latency.png"
     plot(rows, png, f"decode latency per token, hidden {hidden}, {layers} layer(s), {dtype}, CPU")
-    results = {"hidden": hidden, "layers": layers, "dtype": dtype, "threads": torch.get_num_threads(),
+    results = {"command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+               "machine": {**started, "load_average_end": machine()["load_average"]}, "hidden": hidden, "layers": layers, "dtype": dtype, "threads": torch.get_num_threads(),
                "kv_bytes_per_token_bf16": kv, "kv_saving": kv_saving, "decode": rows, "model": m, "gpu": gpu,
                "configs": {k: c.to_dict() for k, c in cfgs.items()}}
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
