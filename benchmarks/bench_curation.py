@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -110,7 +111,7 @@ def agreement(ours: dict[str, str], peer: dict[str, str]) -> dict:
 
 
 def run(src: Path, limit: int | None = 400, rounds: int = 3, shards: int = 4, peer: bool = True,
-        scaling: bool = False) -> dict:
+        scaling: bool = False, name: str = "curation") -> dict:
     from curation.extract import Extract, ExtractConfig
     from minisigma.core.runner import run_stage
 
@@ -189,8 +190,9 @@ def run(src: Path, limit: int | None = 400, rounds: int = 3, shards: int = 4, pe
               f"load average {started['load_average']}")
         print("  ours      : " + ", ".join(f"{k}={v}" for k, v in config.model_dump().items() if k != "pdf")
               + "  (ours_fast_only: fast_fallback=False; ours_full: fast=False)")
-        print("  datatrove : Trafilatura(" + ", ".join(f"{k}={v}" for k, v in trafilatura_kwargs.items() if k != "fast")
-              + f", timeout={config.timeout_s}, fast=True|False)  {peer_versions}")
+        if peer:
+            print("  datatrove : Trafilatura(" + ", ".join(f"{k}={v}" for k, v in trafilatura_kwargs.items() if k != "fast")
+                  + f", timeout={config.timeout_s}, fast=True|False)  {peer_versions}")
         print(f"  {'side':<22}{'best p/s':>10}{'median p/s':>12}{'kept':>7}")
         for k, s in res["sides"].items():
             print(f"  {k:<22}{s['per_s_best']:>10.1f}{s['per_s_median']:>12.1f}{len(texts[k]):>7}")
@@ -202,33 +204,44 @@ def run(src: Path, limit: int | None = 400, rounds: int = 3, shards: int = 4, pe
             print(f"  {k}: {r['ratio']['best']:.2f}x best, {r['ratio']['median']:.2f}x median (target >= 1.5x); kept "
                   f"{r['pages_kept_ours']} vs {r['pages_kept_peer']}, identical {r['identical_texts']} of {r['kept_by_both']}")
         if scaling:
-            res["ray_scaling"] = ray_scaling([str(p) for p in warcs], work, config)
-        write_result("curation", res, ("trafilatura", "lxml", "warcio", "datatrove", "ray"), started)
+            res["ray_scaling"] = ray_scaling([str(p) for p in warcs], work, config, rounds)
+        write_result(name, res, ("trafilatura", "lxml", "warcio", "datatrove", "ray"), started)
         return res
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def ray_scaling(warcs: list[str], work: Path, config) -> dict:
-    """The Ray extract stage with 1 and 2 worker CPUs (meaningful on an otherwise idle machine only)."""
+def ray_scaling(warcs: list[str], work: Path, config, rounds: int = 3) -> dict:
+    """The Ray extract stage on a local Ray with 1 and then 2 worker CPUs, alternating `rounds` times
+    (meaningful on an otherwise idle machine only). Ray's start is not timed; the first task's worker
+    start is, as it is in a real stage."""
     import ray
 
     from curation.extract import Extract
     from minisigma.core.runner import ensure_ray, run_stage
 
-    out = {}
-    for workers in (1, 2):
-        if ray.is_initialized():
+    def side(workers: int):
+        def timed():
+            if ray.is_initialized():
+                ray.shutdown()
+            ensure_ray(None, num_cpus=workers)
+            out = work / f"ray{workers}"
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            run_stage(Extract(config), warcs, out, progress=False)
+            seconds = time.perf_counter() - t0
             ray.shutdown()
-        ensure_ray(None, num_cpus=workers)
-        t0 = time.perf_counter()
-        run_stage(Extract(config), warcs, work / f"ray{workers}", progress=False)
-        out[f"workers_{workers}_s"] = round(time.perf_counter() - t0, 2)
-        ray.shutdown()
-    out["speedup_1_to_2"] = round(out["workers_1_s"] / out["workers_2_s"], 2)
-    print(f"Ray extract stage, {len(warcs)} shards: 1 worker {out['workers_1_s']}s, 2 workers {out['workers_2_s']}s "
-          f"-> {out['speedup_1_to_2']}x")
-    return out
+            return seconds
+        return timed
+
+    times = alternate({"workers_1": side(1), "workers_2": side(2)}, rounds)
+    one, two = summary(times["workers_1"], len(warcs)), summary(times["workers_2"], len(warcs))
+    res = {"shards": len(warcs), "cpus_on_machine": os.cpu_count(), "workers_1": one, "workers_2": two,
+           "speedup_1_to_2": ratio(two, one)}
+    print(f"Ray extract stage, {len(warcs)} shards, {rounds} alternating rounds: 1 worker {one['median_s']}s, "
+          f"2 workers {two['median_s']}s (medians) -> {res['speedup_1_to_2']['median']}x median, "
+          f"{res['speedup_1_to_2']['best']}x best")
+    return res
 
 
 if __name__ == "__main__":
@@ -239,5 +252,6 @@ if __name__ == "__main__":
     ap.add_argument("--shards", type=int, default=4)
     ap.add_argument("--no-peer", action="store_true")
     ap.add_argument("--scaling", action="store_true", help="also time the Ray stage with 1 and 2 workers")
+    ap.add_argument("--name", default="curation", help="the result's name: benchmarks/results/NAME.json")
     a = ap.parse_args()
-    run(a.src, a.limit or None, a.rounds, a.shards, peer=not a.no_peer, scaling=a.scaling)
+    run(a.src, a.limit or None, a.rounds, a.shards, peer=not a.no_peer, scaling=a.scaling, name=a.name)

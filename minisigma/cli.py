@@ -511,13 +511,15 @@ def bench_curation(
     rounds: int = typer.Option(3, min=1, help="alternating timed rounds per side (A B A B ...)"),
     shards: int = typer.Option(4, min=1, help="WARC shards the pages are dealt into"),
     peer: bool = typer.Option(True, help="also time datatrove (same trafilatura settings, fast=True and fast=False)"),
-    scaling: bool = typer.Option(False, help="also time the Ray stage with 1 and 2 workers"),
+    scaling: bool = typer.Option(False, help="also time the Ray stage with 1 and 2 workers (alternating rounds; an idle machine only)"),
+    name: str = typer.Option("curation", "--name", help="the result's name: benchmarks/results/NAME.json"),
 ):
     """Extraction pages/s per core vs datatrove with the same trafilatura settings: pages kept, identical
-    texts, ratios; writes benchmarks/results/curation.json."""
+    texts, ratios; writes benchmarks/results/NAME.json."""
     if not local_only(src, "SRC").is_dir():
         raise UserError(f"{src}: not a directory")
-    load_benchmark("bench_curation").run(src, limit or None, rounds, shards, peer=peer, scaling=scaling)
+    load_benchmark("bench_curation").run(src, limit or None, rounds, shards, peer=peer, scaling=scaling,
+                                         name=_result_name("--name", name))
 
 
 # --------------------------------------------------------------------------- refine (curation.refine)
