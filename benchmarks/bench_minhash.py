@@ -36,7 +36,8 @@ def _identity(x):
     return x
 
 
-def run(n_docs: int = 2000, rounds: int = 5, num_perm: int = 128, ngram: int = 5, peer: bool = True) -> dict:
+def run(n_docs: int = 2000, rounds: int = 5, num_perm: int = 128, ngram: int = 5, peer: bool = True,
+        name: str = "minhash") -> dict:
     import numpy as np
     from datasketch import MinHash
 
@@ -123,7 +124,7 @@ def run(n_docs: int = 2000, rounds: int = 5, num_perm: int = 128, ngram: int = 5
     targets = {"sign_vs_datasketch_update_batch": 2.0, "text_vs_datatrove_matched": 3.0}
     for k, r in res["ratios"].items():
         print(f"  ratio {k}: {r['best']:.2f}x best, {r['median']:.2f}x median (target >= {targets[k]}x)")
-    write_result("minhash", res, ("numpy", "numba", "datasketch", "datatrove", "xxhash"), started)
+    write_result(name, res, ("numpy", "numba", "datasketch", "datatrove", "xxhash"), started)
     return res
 
 
@@ -132,5 +133,6 @@ if __name__ == "__main__":
     ap.add_argument("--docs", type=int, default=2000)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--no-peer", action="store_true", help="skip datatrove (no peer environment)")
+    ap.add_argument("--name", default="minhash", help="the result's name: benchmarks/results/NAME.json")
     a = ap.parse_args()
-    run(a.docs, a.rounds, peer=not a.no_peer)
+    run(a.docs, a.rounds, peer=not a.no_peer, name=a.name)

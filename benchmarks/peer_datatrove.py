@@ -50,8 +50,9 @@ def minhash(texts_path: str, ngram: int, num_buckets: int, hashes_per_bucket: in
                           norm_unicode_diacritics=False, norm_numbers=False)
     config = MinhashConfig(n_grams=ngram, num_buckets=num_buckets, hashes_per_bucket=hashes_per_bucket,
                            hash_config=HashConfig(precision=64, hash_fc="xxhash"), norm_config=norm)
-    step = MinhashDedupSignature(output_folder="/tmp", config=config)
-    step.word_tokenizer = MatchedTokenizer()
+    # datatrove takes a WordTokenizer instance in place of a language name (its API for custom
+    # tokenizers), so its spaCy English tokenizer is never loaded and spaCy need not be installed
+    step = MinhashDedupSignature(output_folder="/tmp", config=config, language=MatchedTokenizer())
     step.get_signature(step.get_shingles(texts[0]))  # warm-up (parameters, imports)
     t0 = time.perf_counter()
     n_sig = 0

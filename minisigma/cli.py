@@ -586,10 +586,11 @@ def bench_minhash_cmd(
     docs: int = typer.Option(2000, min=1, help="man-page documents to sign"),
     rounds: int = typer.Option(5, min=1, help="alternating timed rounds per side (A B A B ...)"),
     peer: bool = typer.Option(True, help="also time datatrove (in its own venv: datatrove's pin xxhash<4)"),
+    name: str = typer.Option("minhash", "--name", help="the result's name: benchmarks/results/NAME.json"),
 ):
     """MinHash signatures/s per core: ours vs datasketch update_batch on the same shingle hashes, and vs
-    datatrove with a matched tokenizer; prints settings, agreement, ratios; writes benchmarks/results/minhash.json."""
-    load_benchmark("bench_minhash").run(docs, rounds, peer=peer)
+    datatrove with a matched tokenizer; prints settings, agreement, ratios; writes benchmarks/results/NAME.json."""
+    load_benchmark("bench_minhash").run(docs, rounds, peer=peer, name=_result_name("--name", name))
 
 
 def main() -> None:
