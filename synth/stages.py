@@ -168,10 +168,12 @@ class CmdgenSet(Stage):
         """Keep the answerable candidates within the caps; give each its package, suite and fixtures.
 
         With `cmdgen.prefer_executable`, the caps take first, tool by tool, the candidates whose
-        reference exits 0 in the sandbox (probed with their fixtures and setups; those whose second
-        run agreed before those whose did not), then the others in the usual order (examples first):
-        a tool keeps its tasks, and the set runs what it scores where the tool's documentation
-        allows it."""
+        reference exits 0 in the sandbox (probed with their fixtures and setups), then the others in
+        the usual order (examples first): a tool keeps its tasks, and the set runs what it scores
+        where the tool's documentation allows it. Whether a second run of the reference agreed is
+        counted (`reference_nondeterministic`) but does not rank: for a reference whose output varies
+        by chance (`ss --all` lists netlink sockets in a varying order) that is a coin flip, and the
+        set must be the same on every build of the same inputs."""
         r = self.recipe
         eligible = []
         for p in sorted(candidates, key=order_key):
@@ -210,10 +212,9 @@ class CmdgenSet(Stage):
             elif probed.status is not None:
                 sink.stat("eligible_runnable" if probed.status == "ok" else "eligible_unrunnable")
         if prepared:
-            def rank(p):  # runnable first, and among those the ones a second run agreed with
+            def rank(p):  # runnable first (a second run's agreement does not rank: see above)
                 info, probed = prepared[id(p)]
-                general = info["suite"] == "general"
-                return (general and probed.status != "ok", general and not probed.deterministic, order_key(p))
+                return (info["suite"] == "general" and probed.status != "ok", order_key(p))
 
             eligible.sort(key=rank)
         per_tool: dict[str, int] = {}
