@@ -48,9 +48,12 @@ def load_run(run: Path) -> dict:
     state = _read_json(run / "reproduce.json")
     if state.get("stages", {}).get("eval", {}).get("status") != "done":
         raise UserError(f"{run}: its eval stage is not done (finish it with `minisigma reproduce --out {run}`)")
-    answers = _read_json(_answers_path(run))
+    answers_path = _answers_path(run)
+    answers = _read_json(answers_path)
+    # the CMDGen-mini task set each model was scored on (its summary's sha256 of the tasks file)
+    tasks = sorted({_read_json(p).get("tasks_sha256") for p in answers_path.parent.glob("*/cmdgen/summary.json")} - {None})
     return {"run": str(run), "recipe": state.get("recipe"), "seed": state.get("seed"),
-            "questions": answers.get("questions", [])}
+            "questions": answers.get("questions", []), "cmdgen_tasks_sha256": tasks}
 
 
 def _spread(values: list[float]) -> dict:
@@ -79,6 +82,11 @@ def compare(runs: list[Path]) -> dict:
     seeds = [r["seed"] for r in loaded]
     if len(set(seeds)) != len(seeds):
         raise UserError(f"seeds: two runs have the same seed ({seeds}); each run must use its own --seed")
+    for r in loaded[1:]:
+        a, b = loaded[0]["cmdgen_tasks_sha256"], r["cmdgen_tasks_sha256"]
+        if a and b and a != b:  # accuracies over different tasks are not paired draws of one quantity
+            raise UserError(f"{r['run']}: its CMDGen-mini tasks (sha256 {', '.join(x[:12] for x in b)}) differ from "
+                            f"{loaded[0]['run']}'s ({', '.join(x[:12] for x in a)}): seeds compare runs over one task set")
     titles = [q["title"] for q in loaded[0]["questions"]]
     for r in loaded[1:]:
         if [q["title"] for q in r["questions"]] != titles:
@@ -105,7 +113,8 @@ def compare(runs: list[Path]) -> dict:
         q0 = loaded[0]["questions"][i]
         questions.append({"title": title, "sigma": q0["sigma"], "baseline": q0["baseline"],
                           "runs": rows, "summary": summary})
-    return {"recipe": recipes.pop(), "seeds": seeds, "questions": questions}
+    return {"recipe": recipes.pop(), "seeds": seeds, "cmdgen_tasks_sha256": loaded[0]["cmdgen_tasks_sha256"],
+            "questions": questions}
 
 
 def write(runs: list[Path], out: Path) -> dict:

@@ -70,6 +70,24 @@ def test_seeds_refuses_one_run_the_same_seed_twice_and_an_unfinished_run(tmp_pat
         seeds.compare([a, c])
 
 
+def test_seeds_refuses_runs_scored_on_different_cmdgen_tasks(tmp_path):
+    """Accuracy differences pair up across seeds only over one task set: a run whose CMDGen-mini tasks
+    file differs (another build of the set) is refused, naming both fingerprints."""
+    def scored_on(run, sha):
+        for model in ("mini-sigma", "no-system"):
+            d = run / "eval" / model / "cmdgen"
+            d.mkdir(parents=True)
+            (d / "summary.json").write_text(json.dumps({"tasks_sha256": sha, "tasks": 159}))
+        return run
+
+    a = scored_on(make_run(tmp_path, 1, 0.2, 0.1), "a" * 64)
+    b = scored_on(make_run(tmp_path, 2, 0.25, 0.2), "a" * 64)
+    assert seeds.compare([a, b])["cmdgen_tasks_sha256"] == ["a" * 64]
+    c = scored_on(make_run(tmp_path, 3, 0.3, 0.1), "b" * 64)
+    with pytest.raises(UserError, match=f"{c}: its CMDGen-mini tasks \\(sha256 b{{12}}\\) differ from {a}'s \\(a{{12}}\\)"):
+        seeds.compare([a, b, c])
+
+
 def test_seeds_command_prints_the_table_and_writes_the_json(tmp_path):
     runs = [make_run(tmp_path, s, a, b) for s, (a, b) in enumerate([(0.2, 0.1), (0.25, 0.2), (0.3, 0.1)])]
     out = tmp_path / "seeds.json"
