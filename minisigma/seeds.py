@@ -1,7 +1,8 @@
 """`minisigma seeds RUN RUN ...`: a reproduction's questions compared across seeds.
 
 Boundary: reads what `minisigma reproduce` wrote in each finished run directory (reproduce.json
-for the recipe and seed, <eval out>/answers.json for the questions' numbers) and writes one JSON;
+for the recipe and seed, <eval out>/answers.json for the questions' numbers, the CMDGen-mini
+summaries' tasks_sha256 so that only runs scored on one task set are compared) and writes one JSON;
 it trains and evaluates nothing. Runs are made with `minisigma reproduce --seed N --out DIR`.
 
 One seed cannot separate two models whose difference is smaller than the spread between seeds
