@@ -106,13 +106,20 @@ def reproduce_cmd(
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
     seed: Optional[int] = typer.Option(None, "--seed", min=0,
                                        help="train every model on this seed (default: the recipes' own, 0)"),
+    data_only: bool = typer.Option(False, "--data-only",
+                                   help="run the data stages (curation to tokenisation; they do not depend on "
+                                        "--seed) and stop, for several seed runs to share (--data-from)"),
+    data_from: Optional[Path] = typer.Option(None, "--data-from",
+                                             help="start --out as a copy of this --data-only run of the recipe "
+                                                  "(seed runs share one curation instead of repeating it)"),
 ):
     """Curate -> synth -> tokenize -> pretrain -> SFT -> evaluate -> report, resuming where a previous run stopped."""
     from minisigma.reproduce import reproduce
 
     if out is not None:
         out_dir(out)
-    reproduce(recipe, out, ray_address=ray_address, progress=not quiet, seed=seed)
+    reproduce(recipe, out, ray_address=ray_address, progress=not quiet, seed=seed, data_only=data_only,
+              data_from=data_from)
 
 
 # --------------------------------------------------------------------------- curation
@@ -485,7 +492,8 @@ def seeds_cmd(
     paired t-test of the per-seed differences."""
     from minisigma import seeds
 
-    result = seeds.write([local_only(r, "RUNS") for r in runs], out_file(out))
+    result = seeds.write([local_only(r, "RUNS") for r in runs], out_file(out),
+                         command=" ".join(["minisigma", *sys.argv[1:]]))
     for q in result["questions"]:
         print(q["title"])
         for row in q["runs"]:

@@ -132,6 +132,12 @@ def rerooted_copy(src: Path, prefix: str, out: Path, name: str, overrides: dict 
     return dest
 
 
+def seeded_stage(name: str) -> bool:
+    """Whether a stage's result depends on --seed: the training runs and the evaluation of their models.
+    The data stages before them (curation, synthesis, decontamination, tokenisation) are deterministic."""
+    return name.split(":")[0] in ("pretrain", "sft", "eval", "report")
+
+
 class Progress:
     """<out>/reproduce.json: the status and time of every stage, written after each one."""
 
@@ -139,7 +145,9 @@ class Progress:
         self.path = out / "reproduce.json"
         self.state = json.loads(self.path.read_text()) if self.path.exists() else {}
         self.state.setdefault("stages", {})
-        if self.state["stages"] and self.state.get("seed") != seed:
+        # only the training stages and what follows them depend on --seed: a run holding nothing else
+        # (say `--data-only`, copied once per seed) goes on under any seed
+        if any(seeded_stage(n) for n in self.state["stages"]) and self.state.get("seed") != seed:
             raise UserError(f"{out} was run with --seed {self.state.get('seed')}, not {seed}: "
                             "re-run it with the same seed, or choose another --out")
         self.state.update(recipe=recipe.name, recipe_file=str(Path(source).resolve()), seed=seed, host=platform.node(),
@@ -285,12 +293,13 @@ def _stages(r: ReproduceRecipe, out: Path, ray_address: str | None, progress: bo
     stages += [(f"curate:{name}", corpus(name, path)) for name, path in r.corpora.items()]
     stages += [("synth", synth), ("decontaminate", decontaminate),
                ("tokenize", tokenize(r.tokens, "tokens", out / "train_corpus"))]
-    for m in r.models:
+    for m in r.models:  # every data stage before the first training stage: `--data-only` stops there
         if m.tokens is not None:
             stages.append((f"tokenize:{m.name}", tokenize(m.tokens, f"tokens-{m.name}",
                                                           Path(_reroot(m.tokens_in, prefix, str(out)))
                                                           if m.tokens_in else out / "train_corpus",
                                                           m.tokens_overrides)))
+    for m in r.models:
         stages.append((f"pretrain:{m.name}", train(m.pretrain, f"pretrain-{m.name}", m.pretrain_overrides)))
         if m.sft is not None:
             stages.append((f"sft:{m.name}", train(m.sft, f"sft-{m.name}", m.sft_overrides)))
@@ -360,13 +369,50 @@ def seeded(r: ReproduceRecipe, seed: int) -> ReproduceRecipe:
                              "sft_overrides": deep_merge(m.sft_overrides, s)}) for m in r.models]})
 
 
+def copy_data(src: Path, out: Path, recipe: str) -> None:
+    """Start the run `out` as a copy of `src`, a finished `--data-only` run of the same recipe: the
+    seed runs of one recipe train on one copy of its data instead of curating it again each. The copy
+    is plain (no links): training and evaluation write into their own directories of `out` only, and
+    every record in `src` is relative to it (it can move)."""
+    state_path = src / "reproduce.json"
+    try:
+        state = json.loads(state_path.read_text())
+    except (OSError, ValueError):
+        raise UserError(f"{src}: --data-from needs a run made with `minisigma reproduce --data-only` "
+                        "(no readable reproduce.json)") from None
+    if state.get("recipe") != recipe:
+        raise UserError(f"{src}: --data-from holds a run of recipe {state.get('recipe')!r}, not {recipe!r}")
+    stages = state.get("stages", {})
+    trained = [n for n in stages if seeded_stage(n)]
+    if trained or not stages or any(s.get("status") != "done" for s in stages.values()):
+        why = f"it holds trained stages ({', '.join(trained)})" if trained else "its data stages are not all done"
+        raise UserError(f"{src}: --data-from needs a finished `minisigma reproduce --data-only` run: {why}")
+    if (out / "reproduce.json").is_file():
+        return  # copied by an earlier invocation of this run: it resumes
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out}: --data-from starts a new run, but this directory is not empty")
+    log(f"copying the data stages of {src} into {out}")
+    part = out.with_name(out.name + ".copying")  # a copy cut off half way is never taken for a run
+    shutil.rmtree(part, ignore_errors=True)
+    shutil.copytree(src, part, symlinks=True)
+    if out.exists():
+        out.rmdir()
+    part.rename(out)
+
+
 def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | None = None,
-              progress: bool = True, seed: int | None = None) -> Path:
+              progress: bool = True, seed: int | None = None, data_only: bool = False,
+              data_from: Path | None = None) -> Path | None:
+    """Run (or resume) every stage of the recipe into `out` and build the report. With `data_only`,
+    stop before the first training stage (no report): the data every seed of the recipe shares.
+    `data_from` (a `data_only` run of the same recipe) starts a new `out` as a copy of it."""
     source = resolve_recipe_path(recipe)
     r = load_recipe(source, ReproduceRecipe)
     if seed is not None:
         r = seeded(r, seed)
     out = Path(out or r.runs_prefix).resolve()
+    if data_from is not None:
+        copy_data(Path(data_from).resolve(), out, r.name)
     out.mkdir(parents=True, exist_ok=True)
     storage.run_dir(out)  # bound: what the stages record inside it is relative to it
     state = Progress(out, r, source, seed)
@@ -374,6 +420,10 @@ def reproduce(recipe: str = "mini", out: Path | None = None, ray_address: str | 
     names = [n for n, _ in stages] + ["report"]
     t_all = time.time()
     for i, (name, fn) in enumerate(stages, 1):
+        if data_only and (seeded_stage(name) or name == "attention"):
+            log(f"[green]data stages done in {out}[/green]: `minisigma reproduce --recipe {recipe} --seed N "
+                f"--data-from {out} --out DIR` trains seed N on them")
+            return None
         if state.done(name):
             log(f"[dim][{i}/{len(names)}] {name}: done earlier, skipped[/dim]")
             continue

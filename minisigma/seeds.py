@@ -53,8 +53,10 @@ def load_run(run: Path) -> dict:
     answers = _read_json(answers_path)
     # the CMDGen-mini task set each model was scored on (its summary's sha256 of the tasks file)
     tasks = sorted({_read_json(p).get("tasks_sha256") for p in answers_path.parent.glob("*/cmdgen/summary.json")} - {None})
+    minutes = round(sum(s.get("seconds", 0.0) for s in state["stages"].values()) / 60, 1)
     return {"run": str(run), "recipe": state.get("recipe"), "seed": state.get("seed"),
-            "questions": answers.get("questions", []), "cmdgen_tasks_sha256": tasks}
+            "questions": answers.get("questions", []), "cmdgen_tasks_sha256": tasks,
+            "host": state.get("host"), "cpus": state.get("cpus"), "stage_minutes": minutes}
 
 
 def _spread(values: list[float]) -> dict:
@@ -97,7 +99,8 @@ def compare(runs: list[Path]) -> dict:
         rows = []
         for r in loaded:
             q = r["questions"][i]
-            row = {"run": r["run"], "seed": r["seed"]}
+            row = {"run": r["run"], "seed": r["seed"], "host": r["host"], "cpus": r["cpus"],
+                   "stage_minutes": r["stage_minutes"]}
             for role in ("sigma", "baseline"):
                 row[role] = {m: q[role + "_results"].get(m) for m in METRICS}
             if "accuracy_paired" in q:
@@ -118,7 +121,8 @@ def compare(runs: list[Path]) -> dict:
             "questions": questions}
 
 
-def write(runs: list[Path], out: Path) -> dict:
-    result = compare(runs)
+def write(runs: list[Path], out: Path, command: str | None = None) -> dict:
+    """compare() into `out`, with the command line that made it (a README figure names its file and command)."""
+    result = {"command": command, **compare(runs)} if command else compare(runs)
     atomic_write_json(out, result)
     return result

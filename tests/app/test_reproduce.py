@@ -58,10 +58,76 @@ def test_seed_reaches_every_training_run_and_a_run_keeps_its_seed(tmp_path):
     text = rerooted_copy(m.pretrain, s.runs_prefix, tmp_path, "p", m.pretrain_overrides).read_text()
     assert "seed: 3" in text
     state = Progress(tmp_path, s, Path("x"), 3)
-    state.record("curate", "done", 1.0)
+    state.record("pretrain:mini-sigma", "done", 1.0)
     Progress(tmp_path, s, Path("x"), 3)  # the same seed resumes
     with pytest.raises(UserError, match="was run with --seed 3, not None"):
         Progress(tmp_path, r, Path("x"), None)
+
+
+def test_data_stages_run_before_training_and_any_seed_continues_them(tmp_path):
+    from minisigma.reproduce import Progress, _stages, seeded, seeded_stage
+
+    r = load_recipe(resolve_recipe_path("mini"), ReproduceRecipe)
+    names = [n for n, _ in _stages(r, tmp_path, None, False)]
+    first = min(i for i, n in enumerate(names) if seeded_stage(n))
+    assert names[first].startswith("pretrain:")
+    assert [n for n in names[first:] if not seeded_stage(n)] == ["attention"]  # no data stage after training
+    assert {"curate", "synth", "decontaminate", "tokenize", "tokenize:no-system"} <= set(names[:first])
+    state = Progress(tmp_path, r, Path("x"), None)
+    state.record("tokenize", "done", 1.0)
+    Progress(tmp_path, seeded(r, 3), Path("x"), 3)  # data only: any seed goes on from it
+    state = Progress(tmp_path, seeded(r, 3), Path("x"), 3)
+    state.record("pretrain:mini-sigma", "interrupted", 1.0)
+    with pytest.raises(UserError, match="was run with --seed 3, not 4"):
+        Progress(tmp_path, seeded(r, 4), Path("x"), 4)
+
+
+def test_seed_runs_share_one_data_only_run(tmp_path, monkeypatch):
+    """`--data-only` stops before training; `--data-from` starts each seed's run as a copy of it, which
+    trains and evaluates without curating again, resumes with the same command, and refuses bad sources."""
+    from minisigma import reproduce as rp
+    from minisigma import report
+
+    calls = []
+
+    def fake_stages(r, out, ray_address, progress):
+        def stage(name):
+            def run():
+                calls.append((out.name, name))
+                (out / f"{name.replace(':', '-')}.txt").write_text(str(r.models[0].pretrain_overrides))
+            return run
+        return [(n, stage(n)) for n in ("curate", "tokenize", "pretrain:m", "attention", "eval")]
+
+    monkeypatch.setattr(rp, "_stages", fake_stages)
+    monkeypatch.setattr(rp, "summary", lambda *a: None)
+    monkeypatch.setattr(report, "build", lambda out: out / "report" / "index.html")
+    data = tmp_path / "data"
+    assert rp.reproduce("tiny", data, progress=False, data_only=True) is None
+    assert calls == [("data", "curate"), ("data", "tokenize")]
+    assert set(json.loads((data / "reproduce.json").read_text())["stages"]) == {"curate", "tokenize"}
+
+    for seed in (1, 2):
+        rp.reproduce("tiny", tmp_path / f"s{seed}", progress=False, seed=seed, data_from=data)
+        assert calls[-3:] == [(f"s{seed}", "pretrain:m"), (f"s{seed}", "attention"), (f"s{seed}", "eval")]
+        run = tmp_path / f"s{seed}"
+        assert (run / "curate.txt").is_file() and f"'seed': {seed}" in (run / "pretrain-m.txt").read_text()
+        state = json.loads((run / "reproduce.json").read_text())
+        assert state["seed"] == seed and all(s["status"] == "done" for s in state["stages"].values())
+    assert not (data / "pretrain-m.txt").exists()  # the shared data run is left as it was
+    n = len(calls)
+    rp.reproduce("tiny", tmp_path / "s1", progress=False, seed=1, data_from=data)  # the same command resumes
+    assert len(calls) == n
+    with pytest.raises(UserError, match="holds trained stages"):
+        rp.reproduce("tiny", tmp_path / "s3", progress=False, seed=3, data_from=tmp_path / "s1")
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(UserError, match="busy: --data-from starts a new run, but this directory is not empty"):
+        rp.reproduce("tiny", tmp_path / "busy", progress=False, seed=3, data_from=data)
+    with pytest.raises(UserError, match="of recipe 'tiny', not 'mini'"):
+        rp.reproduce("mini", tmp_path / "s4", progress=False, seed=4, data_from=data)
+    with pytest.raises(UserError, match="nowhere: --data-from needs a run made with"):
+        rp.reproduce("tiny", tmp_path / "s5", progress=False, seed=5, data_from=tmp_path / "nowhere")
+    assert not (tmp_path / "s3").exists() and not (tmp_path / "s5").exists()
 
 
 def test_a_training_stage_killed_before_its_first_checkpoint_starts_afresh(tmp_path):

@@ -95,7 +95,12 @@ def test_seeds_command_prints_the_table_and_writes_the_json(tmp_path):
                        capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert "cmdgen_accuracy: difference +0.1167" in p.stdout
-    assert json.loads(out.read_text())["seeds"] == [0, 1, 2]
+    result = json.loads(out.read_text())
+    assert result["seeds"] == [0, 1, 2]
+    assert result["command"] == "minisigma seeds " + " ".join(map(str, runs)) + f" --out {out}"
+    ref_minutes = sum(s["seconds"] for s in json.loads((REFERENCE / "reproduce.json").read_text())["stages"].values()) / 60
+    row = result["questions"][1]["runs"][0]
+    assert row["stage_minutes"] == round(ref_minutes, 1) and row["cpus"] and row["host"]
     bad = subprocess.run([sys.executable, "-m", "minisigma.cli", "seeds", str(runs[0]), str(tmp_path / "nope"),
                           "--out", str(out)], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: ") and "Traceback" not in bad.stderr
