@@ -118,6 +118,8 @@ def reproduce_cmd(
 
     if out is not None:
         out_dir(out)
+    if data_from is not None:
+        local_only(data_from, "--data-from")
     reproduce(recipe, out, ray_address=ray_address, progress=not quiet, seed=seed, data_only=data_only,
               data_from=data_from)
 

@@ -212,6 +212,8 @@ CASES = [
     ("recipe-utf8-eval", ["eval", "{bad_utf8_recipe}"], "{bad_utf8_recipe}", ["invalid UTF-8"]),
     ("recipe-utf8-refine", ["refine", "{bad_utf8_recipe}", "--run", "{root}/o"], "{bad_utf8_recipe}", ["invalid UTF-8"]),
     ("recipe-utf8-reproduce", ["reproduce", "--recipe", "{bad_utf8_recipe}"], "{bad_utf8_recipe}", ["invalid UTF-8"]),
+    # --data-from a directory that is no `--data-only` run
+    ("data-from-not-a-run", ["reproduce", "--recipe", "tiny", "--data-from", "{good_stage}", "--out", "{root}/r"], "{good_stage}", ["--data-from needs a run made with `minisigma reproduce --data-only`"]),
     # manifests: not JSON, or no `outputs`
     ("manifest-json-verify", ["manifest", "verify", "{manifest_not_json}"], "{manifest_not_json}/manifest.json:2", ["invalid JSON"]),
     ("manifest-json-show", ["manifest", "show", "{manifest_not_json}"], "{manifest_not_json}/manifest.json:2", ["invalid JSON"]),
