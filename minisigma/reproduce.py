@@ -374,6 +374,8 @@ def copy_data(src: Path, out: Path, recipe: str) -> None:
     seed runs of one recipe train on one copy of its data instead of curating it again each. The copy
     is plain (no links): training and evaluation write into their own directories of `out` only, and
     every record in `src` is relative to it (it can move)."""
+    if (out / "reproduce.json").is_file():
+        return  # copied by an earlier invocation of this run: it resumes (even if src is gone since)
     state_path = src / "reproduce.json"
     try:
         state = json.loads(state_path.read_text())
@@ -387,8 +389,6 @@ def copy_data(src: Path, out: Path, recipe: str) -> None:
     if trained or not stages or any(s.get("status") != "done" for s in stages.values()):
         why = f"it holds trained stages ({', '.join(trained)})" if trained else "its data stages are not all done"
         raise UserError(f"{src}: --data-from needs a finished `minisigma reproduce --data-only` run: {why}")
-    if (out / "reproduce.json").is_file():
-        return  # copied by an earlier invocation of this run: it resumes
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out}: --data-from starts a new run, but this directory is not empty")
     log(f"copying the data stages of {src} into {out}")
