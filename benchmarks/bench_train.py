@@ -19,8 +19,14 @@ approximated on one with more instructions by capping them: ``ATEN_CPU_CAPABILIT
 ONEDNN_MAX_CPU_ISA=AVX2`` runs PyTorch's and oneDNN's kernels as on a CPU without AVX-512 (and
 `precision: auto` then trains in float32, as it would there); the caps in force are recorded.
 
+`--neighbour` times the rounds beside one busy process (a pure-Python loop, started after the matmul
+peak is measured and stopped after the rounds): what training meets on a machine whose cores are not
+all its own, such as a test run beside a reproduction. The OpenMP settings in force (`OMP_NUM_THREADS`,
+`OMP_WAIT_POLICY`, `GOMP_SPINCOUNT`) are recorded, since they decide how much a neighbour costs: the
+default libgomp threads spin at every barrier, so a thread that lost its core holds up the others.
+
     python benchmarks/bench_train.py [--steps 4 --batch 4 --seq-len 256 --rounds 3]
-    minisigma bench train [--models small,small-gqa --batch 8 --compile --name train-small]
+    minisigma bench train [--models small,small-gqa --batch 8 --compile --name train-small] [--neighbour]
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository importable
@@ -74,6 +82,21 @@ def matmul_peak(dtype: str, device: str, sizes: tuple[int, ...] | None = None, r
 
 # the environment variables that cap the instruction sets PyTorch's and oneDNN's CPU kernels use
 ISA_CAPS = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+# the OpenMP settings that decide how training threads wait (and so what a busy neighbour costs)
+OPENMP = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+NEIGHBOUR = "while True: pass  # minisigma bench train --neighbour"
+
+
+@contextmanager
+def neighbour(on: bool):
+    """One busy process beside the block when `on`: a pure-Python loop, one core's worth of load."""
+    proc = subprocess.Popen([sys.executable, "-c", NEIGHBOUR]) if on else None
+    try:
+        yield
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.wait()
 
 
 def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str, compile: bool = False):
@@ -105,7 +128,7 @@ def _step_fn(name: str, batch: int, seq_len: int, device: str, dtype: str, compi
 
 def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, device: str | None = None,
         dtypes: list[str] | None = None, write: bool = True, models: tuple[str, str] = ("mini", "gqa"),
-        compile: bool = False, name: str = "train") -> dict:
+        compile: bool = False, name: str = "train", busy_neighbour: bool = False) -> dict:
     """Time `models` (a DiffQKV preset, then its baseline) in alternating rounds in each precision."""
     import torch
 
@@ -115,24 +138,28 @@ def run(steps: int = 4, batch: int = 4, seq_len: int = 256, rounds: int = 3, dev
     names = tuple(models)
     tokens = steps * batch * seq_len
     caps = {k: os.environ[k] for k in ISA_CAPS if os.environ.get(k)}
+    openmp = {k: os.environ[k] for k in OPENMP if os.environ.get(k)}
     where = torch.cuda.get_device_name() if device == "cuda" else f"{started['cpu']}, {torch.get_num_threads()} threads"
     res: dict = {"device": where, "batch": batch, "seq_len": seq_len, "steps": steps, "rounds": rounds,
-                 "models": list(names), "compile": compile, "isa_caps": caps, "precisions": {}}
+                 "models": list(names), "compile": compile, "isa_caps": caps, "openmp": openmp,
+                 "neighbour": busy_neighbour, "precisions": {}}
     print(f"training throughput on {where}: batch {batch} x {seq_len} tokens, {steps} steps a round, {rounds} "
           f"alternating rounds{', torch.compile' if compile else ''}, load average {started['load_average']}"
-          + (f", instruction sets capped: {caps}" if caps else ""))
+          + (f", instruction sets capped: {caps}" if caps else "") + (f", OpenMP {openmp}" if openmp else "")
+          + (", beside one busy process (--neighbour)" if busy_neighbour else ""))
     for dtype in dtypes:
         peak = matmul_peak(dtype, device)
         models = {n: _step_fn(n, batch, seq_len, device, dtype, compile) for n in names}
         for _, step in models.values():  # warm-up (allocator, kernels)
             step()
         times: dict[str, list[float]] = {n: [] for n in names}
-        for _ in range(rounds):
-            for n in names:
-                t0 = time.perf_counter()
-                for _ in range(steps):
-                    models[n][1]()
-                times[n].append(time.perf_counter() - t0)
+        with neighbour(busy_neighbour):
+            for _ in range(rounds):
+                for n in names:
+                    t0 = time.perf_counter()
+                    for _ in range(steps):
+                        models[n][1]()
+                    times[n].append(time.perf_counter() - t0)
         out = {"matmul_peak_gflops": round(peak["flops"] / 1e9, 1), "matmul_peak_n": peak["n"],
                "matmul_gflops_by_size": peak["by_size"]}
         for n in names:
@@ -172,5 +199,7 @@ if __name__ == "__main__":
     ap.add_argument("--models", default="mini,gqa", help="two presets: a DiffQKV one, then its baseline")
     ap.add_argument("--compile", action="store_true", help="torch.compile the models, as the recipes train")
     ap.add_argument("--name", default="train", help="the result's name: benchmarks/results/NAME.json")
+    ap.add_argument("--neighbour", action="store_true", help="time the rounds beside one busy process")
     a = ap.parse_args()
-    run(a.steps, a.batch, a.seq_len, a.rounds, models=tuple(a.models.split(",")), compile=a.compile, name=a.name)
+    run(a.steps, a.batch, a.seq_len, a.rounds, models=tuple(a.models.split(",")), compile=a.compile, name=a.name,
+        busy_neighbour=a.neighbour)

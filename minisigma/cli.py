@@ -447,6 +447,8 @@ def bench_train_cmd(
                                help="two model presets, DiffQKV then its baseline (small,small-gqa: the mini reproduction's)"),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the models, as the training recipes do"),
     name: str = typer.Option("train", "--name", help="the result's name: benchmarks/results/NAME.json"),
+    busy_neighbour: bool = typer.Option(False, "--neighbour", help="time the rounds beside one busy process "
+                                        "(a machine whose cores are not all training's); OMP_* settings are recorded"),
 ):
     """Training tokens/s and MFU of a DiffQKV preset vs its GQA baseline (default: `mini` vs `gqa`), in float32
     and bf16 (where native), against the matmul peak measured here; writes benchmarks/results/NAME.json.
@@ -457,7 +459,8 @@ def bench_train_cmd(
     if len(pair) != 2 or not all(m in PRESETS for m in pair):
         raise UserError(f"--models: {models}: two of the presets {', '.join(sorted(PRESETS))}, separated by a comma")
     load_benchmark("bench_train").run(steps=steps, batch=batch, seq_len=seq_len, rounds=rounds, models=pair,
-                                      compile=compile, name=_result_name("--name", name))
+                                      compile=compile, name=_result_name("--name", name),
+                                      busy_neighbour=busy_neighbour)
 
 
 def _result_name(option: str, name: str) -> str:

@@ -150,17 +150,32 @@ def test_an_isa_cap_below_bf16_turns_native_bf16_off(monkeypatch):
 
 
 def test_bench_train_compares_any_two_presets_and_names_its_result(tmp_path, monkeypatch):
-    """`minisigma bench train --models small,small-gqa --name N`: both presets timed, the result in N.json."""
+    """`minisigma bench train --models small,small-gqa --name N`: both presets timed, the result in N.json;
+    `--neighbour` times them beside a busy process, records that and the OpenMP settings, and stops it."""
+    from benchmarks.bench_train import NEIGHBOUR
+
     monkeypatch.setenv("MINISIGMA_BENCH_RESULTS", str(tmp_path))
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
     p = subprocess.run([sys.executable, "-m", "minisigma.cli", "bench", "train", "--models", "tiny,mha", "--steps", "1",
-                        "--rounds", "1", "--batch", "1", "--seq-len", "16", "--name", "t-tiny"],
+                        "--rounds", "1", "--batch", "1", "--seq-len", "16", "--name", "t-tiny", "--neighbour"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr[-2000:]
     res = json.loads((tmp_path / "t-tiny.json").read_text())
     assert res["models"] == ["tiny", "mha"] and res["precisions"]["float32"]["mha"]["params"] > 0 and res["precisions"]["float32"]["tiny"]["tok_s_median"] > 0
+    assert res["neighbour"] is True and res["openmp"]["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert "beside one busy process" in p.stdout
+    left = [c for c in Path("/proc").glob("[0-9]*/cmdline") if NEIGHBOUR.encode() in _read(c)]
+    assert not left, "the busy neighbour outlived the bench"
     bad = subprocess.run([sys.executable, "-m", "minisigma.cli", "bench", "train", "--models", "small,nope"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.startswith("error: --models: small,nope:")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended while we looked
+        return b""
 
 
 @pytest.mark.gpu
